@@ -1,0 +1,123 @@
+//! Extractors that answer bad input with our error shape instead of axum's
+//! plain-text rejections, and name where the input is wrong.
+
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts, StatusCode},
+};
+use serde::de::DeserializeOwned;
+
+use super::error::{ApiError, ErrorCode};
+use crate::domain::Issue;
+
+/// A JSON request body. An empty body reads as `{}` so that endpoints whose
+/// fields are all optional can be called with a bare `curl -X POST`.
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        if let Some(content_type) = req.headers().get(header::CONTENT_TYPE) {
+            let content_type = content_type.to_str().unwrap_or("").to_ascii_lowercase();
+            let essence = content_type.split(';').next().unwrap_or("").trim();
+            let is_json = essence == "application/json" || essence.ends_with("+json");
+            if !is_json {
+                return Err(ApiError::new(
+                    ErrorCode::UnsupportedMediaType,
+                    format!("expected a JSON body with Content-Type: application/json, got {essence:?}"),
+                ));
+            }
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    ErrorCode::PayloadTooLarge,
+                    "request body is larger than the configured limit (api.max_body_bytes)",
+                )
+            } else {
+                ApiError::validation(format!("could not read the request body: {rejection}"), vec![])
+            }
+        })?;
+        let text: &[u8] = if bytes.iter().all(u8::is_ascii_whitespace) {
+            b"{}"
+        } else {
+            &bytes
+        };
+        parse_json(text).map(JsonBody)
+    }
+}
+
+/// Deserializes `bytes` into `T`, reporting the JSON pointer of a wrong field.
+pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let mut deserializer = serde_json::Deserializer::from_slice(bytes);
+    match serde_path_to_error::deserialize(&mut deserializer) {
+        Ok(value) => {
+            // Trailing garbage after the document is malformed JSON too.
+            deserializer
+                .end()
+                .map_err(|e| ApiError::invalid("", format!("request body is not valid JSON: {e}")))?;
+            Ok(value)
+        }
+        Err(error) => {
+            let pointer = pointer_of(error.path());
+            let inner = error.into_inner();
+            let message = if inner.is_syntax() || inner.is_eof() || inner.is_io() {
+                format!("request body is not valid JSON: {inner}")
+            } else if pointer.is_empty() {
+                format!("invalid request body: {inner}")
+            } else {
+                format!("invalid value at {pointer}: {inner}")
+            };
+            Err(ApiError::invalid(pointer, message))
+        }
+    }
+}
+
+fn pointer_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut pointer = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => pointer.push_str(&format!("/{index}")),
+            Segment::Map { key } => {
+                pointer.push('/');
+                pointer.push_str(&key.replace('~', "~0").replace('/', "~1"));
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    pointer
+}
+
+/// Path parameters; a segment that cannot be decoded is a 400.
+pub struct Path<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        axum::extract::Path::<T>::from_request_parts(parts, state)
+            .await
+            .map(|axum::extract::Path(v)| Path(v))
+            .map_err(|e| ApiError::validation(format!("invalid path parameter: {}", e.body_text()), vec![]))
+    }
+}
+
+/// Query parameters; an unknown or mistyped one is a 400 naming it.
+pub struct Query<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        let query = parts.uri.query().unwrap_or("");
+        let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
+        serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
+            let name = e.path().to_string();
+            let message = format!("invalid query parameter {name}: {}", e.into_inner());
+            ApiError::validation(message.clone(), vec![Issue::new(format!("?{name}"), message)])
+        })
+    }
+}

@@ -1,0 +1,69 @@
+//! The REST API: one module per resource, each exposing `router()`. This
+//! module assembles them with the cross-cutting layers: body limit, panic
+//! catching, request tracing, and the error-shaped fallbacks for unknown
+//! routes and methods.
+
+pub mod error;
+pub mod extract;
+mod health;
+mod pagination;
+mod pipelines;
+
+use std::sync::Arc;
+
+use axum::{
+    extract::DefaultBodyLimit,
+    http::{header, Method, Uri},
+    response::{IntoResponse, Response},
+    routing::get,
+    Router,
+};
+use sqlx::PgPool;
+use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
+
+use self::error::{ApiError, ErrorCode};
+use crate::{config::Config, ids::Arns};
+
+/// The OpenAPI document, committed at the repository root and served as is;
+/// `tests/it/openapi.rs` checks every response of the test suite against it.
+pub const OPENAPI_YAML: &str = include_str!("../../openapi.yaml");
+
+#[derive(Clone)]
+pub struct AppState {
+    pub db: PgPool,
+    pub config: Arc<Config>,
+    pub arns: Arns,
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.api.max_body_bytes;
+    Router::new()
+        .merge(health::router())
+        .merge(pipelines::router())
+        .route("/openapi.yaml", get(openapi))
+        .fallback(unknown_route)
+        .method_not_allowed_fallback(wrong_method)
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(max_body))
+        .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
+            tracing::error!("a request handler panicked");
+            ApiError::new(ErrorCode::Internal, "internal error").into_response()
+        }))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// The OpenAPI 3.0 description of this API.
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/yaml")], OPENAPI_YAML).into_response()
+}
+
+async fn unknown_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn wrong_method(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        ErrorCode::MethodNotAllowed,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}

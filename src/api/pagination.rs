@@ -1,0 +1,41 @@
+//! `limit` and the opaque `next_token` of list endpoints. A token is the
+//! base64 of the last item's sort key, so pages stay stable under inserts.
+
+use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+use serde::{de::DeserializeOwned, Serialize};
+
+use super::error::ApiError;
+
+pub const DEFAULT_LIMIT: i64 = 100;
+pub const MAX_LIMIT: i64 = 1000;
+
+pub fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
+    match limit {
+        None => Ok(DEFAULT_LIMIT),
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
+        Some(n) => Err(ApiError::invalid(
+            "?limit",
+            format!("limit must be between 1 and {MAX_LIMIT}, got {n}"),
+        )),
+    }
+}
+
+pub fn encode<K: Serialize>(key: &K) -> String {
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).expect("sort keys serialize"))
+}
+
+pub fn decode<K: DeserializeOwned>(token: Option<&str>) -> Result<Option<K>, ApiError> {
+    let Some(token) = token else { return Ok(None) };
+    let bad = || ApiError::invalid("?next_token", "next_token is not a token this server returned");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
+    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+}
+
+/// The token for the page after `items`, when the page was full.
+pub fn next_token<T, K: Serialize>(items: &[T], limit: i64, key: impl Fn(&T) -> K) -> Option<String> {
+    if items.len() as i64 == limit {
+        items.last().map(|last| encode(&key(last)))
+    } else {
+        None
+    }
+}

@@ -1,0 +1,221 @@
+//! Typed configuration, loaded in layers: the embedded `config/default.toml`,
+//! an optional file, `STEPWISE_*` environment variables, then flags.
+//! Secrets (the database password) never reach logs: `Config` redacts them in
+//! its `Debug` output.
+
+use std::{fmt, net::SocketAddr, path::PathBuf};
+
+use figment::{
+    providers::{Env, Format, Toml},
+    Figment,
+};
+use serde::Deserialize;
+
+/// The defaults, compiled in so a bare binary runs without its source tree.
+pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub database: DatabaseConfig,
+    pub api: ApiConfig,
+    pub arn: ArnConfig,
+    pub worker: WorkerConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub max_connections: u32,
+    pub connect_retry_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    pub max_body_bytes: usize,
+    pub max_wait_seconds: u64,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArnConfig {
+    pub partition: String,
+    pub service: String,
+    pub region: String,
+    pub account: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    pub lease_seconds: u64,
+    pub poll_interval_ms: u64,
+    pub shutdown_grace_seconds: u64,
+    pub kill_grace_seconds: u64,
+    pub max_outputs_bytes: u64,
+    pub pass_through_env: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    pub filter: String,
+}
+
+/// Values given on the command line; they win over every other layer.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    pub config_file: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub log_format: Option<LogFormat>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {0}")]
+pub struct ConfigError(String);
+
+impl Config {
+    /// Loads the layers from the real environment.
+    pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
+        Self::from_figment(Self::figment(overrides), overrides)
+    }
+
+    /// Only the defaults; tests start from this and change what they need.
+    pub fn defaults() -> Config {
+        Self::from_figment(Figment::from(Toml::string(DEFAULT_TOML)), &Overrides::default())
+            .expect("the embedded default.toml is valid")
+    }
+
+    fn figment(overrides: &Overrides) -> Figment {
+        let mut figment = Figment::from(Toml::string(DEFAULT_TOML));
+        if let Some(file) = &overrides.config_file {
+            figment = figment.merge(Toml::file_exact(file));
+        }
+        figment
+            // Plain DATABASE_URL first so the more specific STEPWISE_DATABASE_URL wins.
+            .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
+            .merge(Env::prefixed("STEPWISE_").split("__"))
+    }
+
+    fn from_figment(figment: Figment, overrides: &Overrides) -> Result<Config, ConfigError> {
+        let mut config: Config = figment.extract().map_err(|e| ConfigError(e.to_string()))?;
+        if let Some(listen) = overrides.listen {
+            config.listen = listen;
+        }
+        if let Some(dir) = &overrides.data_dir {
+            config.data_dir = dir.clone();
+        }
+        if let Some(format) = &overrides.log_format {
+            config.log.format = format.clone();
+        }
+        config.validate()?;
+        Ok(config)
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fail = |m: &str| Err(ConfigError(m.to_string()));
+        if self.worker.lease_seconds == 0 {
+            return fail("worker.lease_seconds must be at least 1");
+        }
+        if self.worker.poll_interval_ms == 0 {
+            return fail("worker.poll_interval_ms must be at least 1");
+        }
+        if self.database.max_connections == 0 {
+            return fail("database.max_connections must be at least 1");
+        }
+        if self.api.max_body_bytes == 0 {
+            return fail("api.max_body_bytes must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// Hides the password of a connection string.
+pub fn redact_url(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => match rest.rsplit_once('@') {
+            Some((userinfo, host)) => {
+                let user = userinfo.split(':').next().unwrap_or("");
+                if userinfo.contains(':') {
+                    format!("{scheme}://{user}:***@{host}")
+                } else {
+                    format!("{scheme}://{user}@{host}")
+                }
+            }
+            None => url.to_string(),
+        },
+        None => "***".to_string(),
+    }
+}
+
+impl fmt::Debug for Config {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("data_dir", &self.data_dir)
+            .field("database_url", &redact_url(&self.database_url))
+            .field("database", &self.database)
+            .field("api", &self.api)
+            .field("arn", &self.arn)
+            .field("worker", &self.worker)
+            .field("log", &self.log)
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_parse() {
+        let c = Config::defaults();
+        assert_eq!(c.listen.to_string(), "127.0.0.1:8080");
+        assert_eq!(c.arn.partition, "stepwise");
+        assert_eq!(c.worker.lease_seconds, 30);
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn env_layers_override_file_and_defaults() {
+        figment::Jail::expect_with(|jail| {
+            jail.create_file("extra.toml", "listen = \"127.0.0.1:9000\"\n[worker]\nconcurrency = 3\n")?;
+            jail.set_env("STEPWISE_WORKER__LEASE_SECONDS", "7");
+            jail.set_env("DATABASE_URL", "postgres://a:secret@db/x");
+            let overrides = Overrides {
+                config_file: Some("extra.toml".into()),
+                ..Default::default()
+            };
+            let c = Config::load(&overrides).unwrap();
+            assert_eq!(c.listen.port(), 9000);
+            assert_eq!(c.worker.concurrency, 3);
+            assert_eq!(c.worker.lease_seconds, 7);
+            assert_eq!(c.database_url, "postgres://a:secret@db/x");
+            assert!(!format!("{c:?}").contains("secret"));
+            jail.set_env("STEPWISE_DATABASE_URL", "postgres://b@db/y");
+            assert_eq!(Config::load(&overrides).unwrap().database_url, "postgres://b@db/y");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn redacts_passwords() {
+        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
+        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}

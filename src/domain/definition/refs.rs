@@ -1,0 +1,301 @@
+//! Cross-step linking: unique names, DependsOn and expression references
+//! resolved against the other steps and the parameters, the dependency lists,
+//! and the branch rule (a step cannot wait for a step in the opposite branch
+//! of the same Condition: exactly one of the two runs).
+
+use std::collections::{HashMap, HashSet};
+
+use serde_json::json;
+
+use super::steps::{check_artifact_path, Pending};
+use super::{Step, StepKind};
+use crate::domain::expr::{format_path, Found, PathSegment, Reference};
+use crate::domain::params::Parameter;
+use crate::domain::{pointer_push, Issue};
+
+/// Turns parsed steps into final steps with their dependencies, reporting
+/// every cross-step problem. Returns the steps and the index of each name's
+/// first step.
+pub(super) fn link(
+    pending: Vec<Pending>,
+    parameters: &[Parameter],
+    issues: &mut Vec<Issue>,
+) -> (Vec<Step>, HashMap<String, usize>) {
+    let mut index: HashMap<String, usize> = HashMap::with_capacity(pending.len());
+    for (i, p) in pending.iter().enumerate() {
+        let name = &p.step.name;
+        if name.is_empty() {
+            continue;
+        }
+        match index.get(name) {
+            Some(&first) => issues.push(Issue::new(
+                pointer_push(&p.step.pointer, "Name"),
+                format!(
+                    "duplicate step name {name} (first defined at {})",
+                    pending[first].step.pointer
+                ),
+            )),
+            None => {
+                index.insert(name.clone(), i);
+            }
+        }
+    }
+    let params: HashSet<&str> = parameters.iter().map(|p| p.name.as_str()).collect();
+    let cx = Linker {
+        pending: &pending,
+        index: &index,
+        params: &params,
+    };
+    let mut all_deps = Vec::with_capacity(pending.len());
+    let mut all_rewrites = Vec::with_capacity(pending.len());
+    for i in 0..pending.len() {
+        let (deps, rewrites) = cx.step_deps(i, issues);
+        all_deps.push(deps);
+        all_rewrites.push(rewrites);
+    }
+    let steps = pending
+        .into_iter()
+        .zip(all_deps)
+        .zip(all_rewrites)
+        .map(|((p, deps), rewrites)| {
+            let mut step = p.step;
+            step.depends_on = deps;
+            apply_rewrites(&mut step, rewrites);
+            step
+        })
+        .collect();
+    (steps, index)
+}
+
+struct Linker<'a> {
+    pending: &'a [Pending],
+    index: &'a HashMap<String, usize>,
+    params: &'a HashSet<&'a str>,
+}
+
+/// A `PropertyFile`-form `Std:JsonGet` to rewrite: (pointer, step, file).
+type Rewrite = (String, String, String);
+
+impl Linker<'_> {
+    fn step_deps(&self, i: usize, issues: &mut Vec<Issue>) -> (Vec<String>, Vec<Rewrite>) {
+        let p = &self.pending[i];
+        let me = p.step.name.as_str();
+        let label = if me.is_empty() {
+            format!("at {}", p.step.pointer)
+        } else {
+            me.to_string()
+        };
+        let mut deps: Vec<String> = Vec::new();
+        let mut seen: HashSet<usize> = HashSet::new();
+        let mut rewrites = Vec::new();
+        let mut add = |target: usize, ptr: &str, issues: &mut Vec<Issue>| {
+            if let Some(issue) = self.opposite_branch(i, target, ptr, &label) {
+                issues.push(issue);
+            }
+            if seen.insert(target) {
+                deps.push(self.pending[target].step.name.clone());
+            }
+        };
+
+        for (dep, ptr) in &p.explicit_deps {
+            match self.index.get(dep) {
+                _ if dep == me => issues.push(Issue::new(ptr, format!("step {label} depends on itself"))),
+                Some(&t) => add(t, ptr, issues),
+                None => issues.push(Issue::new(
+                    ptr,
+                    format!("DependsOn of step {label} names unknown step {dep:?}"),
+                )),
+            }
+        }
+        for found in &p.refs {
+            let ptr = found.pointer();
+            if let Found::Get {
+                reference: Reference::Parameter(name),
+                ..
+            } = found
+            {
+                if !self.params.contains(name.as_str()) {
+                    issues.push(Issue::new(
+                        ptr,
+                        format!("step {label} references unknown parameter {name:?} (Parameters.{name})"),
+                    ));
+                }
+                continue;
+            }
+            let Some(target_name) = found.step() else { continue };
+            let shown = describe(found);
+            let Some(&t) = self.index.get(target_name) else {
+                issues.push(Issue::new(
+                    ptr,
+                    format!("step {label} references unknown step {target_name:?} ({shown})"),
+                ));
+                continue;
+            };
+            if target_name == me {
+                issues.push(Issue::new(ptr, format!("step {label} refers to itself ({shown})")));
+                continue;
+            }
+            let target = &self.pending[t];
+            if let Err(e) = self.check_target(found, target) {
+                issues.push(Issue::new(ptr, format!("step {label}: {shown}: {e}")));
+            } else if let Found::PropertyFileGet { property_file, .. } = found {
+                let file = target
+                    .step
+                    .property_files
+                    .iter()
+                    .find(|(n, _)| n == property_file)
+                    .map(|(_, f)| f.clone())
+                    .unwrap_or_default();
+                rewrites.push((ptr.to_string(), target_name.to_string(), file));
+            }
+            add(t, ptr, issues);
+        }
+        if let Some(&(c, _)) = p.branch_path.last() {
+            if !self.pending[c].step.name.is_empty() {
+                add(c, &p.step.pointer, issues);
+            }
+        }
+        (deps, rewrites)
+    }
+
+    /// Whether `found` reads something `target` will actually have.
+    fn check_target(&self, found: &Found, target: &Pending) -> Result<(), String> {
+        // An unsupported Type is already an issue; do not pile more on it.
+        let Some(kind) = target.kind else { return Ok(()) };
+        let name = &target.step.name;
+        match found {
+            Found::Get {
+                reference: Reference::Step { path, .. },
+                ..
+            } => check_property(kind, name, &target.callback_outputs, path),
+            Found::Get { .. } => Ok(()),
+            Found::JsonGet { file, .. } => {
+                if kind != StepKind::Command {
+                    return Err(format!(
+                        "Std:JsonGet reads a step's artifacts, which only Command steps have; {name} is a {}",
+                        kind.as_str()
+                    ));
+                }
+                check_artifact_path(file)
+            }
+            Found::PropertyFileGet { property_file, .. } => {
+                if kind != StepKind::Command {
+                    return Err(format!(
+                        "{name} is a {} step and declares no PropertyFiles",
+                        kind.as_str()
+                    ));
+                }
+                if target.step.property_files.iter().any(|(n, _)| n == property_file) {
+                    Ok(())
+                } else {
+                    let declared: Vec<&str> = target.step.property_files.iter().map(|(n, _)| n.as_str()).collect();
+                    Err(format!(
+                        "step {name} declares no property file {property_file:?}; declared: [{}]",
+                        declared.join(", ")
+                    ))
+                }
+            }
+        }
+    }
+
+    /// An issue when `target` is in the other branch of a Condition that also
+    /// encloses step `i`: only one of the two can ever run.
+    fn opposite_branch(&self, i: usize, target: usize, ptr: &str, label: &str) -> Option<Issue> {
+        let mine = &self.pending[i].branch_path;
+        let theirs = &self.pending[target].branch_path;
+        for (a, b) in mine.iter().zip(theirs) {
+            if a.0 != b.0 {
+                return None;
+            }
+            if a.1 != b.1 {
+                let side = |if_branch: bool| if if_branch { "IfSteps" } else { "ElseSteps" };
+                let cond = &self.pending[a.0].step.name;
+                let other = &self.pending[target].step.name;
+                return Some(Issue::new(
+                    ptr,
+                    format!(
+                        "step {label} (in the {} of Condition {cond}) depends on step {other} (in its {}); \
+                         only one branch runs, so {other} is not an ancestor that can run before it",
+                        side(a.1),
+                        side(b.1)
+                    ),
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn describe(found: &Found) -> String {
+    match found {
+        Found::Get { reference, .. } => reference.to_string(),
+        Found::JsonGet { step, file, path, .. } => {
+            format!(
+                "Std:JsonGet {file} of step {step} at {}",
+                format_path(path).trim_start_matches('.')
+            )
+        }
+        Found::PropertyFileGet {
+            step, property_file, ..
+        } => {
+            format!("Steps.{step}.PropertyFiles.{property_file}")
+        }
+    }
+}
+
+/// Whether `path` names a property that a `kind` step's property document has.
+fn check_property(kind: StepKind, step: &str, outputs: &[String], path: &[PathSegment]) -> Result<(), String> {
+    let available = kind.properties();
+    if available.is_empty() {
+        return Err(format!("{} step {step} has no properties", kind.as_str()));
+    }
+    let list = available.join(", ");
+    let first = match path.first() {
+        Some(PathSegment::Key(k)) => k,
+        Some(PathSegment::Index(_)) | None => {
+            return Err(format!("a reference to step {step} must name a property: {list}"))
+        }
+    };
+    if !available.contains(&first.as_str()) {
+        let hint = if first == "PropertyFiles" {
+            " (PropertyFiles are read with Std:JsonGet)"
+        } else {
+            ""
+        };
+        return Err(format!(
+            "{} step {step} has no property {first:?}{hint}; available: {list}",
+            kind.as_str()
+        ));
+    }
+    match (first.as_str(), path.get(1)) {
+        ("Outputs", _) | (_, None) => Ok(()),
+        ("OutputParameters", Some(PathSegment::Key(out))) => {
+            if outputs.contains(out) {
+                Ok(())
+            } else {
+                Err(format!(
+                    "Callback step {step} declares no output parameter {out:?}; declared: [{}]",
+                    outputs.join(", ")
+                ))
+            }
+        }
+        ("OutputParameters", Some(PathSegment::Index(_))) => {
+            Err(format!("OutputParameters of step {step} is a map keyed by OutputName"))
+        }
+        (prop, Some(_)) => Err(format!(
+            "property {prop} of step {step} is a single value; it has no sub-path"
+        )),
+    }
+}
+
+fn apply_rewrites(step: &mut Step, rewrites: Vec<Rewrite>) {
+    let prefix = pointer_push(&step.pointer, "Arguments");
+    for (ptr, target, file) in rewrites {
+        let Some(rel) = ptr.strip_prefix(&prefix) else { continue };
+        let Some(slot) = step.arguments.pointer_mut(rel) else {
+            continue;
+        };
+        let path = slot["Std:JsonGet"]["Path"].clone();
+        *slot = json!({"Std:JsonGet": {"Step": target, "File": file, "Path": path}});
+    }
+}

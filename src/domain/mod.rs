@@ -1,0 +1,84 @@
+//! The pure domain layer: pipeline definitions (parsing and validation), the
+//! step DAG, expressions, conditions, parameters, retry policies and cache
+//! durations. Nothing here performs I/O or depends on the rest of the crate, so
+//! the API, the store and the engine can all share one reading of a definition.
+
+pub mod condition;
+pub mod dag;
+pub mod definition;
+pub mod duration;
+pub mod expr;
+pub mod names;
+pub mod params;
+pub mod retry;
+
+use std::fmt;
+
+/// One validation problem: a JSON pointer into the checked document and a message naming the offending thing.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Issue {
+    pub path: String,
+    pub message: String,
+}
+
+impl Issue {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Issue {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for Issue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.path, self.message)
+        }
+    }
+}
+
+/// Appends one reference token to a JSON pointer, escaping `~` and `/` as
+/// RFC 6901 requires so the result can be fed back to `Value::pointer`.
+pub fn pointer_push(base: &str, token: impl fmt::Display) -> String {
+    let token = token.to_string();
+    let mut out = String::with_capacity(base.len() + token.len() + 1);
+    out.push_str(base);
+    out.push('/');
+    for c in token.chars() {
+        match c {
+            '~' => out.push_str("~0"),
+            '/' => out.push_str("~1"),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The JSON type name used in messages (`Integer` and `Float` are told apart
+/// because parameters and conditions care about the difference).
+pub(crate) fn type_name(v: &serde_json::Value) -> &'static str {
+    use serde_json::Value;
+    match v {
+        Value::Null => "Null",
+        Value::Bool(_) => "Boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "Integer",
+        Value::Number(_) => "Float",
+        Value::String(_) => "String",
+        Value::Array(_) => "List",
+        Value::Object(_) => "Object",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pointer_push_escapes_tokens() {
+        assert_eq!(pointer_push("/Steps", 3), "/Steps/3");
+        assert_eq!(pointer_push("", "a/b~c"), "/a~1b~0c");
+    }
+}

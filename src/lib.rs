@@ -1,0 +1,11 @@
+//! stepwise: pipeline orchestration with selective execution and step
+//! caching. `main.rs` is a thin CLI over this library.
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod app;
+pub mod config;
+pub mod domain;
+pub mod ids;
+pub mod store;
+pub mod telemetry;

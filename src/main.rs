@@ -1,0 +1,99 @@
+//! The `stepwise` binary: parses the command line, loads configuration,
+//! sets up logging, then hands over to the library.
+#![forbid(unsafe_code)]
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use clap::{Parser, Subcommand, ValueEnum};
+use stepwise::{
+    app::{self, App},
+    config::{Config, LogFormat, Overrides},
+    telemetry,
+};
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "stepwise",
+    version,
+    about = "Pipeline orchestration with selective execution and step caching"
+)]
+struct Cli {
+    /// A TOML file layered over the defaults (config/default.toml).
+    #[arg(long, global = true, value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Address of the REST API (port 0 picks a free one).
+    #[arg(long, global = true, env = "STEPWISE_LISTEN", value_name = "ADDR")]
+    listen: Option<SocketAddr>,
+    /// Directory for step logs, artifacts and scratch space.
+    #[arg(long, global = true, env = "STEPWISE_DATA_DIR", value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, global = true, value_enum)]
+    log_format: Option<CliLogFormat>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum CliLogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the API, workers and maintenance (the default).
+    Serve,
+    /// Apply database migrations and exit.
+    Migrate,
+    /// Print the OpenAPI document.
+    Openapi,
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    if let Some(Command::Openapi) = cli.command {
+        print!("{}", stepwise::api::OPENAPI_YAML);
+        return Ok(());
+    }
+    let overrides = Overrides {
+        config_file: cli.config.clone(),
+        listen: cli.listen,
+        data_dir: cli.data_dir.clone(),
+        log_format: cli.log_format.map(|f| match f {
+            CliLogFormat::Text => LogFormat::Text,
+            CliLogFormat::Json => LogFormat::Json,
+        }),
+    };
+    let config = Config::load(&overrides)?;
+    telemetry::init(&config.log);
+    let shutdown = shutdown_on_signal();
+    match cli.command.unwrap_or(Command::Serve) {
+        Command::Serve => App::build(config).await?.run(shutdown).await,
+        Command::Migrate => {
+            app::connect_and_migrate(&config).await?;
+            tracing::info!("migrations applied");
+            Ok(())
+        }
+        Command::Openapi => unreachable!("handled before configuration is loaded"),
+    }
+}
+
+/// One token for the whole process, cancelled on SIGTERM or SIGINT.
+fn shutdown_on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutdown requested");
+        cancel.cancel();
+    });
+    token
+}

@@ -1,0 +1,109 @@
+//! All SQL lives here. Functions take an executor (`&mut PgConnection` or the
+//! pool) so callers can compose several calls into one transaction. Nothing
+//! here knows about HTTP.
+
+pub mod pipelines;
+
+use std::time::Duration;
+
+use sqlx::{
+    postgres::{PgConnectOptions, PgPoolOptions},
+    ConnectOptions, Connection, PgConnection, PgPool,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Database(#[from] sqlx::Error),
+}
+
+pub type StoreResult<T> = Result<T, StoreError>;
+
+/// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
+pub fn is_unique_violation(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Connects to `url`, creating the database when it does not exist, and
+/// retrying with exponential backoff while the server cannot be reached so
+/// that a service started next to its database (compose, systemd) waits for
+/// it instead of crashing.
+pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> anyhow::Result<PgPool> {
+    let options: PgConnectOptions = url
+        .parse()
+        .map_err(|e| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {e}"))?;
+    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    let deadline = tokio::time::Instant::now() + retry_for;
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match try_connect(&options, max_connections).await {
+            Ok(pool) => return Ok(pool),
+            Err(e) if tokio::time::Instant::now() + delay < deadline => {
+                tracing::warn!(
+                    host = options.get_host(),
+                    port = options.get_port(),
+                    error = %e,
+                    retry_in_ms = delay.as_millis() as u64,
+                    "database not reachable, retrying"
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+            Err(e) => {
+                return Err(anyhow::anyhow!(
+                    "could not connect to PostgreSQL at {}:{} (database {:?}) within {}s: {e}",
+                    options.get_host(),
+                    options.get_port(),
+                    options.get_database().unwrap_or("postgres"),
+                    retry_for.as_secs()
+                ))
+            }
+        }
+    }
+}
+
+async fn try_connect(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
+    let pool_options = PgPoolOptions::new()
+        .max_connections(max_connections)
+        .acquire_timeout(Duration::from_secs(10));
+    match pool_options.clone().connect_with(options.clone()).await {
+        Ok(pool) => Ok(pool),
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
+            create_database(options).await?;
+            Ok(pool_options.connect_with(options.clone()).await?)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
+    let name = options.get_database().unwrap_or("stepwise").to_string();
+    let mut admin = PgConnection::connect_with(&options.clone().database("postgres")).await?;
+    let quoted = format!("\"{}\"", name.replace('"', "\"\""));
+    match sqlx::query(&format!("create database {quoted}"))
+        .execute(&mut admin)
+        .await
+    {
+        Ok(_) => tracing::info!(database = %name, "created database"),
+        // Another process created it at the same moment.
+        Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("42P04") => {}
+        Err(e) => {
+            return Err(anyhow::anyhow!(
+                "database {name:?} does not exist and could not be created: {e}"
+            ))
+        }
+    }
+    admin.close().await.ok();
+    Ok(())
+}
+
+/// Applies the embedded migrations; sqlx takes an advisory lock so several
+/// processes starting together do not race.
+pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
+    sqlx::migrate!("./migrations").run(pool).await?;
+    Ok(())
+}

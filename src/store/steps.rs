@@ -1,0 +1,453 @@
+//! Step runs: the scheduling statements (promote, skip, decrement, finish),
+//! the claim, leases, attempts and reads. Each function is one or two
+//! set-based statements; `engine` composes them into transactions.
+
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use super::{StoreError, StoreResult};
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct StepRunRow {
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub pipeline_id: Uuid,
+    pub step_name: String,
+    pub step_type: String,
+    pub position: i32,
+    pub status: String,
+    pub skip_reason: Option<String>,
+    pub arguments: Value,
+    pub retry_policies: Value,
+    pub cache_config: Option<Value>,
+    pub dependencies: Vec<String>,
+    pub dependents: Vec<String>,
+    pub branch_of: Option<String>,
+    pub branch_if: Option<bool>,
+    pub attempt: i32,
+    pub lease_owner: Option<Uuid>,
+    pub callback_token: Option<Uuid>,
+    pub callback_deadline: Option<DateTime<Utc>>,
+    pub failure_reason: Option<String>,
+    pub error_type: Option<String>,
+    pub properties: Option<Value>,
+    pub metadata: Value,
+    pub first_started_at: Option<DateTime<Utc>>,
+    pub started_at: Option<DateTime<Utc>>,
+    pub ended_at: Option<DateTime<Utc>>,
+    pub cache_key: Option<String>,
+    pub cache_components: Option<Value>,
+    pub cache_status: Option<String>,
+    pub cache_miss_reason: Option<String>,
+    pub cache_warnings: Option<Value>,
+    pub cache_hit: Option<Value>,
+    pub reused_from: Option<Value>,
+    pub artifacts_dir: Option<String>,
+}
+
+const STEP_COLUMNS: &str = "s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.position, s.status, \
+    s.skip_reason, s.arguments, s.retry_policies, s.cache_config, s.dependencies, s.dependents, s.branch_of, \
+    s.branch_if, s.attempt, s.lease_owner, s.callback_token, s.callback_deadline, s.failure_reason, s.error_type, \
+    s.properties, s.metadata, s.first_started_at, s.started_at, s.ended_at, s.cache_key, s.cache_components, \
+    s.cache_status, s.cache_miss_reason, s.cache_warnings, s.cache_hit, s.reused_from, s.artifacts_dir";
+
+/// Statuses of a step that has not reached its end.
+pub const UNFINISHED: [&str; 4] = ["Pending", "Starting", "Executing", "Stopping"];
+
+pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunRow>> {
+    Ok(sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from step_runs s where s.execution_id = $1 order by s.position"
+    ))
+    .bind(execution_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> StoreResult<StepRunRow> {
+    sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from step_runs s where s.execution_id = $1 and s.step_name = $2"
+    ))
+    .bind(execution_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?
+    .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
+}
+
+pub async fn get_in(conn: &mut PgConnection, id: Uuid) -> StoreResult<StepRunRow> {
+    sqlx::query_as::<_, StepRunRow>(&format!("select {STEP_COLUMNS} from step_runs s where s.id = $1"))
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("step run {id} does not exist")))
+}
+
+pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> StoreResult<Option<StepRunRow>> {
+    Ok(sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from step_runs s where s.callback_token = $1"
+    ))
+    .bind(token)
+    .fetch_optional(conn)
+    .await?)
+}
+
+/// Properties and artifact directories of the named steps of an execution.
+pub async fn properties_of(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    names: &[String],
+) -> StoreResult<Vec<(String, Option<Value>)>> {
+    Ok(sqlx::query_as::<_, (String, Option<Value>)>(
+        "select step_name, properties from step_runs where execution_id = $1 and step_name = any($2)",
+    )
+    .bind(execution_id)
+    .bind(names)
+    .fetch_all(conn)
+    .await?)
+}
+
+/// Moves ready steps (all dependencies succeeded) to Starting, at most as
+/// many as `max_parallel` leaves room for. Returns how many were queued.
+pub async fn promote_ready(conn: &mut PgConnection, execution_id: Uuid, max_parallel: Option<i32>) -> StoreResult<u64> {
+    let room: Option<i64> = match max_parallel {
+        None => None,
+        Some(max) => {
+            let active: i64 = sqlx::query_scalar(
+                "select count(*) from step_runs where execution_id = $1 and status in ('Starting', 'Executing', 'Stopping')",
+            )
+            .bind(execution_id)
+            .fetch_one(&mut *conn)
+            .await?;
+            Some((max as i64 - active).max(0))
+        }
+    };
+    if room == Some(0) {
+        return Ok(0);
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "with ready as ( \
+           select id from step_runs where execution_id = $1 and status = 'Pending' and remaining_deps = 0 \
+           order by position limit $2), \
+         queued as ( \
+           update step_runs s set status = 'Starting', available_at = now() from ready where s.id = ready.id \
+           returning s.step_name, s.position), \
+         events as ( \
+           insert into execution_events (execution_id, step_name, status) \
+           select $1, step_name, 'Starting' from queued order by position) \
+         select count(*) from queued",
+    )
+    .bind(execution_id)
+    .bind(room)
+    .fetch_one(conn)
+    .await?;
+    Ok(queued as u64)
+}
+
+/// One dependency of each of `dependents` has succeeded.
+pub async fn decrement_dependents(conn: &mut PgConnection, execution_id: Uuid, dependents: &[String]) -> StoreResult<()> {
+    if dependents.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "update step_runs set remaining_deps = remaining_deps - 1 \
+         where execution_id = $1 and step_name = any($2) and status = 'Pending'",
+    )
+    .bind(execution_id)
+    .bind(dependents)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Skips the unfinished `roots` with `reason` and every unstarted step
+/// downstream of them with `UpstreamNotRun`.
+pub async fn skip_with_descendants(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    roots: &[String],
+    reason: &str,
+) -> StoreResult<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "with recursive down(name) as ( \
+           select unnest($2::text[]) \
+           union \
+           select unnest(s.dependents) from step_runs s join down on s.execution_id = $1 and s.step_name = down.name), \
+         skipped as ( \
+           update step_runs s set status = 'Skipped', ended_at = now(), \
+             skip_reason = case when s.step_name = any($2) then $3 else 'UpstreamNotRun' end \
+           where s.execution_id = $1 and s.step_name in (select name from down) and s.status in ('Pending', 'Starting') \
+           returning s.step_name, s.skip_reason, s.position) \
+         insert into execution_events (execution_id, step_name, status, detail) \
+         select $1, step_name, 'Skipped', jsonb_build_object('skip_reason', skip_reason) from skipped order by position",
+    )
+    .bind(execution_id)
+    .bind(roots)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Skips every step of the execution that has not started.
+pub async fn skip_unstarted(conn: &mut PgConnection, execution_id: Uuid, reason: &str) -> StoreResult<()> {
+    sqlx::query(
+        "with skipped as ( \
+           update step_runs set status = 'Skipped', skip_reason = $2, ended_at = now(), available_at = null \
+           where execution_id = $1 and status in ('Pending', 'Starting') returning step_name, position) \
+         insert into execution_events (execution_id, step_name, status, detail) \
+         select $1, step_name, 'Skipped', jsonb_build_object('skip_reason', $2::text) from skipped order by position",
+    )
+    .bind(execution_id)
+    .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+pub async fn has_unfinished(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<bool> {
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from step_runs where execution_id = $1 \
+         and status in ('Pending', 'Starting', 'Executing', 'Stopping'))",
+    )
+    .bind(execution_id)
+    .fetch_one(conn)
+    .await?)
+}
+
+pub async fn any_failed(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<bool> {
+    Ok(sqlx::query_scalar("select exists (select 1 from step_runs where execution_id = $1 and status = 'Failed')")
+        .bind(execution_id)
+        .fetch_one(conn)
+        .await?)
+}
+
+pub async fn set_execution_status(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    status: &str,
+    terminal: bool,
+) -> StoreResult<()> {
+    sqlx::query(
+        "update executions set status = $2, ended_at = case when $3 then now() else null end where id = $1",
+    )
+    .bind(execution_id)
+    .bind(status)
+    .bind(terminal)
+    .execute(&mut *conn)
+    .await?;
+    sqlx::query("insert into execution_events (execution_id, status) values ($1, $2)")
+        .bind(execution_id)
+        .bind(status)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// Records the execution's failure reason unless an earlier failure did.
+pub async fn set_failure_reason(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    reason: &str,
+    by_fail_step: bool,
+) -> StoreResult<()> {
+    sqlx::query(
+        "update executions set failure_reason = coalesce(failure_reason, $2), \
+         failed_by_fail_step = failed_by_fail_step or $3 where id = $1",
+    )
+    .bind(execution_id)
+    .bind(reason)
+    .bind(by_fail_step)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Wakes listeners: workers when steps were queued, and followers of the
+/// execution (events, long polls). Delivered when the transaction commits.
+pub async fn notify(conn: &mut PgConnection, execution_id: Uuid, work_queued: bool) -> StoreResult<()> {
+    sqlx::query(
+        "select pg_notify('stepwise_execution', $1::text), \
+         case when $2 then pg_notify('stepwise_work', '') end",
+    )
+    .bind(execution_id)
+    .bind(work_queued)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// A claimed step with what the worker needs to run it.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ClaimedStep {
+    pub id: Uuid,
+    pub execution_id: Uuid,
+    pub pipeline_id: Uuid,
+    pub step_name: String,
+    pub step_type: String,
+    pub attempt: i32,
+    pub arguments: Value,
+    pub cache_config: Option<Value>,
+    pub dependencies: Vec<String>,
+    pub parameters: Value,
+    pub pipeline_name: String,
+    pub execution_started_at: DateTime<Utc>,
+    pub cache_mode: String,
+    pub selected: bool,
+}
+
+/// Claims up to `limit` queued steps in one short transaction: the rows are
+/// locked with SKIP LOCKED so concurrent workers never take the same step,
+/// and each claim starts a new attempt under a lease.
+pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f64) -> StoreResult<Vec<ClaimedStep>> {
+    Ok(sqlx::query_as::<_, ClaimedStep>(
+        "with picked as ( \
+           select id from step_runs where status = 'Starting' and available_at <= now() \
+           order by available_at, position limit $1 for update skip locked), \
+         claimed as ( \
+           update step_runs s set status = 'Executing', attempt = s.attempt + 1, lease_owner = $2, \
+             lease_expires_at = now() + make_interval(secs => $3), started_at = now(), \
+             first_started_at = coalesce(s.first_started_at, now()), available_at = null \
+           from picked where s.id = picked.id \
+           returning s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.attempt, s.arguments, \
+             s.cache_config, s.dependencies, s.position), \
+         attempts as ( \
+           insert into step_attempts (step_run_id, attempt, status, worker_id) \
+           select id, attempt, 'Executing', $2 from claimed), \
+         events as ( \
+           insert into execution_events (execution_id, step_name, status, detail) \
+           select execution_id, step_name, 'Executing', jsonb_build_object('attempt', attempt) from claimed \
+           order by position) \
+         select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
+           c.cache_config, c.dependencies, e.parameters, p.name as pipeline_name, \
+           e.started_at as execution_started_at, e.cache_mode, \
+           coalesce(e.selective_execution->'selected_steps' ? c.step_name, false) as selected \
+         from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
+    )
+    .bind(limit)
+    .bind(worker_id)
+    .bind(lease_seconds)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Renews the leases of this worker's steps. Returns `(id, attempt, status)`
+/// of those still held; a step missing from the answer was lost.
+pub async fn heartbeat(pool: &PgPool, worker_id: Uuid, lease_seconds: f64) -> StoreResult<Vec<(Uuid, i32, String)>> {
+    Ok(sqlx::query_as::<_, (Uuid, i32, String)>(
+        "update step_runs set lease_expires_at = now() + make_interval(secs => $2) \
+         where lease_owner = $1 and status in ('Executing', 'Stopping') and lease_expires_at is not null \
+         returning id, attempt, status",
+    )
+    .bind(worker_id)
+    .bind(lease_seconds)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Steps whose lease ran out: their worker is gone.
+pub async fn expired_leases(pool: &PgPool, limit: i64) -> StoreResult<Vec<(Uuid, i32)>> {
+    Ok(sqlx::query_as::<_, (Uuid, i32)>(
+        "select id, attempt from step_runs where lease_expires_at < now() \
+         and status in ('Executing', 'Stopping') order by lease_expires_at limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Callback steps whose wait ran out.
+pub async fn expired_callbacks(pool: &PgPool, limit: i64) -> StoreResult<Vec<(Uuid, i32)>> {
+    Ok(sqlx::query_as::<_, (Uuid, i32)>(
+        "select id, attempt from step_runs where callback_deadline < now() and status = 'Executing' \
+         order by callback_deadline limit $1",
+    )
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// Gives back steps claimed by a worker that is shutting down, so another
+/// worker can take them at once instead of waiting for the lease to expire.
+pub async fn release(conn: &mut PgConnection, id: Uuid, attempt: i32) -> StoreResult<bool> {
+    let released = sqlx::query(
+        "update step_runs set status = 'Starting', available_at = now(), lease_owner = null, \
+         lease_expires_at = null, attempt = attempt - 1 where id = $1 and attempt = $2 and status = 'Executing'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .execute(&mut *conn)
+    .await?
+    .rows_affected()
+        == 1;
+    if released {
+        sqlx::query("delete from step_attempts where step_run_id = $1 and attempt = $2")
+            .bind(id)
+            .bind(attempt)
+            .execute(conn)
+            .await?;
+    }
+    Ok(released)
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AttemptRow {
+    pub attempt: i32,
+    pub status: String,
+    pub error_type: Option<String>,
+    pub failure_reason: Option<String>,
+    pub worker_id: Option<Uuid>,
+    pub exit_code: Option<i32>,
+    pub started_at: DateTime<Utc>,
+    pub ended_at: Option<DateTime<Utc>>,
+}
+
+pub async fn attempts(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Vec<AttemptRow>> {
+    Ok(sqlx::query_as::<_, AttemptRow>(
+        "select attempt, status, error_type, failure_reason, worker_id, exit_code, started_at, ended_at \
+         from step_attempts where step_run_id = $1 order by attempt",
+    )
+    .bind(step_run_id)
+    .fetch_all(pool)
+    .await?)
+}
+
+/// The captured log of an attempt, if it has ended.
+pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<String>>> {
+    Ok(sqlx::query_scalar::<_, Option<String>>(
+        "select log from step_attempts where step_run_id = $1 and attempt = $2",
+    )
+    .bind(step_run_id)
+    .bind(attempt)
+    .fetch_optional(pool)
+    .await?)
+}
+
+pub struct AttemptEnd<'a> {
+    pub status: &'a str,
+    pub error_type: Option<&'a str>,
+    pub failure_reason: Option<&'a str>,
+    pub exit_code: Option<i32>,
+    pub log: Option<&'a str>,
+}
+
+pub async fn end_attempt(conn: &mut PgConnection, id: Uuid, attempt: i32, end: &AttemptEnd<'_>) -> StoreResult<()> {
+    sqlx::query(
+        "update step_attempts set status = $3, error_type = $4, failure_reason = $5, exit_code = $6, \
+         log = coalesce($7, log), ended_at = now() where step_run_id = $1 and attempt = $2",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(end.status)
+    .bind(end.error_type)
+    .bind(end.failure_reason)
+    .bind(end.exit_code)
+    .bind(end.log)
+    .execute(conn)
+    .await?;
+    Ok(())
+}

@@ -1,0 +1,8 @@
+//! The integration tests: one binary, the real server on 127.0.0.1:0, a
+//! fresh PostgreSQL database per test (`#[sqlx::test]`), and every response
+//! checked against `openapi.yaml`.
+
+mod errors;
+mod helpers;
+mod openapi;
+mod pipelines;
