@@ -1,5 +1,7 @@
-//! `App::build` connects, migrates and binds; `App::run` serves until the
-//! shutdown token fires. Tests build the same `App` on port 0.
+//! `App::build` connects, migrates and binds; `App::run` serves the API and
+//! runs the workers and maintenance until the shutdown token fires.
+//! `run_workers` is the same without the API (`stepwise worker`). Tests
+//! build the same `App` on port 0.
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
 
@@ -11,7 +13,9 @@ use crate::{
     api::{self, AppState},
     config::{redact_url, Config},
     ids::Arns,
+    notify::Notifier,
     store,
+    worker::{self, WorkerPool},
 };
 
 pub struct App {
@@ -29,6 +33,7 @@ impl App {
 
     /// Binds the listener over an existing pool (already migrated).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
+        let config = prepare_data_dir(config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -36,6 +41,7 @@ impl App {
             db: pool,
             arns: Arns::new(&config.arn),
             config: Arc::new(config),
+            notifier: Notifier::new(),
         };
         Ok(App { listener, state })
     }
@@ -48,17 +54,72 @@ impl App {
         self.local_addr().port()
     }
 
-    /// Serves the API until `shutdown` is cancelled, then drains in-flight
-    /// requests.
+    /// Serves the API and runs workers until `shutdown` is cancelled, then
+    /// drains in-flight requests and running steps.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
+        let state = self.state.clone();
         tracing::info!(address = %self.local_addr(), "stepwise API listening");
-        let router = api::router(self.state.clone());
+        let background = spawn_background(&state.db, &state.config, &state.notifier, &shutdown);
+        let router = api::router(state);
         axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
             .await?;
         tracing::info!("API stopped");
+        background.wait().await;
         Ok(())
     }
+}
+
+/// Workers and maintenance only, for extra machines (`stepwise worker`).
+pub async fn run_workers(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let pool = connect_and_migrate(&config).await?;
+    let config = Arc::new(prepare_data_dir(config)?);
+    let notifier = Notifier::new();
+    spawn_background(&pool, &config, &notifier, &shutdown).wait().await;
+    Ok(())
+}
+
+struct Background {
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+    listener: tokio::task::JoinHandle<()>,
+    listener_stop: CancellationToken,
+}
+
+impl Background {
+    async fn wait(self) {
+        for task in self.tasks {
+            let _ = task.await;
+        }
+        self.listener_stop.cancel();
+        let _ = self.listener.await;
+    }
+}
+
+fn spawn_background(db: &PgPool, config: &Arc<Config>, notifier: &Notifier, shutdown: &CancellationToken) -> Background {
+    // The listener outlives the pool's drain so stop requests still arrive.
+    let listener_stop = CancellationToken::new();
+    let listener = tokio::spawn(notifier.clone().run(db.clone(), listener_stop.clone()));
+    let mut tasks = Vec::new();
+    if config.worker.concurrency > 0 {
+        let pool = WorkerPool::new(db.clone(), config.clone(), notifier.clone());
+        tasks.push(tokio::spawn(pool.run(shutdown.clone())));
+    }
+    let every = Duration::from_secs_f64((config.worker.lease_seconds as f64 / 3.0).clamp(0.2, 5.0));
+    tasks.push(tokio::spawn(worker::maintenance::run(db.clone(), every, shutdown.clone())));
+    Background {
+        tasks,
+        listener,
+        listener_stop,
+    }
+}
+
+/// Creates the data directory and makes its path absolute, since artifact
+/// URIs handed to other steps must not depend on a working directory.
+fn prepare_data_dir(mut config: Config) -> anyhow::Result<Config> {
+    std::fs::create_dir_all(&config.data_dir)
+        .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)?;
+    Ok(config)
 }
 
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {

@@ -45,6 +45,8 @@ enum CliLogFormat {
 enum Command {
     /// Run the API, workers and maintenance (the default).
     Serve,
+    /// Run workers and maintenance only, against the same database.
+    Worker,
     /// Apply database migrations and exit.
     Migrate,
     /// Print the OpenAPI document.
@@ -72,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
     let shutdown = shutdown_on_signal();
     match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => App::build(config).await?.run(shutdown).await,
+        Command::Worker => app::run_workers(config, shutdown).await,
         Command::Migrate => {
             app::connect_and_migrate(&config).await?;
             tracing::info!("migrations applied");

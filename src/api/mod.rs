@@ -5,9 +5,12 @@
 
 pub mod error;
 pub mod extract;
+mod callbacks;
+mod executions;
 mod health;
 mod pagination;
 mod pipelines;
+mod steps;
 
 use std::sync::Arc;
 
@@ -22,7 +25,7 @@ use sqlx::PgPool;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use self::error::{ApiError, ErrorCode};
-use crate::{config::Config, ids::Arns};
+use crate::{config::Config, ids::Arns, notify::Notifier};
 
 /// The OpenAPI document, committed at the repository root and served as is;
 /// `tests/it/openapi.rs` checks every response of the test suite against it.
@@ -33,6 +36,7 @@ pub struct AppState {
     pub db: PgPool,
     pub config: Arc<Config>,
     pub arns: Arns,
+    pub notifier: Notifier,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -40,6 +44,9 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(health::router())
         .merge(pipelines::router())
+        .merge(executions::router())
+        .merge(steps::router())
+        .merge(callbacks::router())
         .route("/openapi.yaml", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)

@@ -3,6 +3,7 @@
 //! durations. Nothing here performs I/O or depends on the rest of the crate, so
 //! the API, the store and the engine can all share one reading of a definition.
 
+pub mod cache;
 pub mod condition;
 pub mod dag;
 pub mod definition;
@@ -11,6 +12,7 @@ pub mod expr;
 pub mod names;
 pub mod params;
 pub mod retry;
+pub mod selective;
 
 use std::fmt;
 

@@ -2,7 +2,9 @@
 //! pool) so callers can compose several calls into one transaction. Nothing
 //! here knows about HTTP.
 
+pub mod executions;
 pub mod pipelines;
+pub mod steps;
 
 use std::time::Duration;
 

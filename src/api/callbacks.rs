@@ -1,0 +1,100 @@
+//! `/v1/callbacks/{token}`: a client reports the result of a Callback step.
+
+use axum::{extract::State, routing::post, Json, Router};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use uuid::Uuid;
+
+use super::{
+    error::{ApiError, ApiResult},
+    extract::{JsonBody, Path},
+    AppState,
+};
+use crate::{
+    engine::{self, CallbackReport},
+    executor::check_callback_outputs,
+    store,
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/callbacks/{token}/success", post(success))
+        .route("/v1/callbacks/{token}/failure", post(failure))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SuccessBody {
+    #[serde(default)]
+    output_parameters: Map<String, Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FailureBody {
+    failure_reason: String,
+}
+
+#[derive(Serialize)]
+struct Reported {
+    step_name: String,
+    execution_id: Uuid,
+    status: &'static str,
+}
+
+fn parse_token(token: &str) -> ApiResult<Uuid> {
+    Uuid::parse_str(token).map_err(|_| ApiError::not_found(format!("no callback is waiting for token {token:?}")))
+}
+
+/// Report success of the Callback step waiting on `token`, with its output
+/// values (checked against the declared `OutputParameters`).
+async fn success(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    JsonBody(body): JsonBody<SuccessBody>,
+) -> ApiResult<Json<Reported>> {
+    let token = parse_token(&token)?;
+    let step = waiting_step(&state, token).await?;
+    let outputs = check_callback_outputs(&step.arguments, &body.output_parameters).map_err(|problems| {
+        let details = problems
+            .iter()
+            .map(|p| crate::domain::Issue::new("/output_parameters", p.clone()))
+            .collect();
+        ApiError::validation(problems.join("; "), details)
+    })?;
+    engine::complete_callback(&state.db, token, CallbackReport::Success(outputs)).await?;
+    Ok(Json(Reported {
+        step_name: step.step_name,
+        execution_id: step.execution_id,
+        status: "Succeeded",
+    }))
+}
+
+/// Report failure of the Callback step waiting on `token`.
+async fn failure(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+    JsonBody(body): JsonBody<FailureBody>,
+) -> ApiResult<Json<Reported>> {
+    let token = parse_token(&token)?;
+    let step = waiting_step(&state, token).await?;
+    engine::complete_callback(&state.db, token, CallbackReport::Failure(body.failure_reason)).await?;
+    Ok(Json(Reported {
+        step_name: step.step_name,
+        execution_id: step.execution_id,
+        status: "Failed",
+    }))
+}
+
+async fn waiting_step(state: &AppState, token: Uuid) -> ApiResult<store::steps::StepRunRow> {
+    let mut conn = state.db.acquire().await.map_err(ApiError::internal)?;
+    let step = store::steps::find_by_callback_token(&mut conn, token).await?;
+    match step {
+        None => Err(ApiError::not_found(format!("no callback is waiting for token {token}"))),
+        Some(step) if step.status != "Executing" => Err(ApiError::conflict(format!(
+            "the token of step {:?} was already used or cancelled (the step is {})",
+            step.step_name, step.status
+        ))),
+        Some(step) => Ok(step),
+    }
+}

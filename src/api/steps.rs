@@ -1,0 +1,180 @@
+//! The step runs of an execution: list, one step with its attempts and
+//! cache details, and the captured log of an attempt.
+
+use axum::{
+    extract::State,
+    http::header,
+    response::{IntoResponse, Response},
+    routing::get,
+    Json, Router,
+};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use serde_json::{json, Value};
+use uuid::Uuid;
+
+use super::{
+    error::{ApiError, ApiResult},
+    extract::{Path, Query},
+    AppState,
+};
+use crate::{
+    executor::command::{read_log, AttemptDirs},
+    store::{
+        self,
+        steps::{AttemptRow, StepRunRow},
+    },
+};
+
+pub fn router() -> Router<AppState> {
+    Router::new()
+        .route("/v1/executions/{execution}/steps", get(list))
+        .route("/v1/executions/{execution}/steps/{step}", get(describe))
+        .route("/v1/executions/{execution}/steps/{step}/logs", get(logs))
+}
+
+#[derive(Serialize)]
+pub struct StepRun {
+    step_name: String,
+    step_type: String,
+    status: String,
+    skip_reason: Option<String>,
+    attempt_count: i32,
+    started_at: Option<DateTime<Utc>>,
+    ended_at: Option<DateTime<Utc>>,
+    failure_reason: Option<String>,
+    error_type: Option<String>,
+    properties: Option<Value>,
+    cache_hit: Option<Value>,
+    reused_from: Option<Value>,
+    cache: Option<Value>,
+    metadata: Value,
+}
+
+#[derive(Serialize)]
+struct StepDetail {
+    #[serde(flatten)]
+    run: StepRun,
+    dependencies: Vec<String>,
+    attempts: Vec<Attempt>,
+}
+
+#[derive(Serialize)]
+struct Attempt {
+    attempt: i32,
+    status: String,
+    error_type: Option<String>,
+    failure_reason: Option<String>,
+    exit_code: Option<i32>,
+    worker_id: Option<Uuid>,
+    started_at: DateTime<Utc>,
+    ended_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Serialize)]
+struct StepList {
+    steps: Vec<StepRun>,
+    next_token: Option<String>,
+}
+
+fn view(row: StepRunRow, with_components: bool) -> StepRun {
+    let cache = row.cache_status.as_ref().map(|status| {
+        let mut cache = json!({
+            "status": status,
+            "key": row.cache_key,
+            "miss_reason": row.cache_miss_reason,
+            "warnings": row.cache_warnings.clone().unwrap_or(json!([])),
+        });
+        if with_components {
+            cache["components"] = row.cache_components.clone().unwrap_or(Value::Null);
+        }
+        cache
+    });
+    StepRun {
+        step_name: row.step_name,
+        step_type: row.step_type,
+        status: row.status,
+        skip_reason: row.skip_reason,
+        attempt_count: row.attempt,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+        failure_reason: row.failure_reason,
+        error_type: row.error_type,
+        properties: row.properties,
+        cache_hit: row.cache_hit,
+        reused_from: row.reused_from,
+        cache,
+        metadata: row.metadata,
+    }
+}
+
+fn attempt_view(row: AttemptRow) -> Attempt {
+    Attempt {
+        attempt: row.attempt,
+        status: row.status,
+        error_type: row.error_type,
+        failure_reason: row.failure_reason,
+        exit_code: row.exit_code,
+        worker_id: row.worker_id,
+        started_at: row.started_at,
+        ended_at: row.ended_at,
+    }
+}
+
+/// Every step of the execution, in pipeline order.
+async fn list(State(state): State<AppState>, Path(reference): Path<String>) -> ApiResult<Json<StepList>> {
+    let execution = state.find_execution(&reference).await?;
+    let rows = store::steps::list(&state.db, execution.id).await?;
+    Ok(Json(StepList {
+        steps: rows.into_iter().map(|r| view(r, false)).collect(),
+        next_token: None,
+    }))
+}
+
+/// One step with its attempt history and cache details.
+async fn describe(
+    State(state): State<AppState>,
+    Path((reference, step)): Path<(String, String)>,
+) -> ApiResult<Json<StepDetail>> {
+    let execution = state.find_execution(&reference).await?;
+    let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
+    let attempts = store::steps::attempts(&state.db, row.id).await?;
+    Ok(Json(StepDetail {
+        dependencies: row.dependencies.clone(),
+        run: view(row, true),
+        attempts: attempts.into_iter().map(attempt_view).collect(),
+    }))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    attempt: Option<i32>,
+}
+
+/// The captured stdout and stderr of an attempt (the latest by default).
+async fn logs(
+    State(state): State<AppState>,
+    Path((reference, step)): Path<(String, String)>,
+    Query(q): Query<LogQuery>,
+) -> ApiResult<Response> {
+    let execution = state.find_execution(&reference).await?;
+    let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
+    let attempt = q.attempt.unwrap_or(row.attempt);
+    if attempt < 1 || attempt > row.attempt {
+        return Err(ApiError::not_found(format!(
+            "step {step:?} has no attempt {attempt} (it has {} attempt(s))",
+            row.attempt
+        )));
+    }
+    let stored = store::steps::attempt_log(&state.db, row.id, attempt).await?;
+    let text = match stored {
+        Some(Some(text)) => text,
+        // Still running, or ended without a log: read the local file if any.
+        _ => {
+            let dirs = AttemptDirs::new(&state.config.data_dir, execution.id, &step, attempt);
+            read_log(&dirs.log).await.unwrap_or_default()
+        }
+    };
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+}

@@ -1,0 +1,492 @@
+//! Step cache keys (SPEC 4): the canonical document of a step run's key
+//! attributes, its SHA-256, warnings about components that can never repeat,
+//! content hashes of `CacheInputs`, and the explanation of a miss against an
+//! earlier entry. Pure except for [`hash_input`], which reads the files it
+//! hashes; lookups, expiry and storage of entries belong to the store.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io;
+use std::path::Path;
+
+use serde_json::{json, Map, Value};
+use sha2::{Digest, Sha256};
+
+use super::definition::StepKind;
+use super::expr::{self, PathSegment};
+
+/// The Command arguments that enter the key. `TimeoutSeconds` does not: how
+/// long a run may take does not change what it produces.
+const COMMAND_KEY_FIELDS: [&str; 4] = ["Command", "Shell", "Env", "WorkingDirectory"];
+/// How many differences a miss explanation lists before summarising the rest.
+const DIFFERENCES_SHOWN: usize = 10;
+/// Longest rendering of a value in a miss explanation.
+const VALUE_CHARS_SHOWN: usize = 80;
+
+/// The key material of one step run.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CacheKey {
+    /// Hex SHA-256 of the RFC 8785 canonical form of `components`.
+    pub key: String,
+    /// The canonical document hashed; stored with the entry so a later miss
+    /// can be explained against it.
+    pub components: Value,
+    /// Components that use a per-execution value, so the key can never hit.
+    pub warnings: Vec<String>,
+}
+
+/// Builds the key of a step run. `resolved_args` are the step's Arguments
+/// after expression evaluation; `raw_args` the Arguments as written, used to
+/// warn about per-execution values; `input_hashes` maps each `CacheInputs`
+/// path to its [`hash_input`].
+///
+/// Command components: `{"Type", "Command" or "Shell", "Env",
+/// "WorkingDirectory", "CacheInputs"}` (a missing `Env` counts as `{}` and a
+/// missing `WorkingDirectory` as null, since they run the same process).
+/// Every other type: `{"Type", "Arguments"}`; only Command and Pass are ever
+/// cached, but the key is well defined for all.
+pub fn compute_key(
+    kind: StepKind,
+    raw_args: &Value,
+    resolved_args: &Value,
+    input_hashes: &BTreeMap<String, String>,
+) -> CacheKey {
+    let (components, raw_components) = match kind {
+        StepKind::Command => {
+            let mut c = Map::new();
+            let mut raw = Map::new();
+            c.insert("Type".into(), json!(kind.as_str()));
+            for field in COMMAND_KEY_FIELDS {
+                let value = resolved_args.get(field).filter(|v| !v.is_null());
+                match (field, value) {
+                    ("Command" | "Shell", None) => continue,
+                    ("Env", None) => c.insert(field.into(), json!({})),
+                    (_, None) => c.insert(field.into(), Value::Null),
+                    (_, Some(v)) => c.insert(field.into(), v.clone()),
+                };
+                if let Some(r) = raw_args.get(field) {
+                    raw.insert(field.into(), r.clone());
+                }
+            }
+            let hashes: Map<String, Value> = input_hashes
+                .iter()
+                .map(|(path, hash)| (path.clone(), json!(hash)))
+                .collect();
+            c.insert("CacheInputs".into(), Value::Object(hashes));
+            // The paths themselves are hashed content; only an expression in
+            // the list can make them differ per execution.
+            if let Some(r) = raw_args.get("CacheInputs") {
+                raw.insert("CacheInputs".into(), r.clone());
+            }
+            (Value::Object(c), Value::Object(raw))
+        }
+        _ => (
+            json!({"Type": kind.as_str(), "Arguments": resolved_args}),
+            json!({"Arguments": raw_args}),
+        ),
+    };
+    let canonical = serde_jcs::to_string(&components)
+        // A `serde_json::Value` holds no NaN or infinity, the only values
+        // canonical JSON cannot represent.
+        .expect("a JSON value always has a canonical form");
+    let key = hex::encode(Sha256::digest(canonical.as_bytes()));
+    let mut warnings = Vec::new();
+    per_execution_warnings(&raw_components, &mut Vec::new(), &mut warnings);
+    CacheKey {
+        key,
+        components,
+        warnings,
+    }
+}
+
+/// Warns for each expression in `raw` that uses a per-execution value,
+/// naming where it sits in the components.
+fn per_execution_warnings(raw: &Value, path: &mut Vec<PathSegment>, out: &mut Vec<String>) {
+    if expr::is_expression(raw) {
+        let uses = expr::uses_per_execution_value(raw);
+        if !uses.is_empty() {
+            let verb = if uses.len() == 1 { "differs" } else { "differ" };
+            out.push(format!(
+                "{} uses {}, which {verb} in every execution, so this step can never hit the cache",
+                render_path(path),
+                uses.join(" and ")
+            ));
+        }
+        return;
+    }
+    match raw {
+        Value::Object(m) => {
+            for (k, v) in m {
+                path.push(PathSegment::Key(k.clone()));
+                per_execution_warnings(v, path, out);
+                path.pop();
+            }
+        }
+        Value::Array(a) => {
+            for (i, v) in a.iter().enumerate() {
+                path.push(PathSegment::Index(i));
+                per_execution_warnings(v, path, out);
+                path.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+/// A component path as written in messages: `Env.EPOCHS`, `Command[2]`,
+/// `CacheInputs["data/train.csv"]`.
+fn render_path(path: &[PathSegment]) -> String {
+    let s = expr::format_path(path);
+    match s.strip_prefix('.') {
+        Some(rest) => rest.to_string(),
+        None => s,
+    }
+}
+
+/// Content hash (hex SHA-256) of a file or a directory tree. A directory is
+/// hashed over its entries sorted by relative path: each entry contributes its
+/// kind, its relative path and its content (a file's bytes, a symlink's target
+/// text; symlinks inside the tree are not followed, so a link cycle cannot
+/// loop). Names and bytes are hashed, never timestamps or permissions, so
+/// touching a file does not change the hash. `path` itself is followed when it
+/// is a symlink: `CacheInputs` naming a link means its target's content.
+/// Errors name the path that could not be read.
+pub fn hash_input(path: &Path) -> Result<String, String> {
+    let err = |p: &Path, e: io::Error| format!("cannot read cache input {}: {e}", p.display());
+    let meta = fs::metadata(path).map_err(|e| err(path, e))?;
+    let mut outer = Sha256::new();
+    if !meta.is_dir() {
+        entry(&mut outer, b'F', b"", &file_digest(path).map_err(|e| err(path, e))?);
+        return Ok(hex::encode(outer.finalize()));
+    }
+    // Collect then sort: `read_dir` order is filesystem-dependent.
+    let mut entries: Vec<(Vec<u8>, std::path::PathBuf, fs::FileType)> = Vec::new();
+    let mut pending = vec![(Vec::new(), path.to_path_buf())];
+    while let Some((rel, dir)) = pending.pop() {
+        for item in fs::read_dir(&dir).map_err(|e| err(&dir, e))? {
+            let item = item.map_err(|e| err(&dir, e))?;
+            let full = item.path();
+            let kind = item.file_type().map_err(|e| err(&full, e))?;
+            let mut child = rel.clone();
+            if !child.is_empty() {
+                child.push(b'/');
+            }
+            child.extend_from_slice(item.file_name().as_encoded_bytes());
+            if kind.is_dir() {
+                pending.push((child.clone(), full.clone()));
+            }
+            entries.push((child, full, kind));
+        }
+    }
+    entries.sort_by(|a, b| a.0.cmp(&b.0));
+    for (rel, full, kind) in entries {
+        if kind.is_dir() {
+            entry(&mut outer, b'D', &rel, b"");
+        } else if kind.is_symlink() {
+            let target = fs::read_link(&full).map_err(|e| err(&full, e))?;
+            entry(&mut outer, b'L', &rel, target.as_os_str().as_encoded_bytes());
+        } else {
+            entry(&mut outer, b'F', &rel, &file_digest(&full).map_err(|e| err(&full, e))?);
+        }
+    }
+    Ok(hex::encode(outer.finalize()))
+}
+
+/// Feeds one length-prefixed entry to `h`, so no two different trees produce
+/// the same byte stream.
+fn entry(h: &mut Sha256, kind: u8, rel: &[u8], content: &[u8]) {
+    h.update([kind]);
+    h.update((rel.len() as u64).to_be_bytes());
+    h.update(rel);
+    h.update((content.len() as u64).to_be_bytes());
+    h.update(content);
+}
+
+/// SHA-256 of a file's bytes, streamed so large inputs are not held in memory.
+fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
+    let mut f = fs::File::open(path)?;
+    let mut h = Sha256::new();
+    io::copy(&mut f, &mut h)?;
+    Ok(h.finalize().to_vec())
+}
+
+/// Explains a miss against the nearest earlier entry's components: each
+/// differing leaf as `Env.EPOCHS: 10 -> 12`, with `(absent)` for an added or
+/// removed key or list element, joined with `"; "`. Values are shown as JSON
+/// (strings quoted) and long ones shortened. `None` when they are identical.
+pub fn explain_difference(current: &Value, previous: &Value) -> Option<String> {
+    let mut diffs = Vec::new();
+    diff(Some(current), Some(previous), &mut Vec::new(), &mut diffs);
+    if diffs.is_empty() {
+        return None;
+    }
+    let extra = diffs.len().saturating_sub(DIFFERENCES_SHOWN);
+    diffs.truncate(DIFFERENCES_SHOWN);
+    let mut out = diffs.join("; ");
+    if extra > 0 {
+        out.push_str(&format!("; and {extra} more"));
+    }
+    Some(out)
+}
+
+fn diff(cur: Option<&Value>, prev: Option<&Value>, path: &mut Vec<PathSegment>, out: &mut Vec<String>) {
+    match (cur, prev) {
+        (Some(c), Some(p)) if c == p => {}
+        (Some(Value::Object(c)), Some(Value::Object(p))) => {
+            let keys: BTreeSet<&String> = c.keys().chain(p.keys()).collect();
+            for k in keys {
+                path.push(PathSegment::Key(k.clone()));
+                diff(c.get(k), p.get(k), path, out);
+                path.pop();
+            }
+        }
+        (Some(Value::Array(c)), Some(Value::Array(p))) => {
+            for i in 0..c.len().max(p.len()) {
+                path.push(PathSegment::Index(i));
+                diff(c.get(i), p.get(i), path, out);
+                path.pop();
+            }
+        }
+        (None, None) => {}
+        _ => {
+            let label = if path.is_empty() {
+                "(whole)".to_string()
+            } else {
+                render_path(path)
+            };
+            out.push(format!("{label}: {} -> {}", show(prev), show(cur)));
+        }
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    let Some(v) = v else {
+        return "(absent)".into();
+    };
+    let s = v.to_string();
+    if s.chars().count() <= VALUE_CHARS_SHOWN {
+        return s;
+    }
+    let mut short: String = s.chars().take(VALUE_CHARS_SHOWN).collect();
+    short.push_str("...");
+    short
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn none() -> BTreeMap<String, String> {
+        BTreeMap::new()
+    }
+
+    fn command_key(args: Value) -> CacheKey {
+        compute_key(StepKind::Command, &args, &args, &none())
+    }
+
+    #[test]
+    fn key_is_stable_under_object_key_order() {
+        let a: Value = serde_json::from_str(r#"{"Command": ["train"], "Env": {"A": "1", "B": "2"}}"#).unwrap();
+        let b: Value = serde_json::from_str(r#"{"Env": {"B": "2", "A": "1"}, "Command": ["train"]}"#).unwrap();
+        let (ka, kb) = (command_key(a), command_key(b));
+        assert_eq!(ka.key, kb.key);
+        assert_eq!(ka.key.len(), 64);
+        assert!(ka.key.chars().all(|c| c.is_ascii_hexdigit()));
+        let p1 = compute_key(
+            StepKind::Pass,
+            &json!({"x": 1, "y": [1, 2]}),
+            &json!({"x": 1, "y": [1, 2]}),
+            &none(),
+        );
+        let p2 = compute_key(
+            StepKind::Pass,
+            &json!({"y": [1, 2], "x": 1}),
+            &json!({"y": [1, 2], "x": 1}),
+            &none(),
+        );
+        assert_eq!(p1.key, p2.key);
+        assert_eq!(
+            p1.components,
+            json!({"Type": "Pass", "Arguments": {"x": 1, "y": [1, 2]}})
+        );
+    }
+
+    #[test]
+    fn key_is_sha256_of_the_canonical_components() {
+        let k = command_key(json!({"Shell": "echo hi"}));
+        let canonical = serde_jcs::to_string(&k.components).unwrap();
+        assert_eq!(
+            canonical,
+            r#"{"CacheInputs":{},"Env":{},"Shell":"echo hi","Type":"Command","WorkingDirectory":null}"#
+        );
+        assert_eq!(k.key, hex::encode(Sha256::digest(canonical.as_bytes())));
+    }
+
+    #[test]
+    fn key_excludes_timeout_and_includes_what_runs() {
+        let base = command_key(json!({"Command": ["train"], "Env": {"EPOCHS": 10}}));
+        let timeout = command_key(json!({"Command": ["train"], "Env": {"EPOCHS": 10}, "TimeoutSeconds": 60}));
+        assert_eq!(base.key, timeout.key);
+        assert!(timeout.components.get("TimeoutSeconds").is_none());
+        let env = command_key(json!({"Command": ["train"], "Env": {"EPOCHS": 12}}));
+        assert_ne!(base.key, env.key);
+        let wd = command_key(json!({"Command": ["train"], "Env": {"EPOCHS": 10}, "WorkingDirectory": "/w"}));
+        assert_ne!(base.key, wd.key);
+        let shell = command_key(json!({"Shell": "train", "Env": {"EPOCHS": 10}}));
+        assert_ne!(base.key, shell.key);
+        // No Env and an empty Env run the same process.
+        assert_eq!(
+            command_key(json!({"Command": ["x"]})).key,
+            command_key(json!({"Command": ["x"], "Env": {}})).key
+        );
+        let args = json!({"Command": ["train"], "CacheInputs": ["data"]});
+        let h1 = BTreeMap::from([("data".to_string(), "aa".to_string())]);
+        let h2 = BTreeMap::from([("data".to_string(), "bb".to_string())]);
+        let k1 = compute_key(StepKind::Command, &args, &args, &h1);
+        let k2 = compute_key(StepKind::Command, &args, &args, &h2);
+        assert_ne!(k1.key, k2.key);
+        assert_eq!(k1.components["CacheInputs"], json!({"data": "aa"}));
+        // The step type is part of the key.
+        let args = json!({"Command": ["x"]});
+        assert_ne!(
+            compute_key(StepKind::Pass, &args, &args, &none()).key,
+            command_key(args).key
+        );
+    }
+
+    #[test]
+    fn per_execution_values_are_warned_about() {
+        let raw = json!({
+            "Command": ["train", {"Get": "Parameters.Epochs"}],
+            "Env": {
+                "RUN_ID": {"Get": "Execution.PipelineExecutionId"},
+                "NAME": {"Get": "Execution.PipelineName"},
+                "TAG": {"Std:Join": {"On": "-", "Values": [
+                    {"Get": "Execution.StartDateTime"}, {"Get": "Execution.PipelineExecutionArn"}]}}
+            },
+            "TimeoutSeconds": {"Get": "Execution.CurrentDateTime"}
+        });
+        let resolved = json!({"Command": ["train", 10], "Env": {"RUN_ID": "r1", "NAME": "p", "TAG": "t"}});
+        let k = compute_key(StepKind::Command, &raw, &resolved, &none());
+        assert_eq!(
+            k.warnings,
+            [
+                "Env.RUN_ID uses Execution.PipelineExecutionId, which differs in every execution, so this step can never hit the cache",
+                "Env.TAG uses Execution.StartDateTime and Execution.PipelineExecutionArn, which differ in every execution, so this step can never hit the cache",
+            ]
+        );
+        let raw = json!({"when": [{"Get": "Execution.CurrentDateTime"}]});
+        let k = compute_key(StepKind::Pass, &raw, &json!({"when": ["2024"]}), &none());
+        assert_eq!(k.warnings.len(), 1);
+        assert!(
+            k.warnings[0].starts_with("Arguments.when[0] uses Execution.CurrentDateTime"),
+            "{:?}",
+            k.warnings
+        );
+        assert!(command_key(json!({"Command": ["x"]})).warnings.is_empty());
+    }
+
+    #[test]
+    fn hash_input_of_a_directory_follows_content_not_mtime() {
+        let dir = tempfile::tempdir().unwrap();
+        fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
+        fs::write(dir.path().join("a.txt"), "alpha").unwrap();
+        fs::write(dir.path().join("sub/b.txt"), "beta").unwrap();
+        let first = hash_input(dir.path()).unwrap();
+        assert_eq!(first.len(), 64);
+
+        // Rewriting the same bytes changes the mtime, not the hash.
+        let f = fs::OpenOptions::new()
+            .write(true)
+            .open(dir.path().join("a.txt"))
+            .unwrap();
+        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
+        drop(f);
+        assert_eq!(hash_input(dir.path()).unwrap(), first);
+
+        fs::write(dir.path().join("sub/b.txt"), "BETA").unwrap();
+        let changed = hash_input(dir.path()).unwrap();
+        assert_ne!(changed, first);
+        fs::write(dir.path().join("sub/b.txt"), "beta").unwrap();
+        assert_eq!(hash_input(dir.path()).unwrap(), first);
+
+        // A rename with the same content is a different tree.
+        fs::rename(dir.path().join("sub/b.txt"), dir.path().join("sub/c.txt")).unwrap();
+        assert_ne!(hash_input(dir.path()).unwrap(), first);
+        // So is a new empty directory.
+        fs::rename(dir.path().join("sub/c.txt"), dir.path().join("sub/b.txt")).unwrap();
+        fs::create_dir(dir.path().join("empty")).unwrap();
+        assert_ne!(hash_input(dir.path()).unwrap(), first);
+    }
+
+    #[test]
+    fn hash_input_of_a_file_and_of_symlinks() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f.bin");
+        fs::write(&file, [0u8, 1, 2]).unwrap();
+        let h = hash_input(&file).unwrap();
+        let other = dir.path().join("g.bin");
+        fs::write(&other, [0u8, 1, 2]).unwrap();
+        // A file's hash is its content, whatever its name.
+        assert_eq!(hash_input(&other).unwrap(), h);
+        fs::write(&other, [0u8, 1, 3]).unwrap();
+        assert_ne!(hash_input(&other).unwrap(), h);
+
+        #[cfg(unix)]
+        {
+            let tree = dir.path().join("tree");
+            fs::create_dir(&tree).unwrap();
+            std::os::unix::fs::symlink("../f.bin", tree.join("link")).unwrap();
+            let linked = hash_input(&tree).unwrap();
+            // Inside a tree a symlink is its target text, not the target's bytes.
+            fs::write(&file, [9u8]).unwrap();
+            assert_eq!(hash_input(&tree).unwrap(), linked);
+            fs::remove_file(tree.join("link")).unwrap();
+            std::os::unix::fs::symlink("../g.bin", tree.join("link")).unwrap();
+            assert_ne!(hash_input(&tree).unwrap(), linked);
+            // A symlink named directly is followed.
+            let top = dir.path().join("top");
+            std::os::unix::fs::symlink(&file, &top).unwrap();
+            assert_eq!(hash_input(&top).unwrap(), hash_input(&file).unwrap());
+        }
+    }
+
+    #[test]
+    fn hash_input_errors_name_the_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope");
+        let e = hash_input(&missing).unwrap_err();
+        assert!(e.contains(&missing.display().to_string()), "{e}");
+        assert!(e.starts_with("cannot read cache input"), "{e}");
+    }
+
+    #[test]
+    fn explain_difference_lists_each_differing_leaf() {
+        let prev = json!({"Type": "Command", "Command": ["train", "--fast"], "Env": {"EPOCHS": 10, "OLD": "x"},
+                          "CacheInputs": {"data/train.csv": "aa"}});
+        let cur = json!({"Type": "Command", "Command": ["train", "--full", "--v"], "Env": {"EPOCHS": 12, "NEW": 5},
+                         "CacheInputs": {"data/train.csv": "bb"}});
+        assert_eq!(
+            explain_difference(&cur, &prev).unwrap(),
+            r#"CacheInputs["data/train.csv"]: "aa" -> "bb"; Command[1]: "--fast" -> "--full"; Command[2]: (absent) -> "--v"; Env.EPOCHS: 10 -> 12; Env.NEW: (absent) -> 5; Env.OLD: "x" -> (absent)"#
+        );
+        assert_eq!(explain_difference(&prev, &prev.clone()), None);
+        assert_eq!(
+            explain_difference(&json!({"Env": {"A": 1}}), &json!({"Env": "x"})).unwrap(),
+            r#"Env: "x" -> {"A":1}"#
+        );
+        assert_eq!(explain_difference(&json!(1), &json!(2)).unwrap(), "(whole): 2 -> 1");
+    }
+
+    #[test]
+    fn explain_difference_shortens_long_output() {
+        let prev: Map<String, Value> = (0..15).map(|i| (format!("K{i:02}"), json!(i))).collect();
+        let cur: Map<String, Value> = (0..15).map(|i| (format!("K{i:02}"), json!(i + 1))).collect();
+        let msg = explain_difference(&Value::Object(cur), &Value::Object(prev)).unwrap();
+        assert!(msg.starts_with("K00: 0 -> 1; K01: 1 -> 2"), "{msg}");
+        assert!(msg.ends_with("K09: 9 -> 10; and 5 more"), "{msg}");
+        let long = "x".repeat(200);
+        let msg = explain_difference(&json!({"A": long}), &json!({"A": "y"})).unwrap();
+        assert!(msg.ends_with("...") && msg.len() < 120, "{msg}");
+    }
+}

@@ -1,0 +1,302 @@
+//! Starting an execution: the step runs of a definition are created in one
+//! statement, the ready ones queued, in one transaction with the execution.
+
+use serde_json::{json, Value};
+use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
+
+use crate::{
+    domain::{
+        definition::{parse_definition, Definition},
+        Issue,
+    },
+    ids::Arns,
+    store::{
+        executions::{self, ExecutionRow, NewExecution, NewStepRun},
+        pipelines::{self, PipelineRow},
+        steps, StoreResult,
+    },
+};
+
+/// What becomes of one step when the execution is created. A plain start
+/// runs every step; selective execution reuses or skips some.
+#[derive(Debug, Clone)]
+pub enum StepPlan {
+    Run,
+    /// Succeeded at once with a copied property document.
+    Reuse {
+        properties: Value,
+        metadata: Value,
+        reused_from: Option<Value>,
+        cache_hit: Option<Value>,
+        artifacts_dir: Option<String>,
+    },
+    Skip {
+        reason: String,
+    },
+}
+
+/// Builds the rows of every step of `definition` following `plan` (a step
+/// missing from `plan` runs).
+pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Vec<NewStepRun> {
+    let plans: std::collections::HashMap<&str, StepPlan> =
+        definition.steps.iter().map(|s| (s.name.as_str(), plan(&s.name))).collect();
+    definition
+        .steps
+        .iter()
+        .enumerate()
+        .map(|(position, step)| {
+            let step_plan = &plans[step.name.as_str()];
+            let remaining = step
+                .depends_on
+                .iter()
+                .filter(|d| !matches!(plans.get(d.as_str()), Some(StepPlan::Reuse { .. })))
+                .count();
+            let mut run = NewStepRun {
+                id: Uuid::now_v7(),
+                step_name: step.name.clone(),
+                step_type: step.kind.as_str().to_string(),
+                position: position as i32,
+                status: "Pending".into(),
+                skip_reason: None,
+                arguments: step.arguments.clone(),
+                retry_policies: serde_json::to_value(&step.retry_policies).expect("policies serialize"),
+                cache_config: step.cache.map(|c| serde_json::to_value(c).expect("cache config serializes")),
+                dependencies: step.depends_on.clone(),
+                dependents: definition.dag.children(&step.name),
+                remaining_deps: remaining as i32,
+                branch_of: step.branch.as_ref().map(|b| b.condition.clone()),
+                branch_if: step.branch.as_ref().map(|b| b.if_branch),
+                properties: None,
+                metadata: json!({}),
+                reused_from: None,
+                cache_status: None,
+                artifacts_dir: None,
+                finished: false,
+            };
+            match step_plan {
+                StepPlan::Run => {}
+                StepPlan::Reuse {
+                    properties,
+                    metadata,
+                    reused_from,
+                    cache_hit: _,
+                    artifacts_dir,
+                } => {
+                    run.status = "Succeeded".into();
+                    run.properties = Some(properties.clone());
+                    run.metadata = metadata.clone();
+                    run.reused_from = reused_from.clone();
+                    run.artifacts_dir = artifacts_dir.clone();
+                    run.finished = true;
+                }
+                StepPlan::Skip { reason } => {
+                    run.status = "Skipped".into();
+                    run.skip_reason = Some(reason.clone());
+                    run.finished = true;
+                }
+            }
+            run
+        })
+        .collect()
+}
+
+/// Creates the execution and its step runs and queues the ready steps.
+pub async fn create(
+    conn: &mut PgConnection,
+    new: &NewExecution<'_>,
+    runs: &[NewStepRun],
+) -> StoreResult<()> {
+    executions::insert(conn, new).await?;
+    executions::record_event(conn, new.id, None, "Executing", None).await?;
+    executions::insert_step_runs(conn, new.id, new.pipeline_id, runs).await?;
+    // Steps below a skipped step never run.
+    let skipped: Vec<String> = runs.iter().filter(|r| r.status == "Skipped").map(|r| r.step_name.clone()).collect();
+    if !skipped.is_empty() {
+        let children: Vec<String> = runs
+            .iter()
+            .filter(|r| r.status == "Pending" && r.dependencies.iter().any(|d| skipped.contains(d)))
+            .map(|r| r.step_name.clone())
+            .collect();
+        steps::skip_with_descendants(conn, new.id, &children, "UpstreamNotRun").await?;
+    }
+    let queued = steps::promote_ready(conn, new.id, new.max_parallel_steps).await?;
+    let execution = executions::get(conn, new.id).await?;
+    super::finish_if_done(conn, &execution).await?;
+    steps::notify(conn, new.id, queued > 0).await?;
+    Ok(())
+}
+
+/// A start request, already shape-checked by the API.
+#[derive(Debug, Clone, Default)]
+pub struct StartRequest {
+    pub parameters: serde_json::Map<String, Value>,
+    pub pipeline_version: Option<i32>,
+    pub client_request_token: Option<String>,
+    pub selective_execution: Option<SelectiveRequest>,
+    pub cache_mode: CacheMode,
+    pub max_parallel_steps: Option<i32>,
+    pub display_name: Option<String>,
+    pub description: Option<String>,
+    /// SHA-256 of the canonical request body, for idempotent starts.
+    pub request_hash: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct SelectiveRequest {
+    pub source_execution: Option<String>,
+    pub selected_steps: crate::domain::selective::SelectedSteps,
+    pub inherit_parameters: bool,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    #[default]
+    Use,
+    Refresh,
+    Off,
+}
+
+impl CacheMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Use => "use",
+            CacheMode::Refresh => "refresh",
+            CacheMode::Off => "off",
+        }
+    }
+}
+
+#[derive(Debug)]
+pub enum StartError {
+    Invalid { message: String, issues: Vec<Issue> },
+    Store(crate::store::StoreError),
+}
+
+impl From<crate::store::StoreError> for StartError {
+    fn from(e: crate::store::StoreError) -> Self {
+        StartError::Store(e)
+    }
+}
+
+impl From<sqlx::Error> for StartError {
+    fn from(e: sqlx::Error) -> Self {
+        StartError::Store(e.into())
+    }
+}
+
+impl StartError {
+    pub fn invalid(message: impl Into<String>, issues: Vec<Issue>) -> StartError {
+        StartError::Invalid {
+            message: message.into(),
+            issues,
+        }
+    }
+}
+
+/// Starts an execution of `pipeline_name`. Returns the execution and whether
+/// it was created now (false: an earlier start with the same token).
+pub async fn start_execution(
+    pool: &PgPool,
+    arns: &Arns,
+    pipeline_name: &str,
+    req: &StartRequest,
+) -> Result<(ExecutionRow, bool), StartError> {
+    let mut tx = pool.begin().await?;
+    let pipeline = pipelines::get_version_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+    if let Some(token) = &req.client_request_token {
+        if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
+            return same_request(existing, req).map(|e| (e, false));
+        }
+    }
+    let definition = parse_definition(&pipeline.definition).map_err(|issues| {
+        StartError::invalid("the stored definition no longer validates", issues)
+    })?;
+    let prepared = prepare(&mut tx, arns, &pipeline, &definition, req).await?;
+    let id = Uuid::now_v7();
+    let new = NewExecution {
+        id,
+        pipeline_id: pipeline.id,
+        pipeline_version: pipeline.version,
+        parameters: &Value::Object(prepared.parameters),
+        definition: &pipeline.definition,
+        selective_execution: prepared.selective.as_ref(),
+        cache_mode: req.cache_mode.as_str(),
+        max_parallel_steps: req.max_parallel_steps.or(pipeline.max_parallel_steps),
+        display_name: req.display_name.as_deref(),
+        description: req.description.as_deref(),
+        client_request_token: req.client_request_token.as_deref(),
+        request_hash: Some(&req.request_hash),
+    };
+    match create(&mut tx, &new, &prepared.runs).await {
+        Ok(()) => {}
+        Err(crate::store::StoreError::Database(e)) if crate::store::is_unique_violation(&e) => {
+            // A concurrent start with the same token won the race.
+            drop(tx);
+            let mut conn = pool.acquire().await?;
+            let token = req.client_request_token.as_deref().unwrap_or_default();
+            let existing = executions::find_by_token(&mut conn, pipeline.id, token)
+                .await?
+                .ok_or(StartError::Store(crate::store::StoreError::Database(e)))?;
+            return same_request(existing, req).map(|e| (e, false));
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let execution = executions::get(&mut tx, id).await?;
+    tx.commit().await?;
+    tracing::info!(execution.id = %id, pipeline = %pipeline_name, version = pipeline.version, "execution started");
+    Ok((execution, true))
+}
+
+fn same_request(existing: ExecutionRow, req: &StartRequest) -> Result<ExecutionRow, StartError> {
+    if existing.request_hash.as_deref() == Some(req.request_hash.as_str()) {
+        Ok(existing)
+    } else {
+        Err(StartError::Store(crate::store::StoreError::Conflict(format!(
+            "client_request_token {:?} was already used for execution {} with a different request body",
+            req.client_request_token.as_deref().unwrap_or_default(),
+            existing.id
+        ))))
+    }
+}
+
+/// The effective parameters, the step plan and the recorded selective
+/// request of a start.
+pub struct Prepared {
+    pub parameters: serde_json::Map<String, Value>,
+    pub runs: Vec<NewStepRun>,
+    pub selective: Option<Value>,
+}
+
+/// Everything a start decides before writing: parameters and, for a
+/// selective execution, which steps run, are reused or skipped. The plan
+/// endpoint calls this too, without writing.
+pub async fn prepare(
+    conn: &mut PgConnection,
+    _arns: &Arns,
+    _pipeline: &PipelineRow,
+    definition: &Definition,
+    req: &StartRequest,
+) -> Result<Prepared, StartError> {
+    let parameters = resolve_parameters(definition, &req.parameters)?;
+    let _ = conn;
+    Ok(Prepared {
+        parameters,
+        runs: step_runs(definition, &|_| StepPlan::Run),
+        selective: None,
+    })
+}
+
+pub fn resolve_parameters(
+    definition: &Definition,
+    given: &serde_json::Map<String, Value>,
+) -> Result<serde_json::Map<String, Value>, StartError> {
+    definition.resolve_parameters(given).map_err(|issues| {
+        let message = match issues.as_slice() {
+            [one] => one.message.clone(),
+            many => format!("{} parameter problems, see details", many.len()),
+        };
+        StartError::invalid(message, issues)
+    })
+}

@@ -1,0 +1,290 @@
+//! The worker pool: claims queued steps with a short `SKIP LOCKED`
+//! transaction, runs them under a lease renewed by heartbeat, and reports
+//! each result fenced by its attempt. Wakes on `NOTIFY`, polls as fallback.
+//! On shutdown it stops claiming, lets running steps finish until the grace
+//! deadline, then ends and releases what is left for another worker.
+
+pub mod maintenance;
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use tokio::{sync::Semaphore, task::JoinSet};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::{
+    config::Config,
+    engine::{self, StepOutcome},
+    executor::{self, Run, StepContext},
+    ids::Arns,
+    notify::{self, Notifier},
+    store::steps::{self, ClaimedStep},
+};
+
+/// A step this process is running.
+struct Running {
+    execution_id: Uuid,
+    attempt: i32,
+    /// Fires to end the step's process: stop requested or lease lost.
+    stop: CancellationToken,
+}
+
+#[derive(Clone)]
+pub struct WorkerPool {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    db: PgPool,
+    config: Arc<Config>,
+    arns: Arns,
+    notifier: Notifier,
+    worker_id: Uuid,
+    running: Mutex<HashMap<Uuid, Running>>,
+    /// Cancelled at the end of the shutdown grace period: running steps are
+    /// ended and released rather than reported.
+    abandon: CancellationToken,
+    http: reqwest::Client,
+}
+
+impl WorkerPool {
+    pub fn new(db: PgPool, config: Arc<Config>, notifier: Notifier) -> WorkerPool {
+        WorkerPool {
+            inner: Arc::new(Inner {
+                arns: Arns::new(&config.arn),
+                db,
+                config,
+                notifier,
+                worker_id: Uuid::now_v7(),
+                running: Mutex::new(HashMap::new()),
+                abandon: CancellationToken::new(),
+                http: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .expect("HTTP client builds"),
+            }),
+        }
+    }
+
+    pub fn worker_id(&self) -> Uuid {
+        self.inner.worker_id
+    }
+
+    /// Runs until `shutdown`, then drains.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let inner = &self.inner;
+        let concurrency = inner.config.worker.concurrency.max(1);
+        tracing::info!(worker.id = %inner.worker_id, concurrency, "worker pool started");
+        let permits = Arc::new(Semaphore::new(concurrency));
+        let mut notices = inner.notifier.subscribe();
+        let mut tasks = JoinSet::new();
+        let heartbeat = tokio::spawn(self.clone().heartbeat(shutdown.clone()));
+        let poll = Duration::from_millis(inner.config.worker.poll_interval_ms);
+        let wake = Arc::new(tokio::sync::Notify::new());
+
+        while !shutdown.is_cancelled() {
+            let free = permits.available_permits();
+            let mut claimed_all = false;
+            if free > 0 {
+                match steps::claim(&inner.db, inner.worker_id, free as i64, inner.config.worker.lease_seconds as f64).await {
+                    Ok(claimed) => {
+                        claimed_all = claimed.len() == free;
+                        for step in claimed {
+                            let permit = permits.clone().acquire_owned().await.expect("semaphore open");
+                            let pool = self.clone();
+                            let wake = wake.clone();
+                            tasks.spawn(async move {
+                                pool.execute(step).await;
+                                drop(permit);
+                                wake.notify_one();
+                            });
+                        }
+                    }
+                    Err(e) => tracing::warn!(error = %e, "claiming steps failed; retrying"),
+                }
+            }
+            // Reap finished tasks so the set does not grow.
+            while tasks.try_join_next().is_some() {}
+            if claimed_all && permits.available_permits() > 0 {
+                continue;
+            }
+            let wait = self.next_wake(poll).await;
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = wake.notified() => {}
+                notice = notices.recv() => match notice {
+                    Ok(n) if n.channel == notify::STOP => self.stop_execution_steps(&n.payload),
+                    _ => {}
+                },
+                _ = tokio::time::sleep(wait) => {}
+            }
+        }
+
+        self.drain(tasks).await;
+        heartbeat.abort();
+        tracing::info!(worker.id = %inner.worker_id, "worker pool stopped");
+    }
+
+    /// How long to sleep when there is nothing to claim: until the next
+    /// delayed retry becomes due, at most the poll interval.
+    async fn next_wake(&self, poll: Duration) -> Duration {
+        let next: Option<f64> = sqlx::query_scalar(
+            "select extract(epoch from min(available_at) - now())::float8 from step_runs where status = 'Starting'",
+        )
+        .fetch_one(&self.inner.db)
+        .await
+        .unwrap_or(None);
+        match next {
+            Some(secs) if secs <= 0.0 => Duration::from_millis(5),
+            Some(secs) => Duration::from_secs_f64(secs).min(poll),
+            None => poll,
+        }
+    }
+
+    async fn drain(&self, mut tasks: JoinSet<()>) {
+        let grace = Duration::from_secs(self.inner.config.worker.shutdown_grace_seconds);
+        let count = tasks.len();
+        if count > 0 {
+            tracing::info!(running = count, grace_seconds = grace.as_secs(), "draining running steps");
+        }
+        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!("grace period over; ending and releasing the steps still running");
+            self.inner.abandon.cancel();
+            for running in self.inner.running.lock().unwrap().values() {
+                running.stop.cancel();
+            }
+            while tasks.join_next().await.is_some() {}
+        }
+    }
+
+    fn stop_execution_steps(&self, execution_id: &str) {
+        let Ok(execution_id) = Uuid::parse_str(execution_id) else { return };
+        for running in self.inner.running.lock().unwrap().values() {
+            if running.execution_id == execution_id {
+                running.stop.cancel();
+            }
+        }
+    }
+
+    /// Renews the leases of running steps; ends those whose lease was lost
+    /// or whose execution is stopping.
+    async fn heartbeat(self, shutdown: CancellationToken) {
+        let lease = self.inner.config.worker.lease_seconds as f64;
+        let every = Duration::from_secs_f64((lease / 3.0).max(0.2));
+        loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = tokio::time::sleep(every) => {}
+            }
+            // Leases are renewed during the drain too, until the task is aborted.
+            match steps::heartbeat(&self.inner.db, self.inner.worker_id, lease).await {
+                Ok(held) => {
+                    let held: HashMap<Uuid, (i32, String)> = held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
+                    for (id, running) in self.inner.running.lock().unwrap().iter() {
+                        match held.get(id) {
+                            Some((attempt, status)) if *attempt == running.attempt && status == "Executing" => {}
+                            Some((attempt, _)) if *attempt == running.attempt => running.stop.cancel(),
+                            _ => {
+                                tracing::warn!(step_run.id = %id, "lease lost; ending the step");
+                                running.stop.cancel();
+                            }
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+            }
+        }
+    }
+
+    /// Runs one claimed attempt and reports it.
+    async fn execute(&self, step: ClaimedStep) {
+        let inner = &self.inner;
+        let stop = CancellationToken::new();
+        inner.running.lock().unwrap().insert(
+            step.id,
+            Running {
+                execution_id: step.execution_id,
+                attempt: step.attempt,
+                stop: stop.clone(),
+            },
+        );
+        let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
+        let result = self.run_claimed(&step, stop).instrument(span).await;
+        inner.running.lock().unwrap().remove(&step.id);
+        if let Err(e) = result {
+            tracing::error!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "reporting a step failed; its lease will expire and it will be rescued");
+        }
+    }
+
+    async fn run_claimed(&self, step: &ClaimedStep, stop: CancellationToken) -> anyhow::Result<()> {
+        let inner = &self.inner;
+        let upstream = {
+            let mut conn = inner.db.acquire().await?;
+            steps::properties_of(&mut conn, step.execution_id, &step.dependencies).await?
+        };
+        let ctx = StepContext {
+            step,
+            upstream: upstream.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))).collect(),
+            arns: &inner.arns,
+            config: &inner.config,
+        };
+        match executor::run(&ctx, stop).await {
+            Run::Done { outcome, log } => {
+                if inner.abandon.is_cancelled() && !matches!(outcome, StepOutcome::Succeeded { .. }) {
+                    // Shutdown ended it: hand it to another worker instead of failing it.
+                    let mut conn = inner.db.acquire().await?;
+                    if steps::release(&mut conn, step.id, step.attempt).await? {
+                        sqlx::query("select pg_notify('stepwise_work', '')").execute(&mut *conn).await?;
+                        tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, "released at shutdown");
+                    }
+                    return Ok(());
+                }
+                engine::complete_attempt(&inner.db, step.id, step.attempt, outcome, log.as_deref()).await?;
+            }
+            Run::WaitForCallback {
+                token,
+                timeout_seconds,
+                url,
+                arguments,
+            } => {
+                let waiting = engine::begin_callback(&inner.db, step.id, step.attempt, token, timeout_seconds).await?;
+                if waiting {
+                    if let Some(url) = url {
+                        self.call_webhook(step, token, &url, arguments).await?;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends the callback token to the step's webhook. A webhook that cannot
+    /// be reached fails the attempt as a service fault (retried by default).
+    async fn call_webhook(&self, step: &ClaimedStep, token: Uuid, url: &str, arguments: Value) -> anyhow::Result<()> {
+        let body = json!({
+            "token": token,
+            "execution_arn": self.inner.arns.execution(&step.pipeline_name, step.execution_id),
+            "step_name": step.step_name,
+            "arguments": arguments,
+        });
+        let result = self.inner.http.post(url).json(&body).send().await;
+        let failure = match result {
+            Ok(r) if r.status().is_success() => None,
+            Ok(r) => Some(format!("the callback webhook {url} answered {}", r.status())),
+            Err(e) => Some(format!("the callback webhook {url} could not be reached: {e}")),
+        };
+        if let Some(message) = failure {
+            let outcome = StepOutcome::failed("Step.SERVICE_FAULT", message);
+            engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await?;
+        }
+        Ok(())
+    }
+}
