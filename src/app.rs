@@ -95,7 +95,12 @@ impl Background {
     }
 }
 
-fn spawn_background(db: &PgPool, config: &Arc<Config>, notifier: &Notifier, shutdown: &CancellationToken) -> Background {
+fn spawn_background(
+    db: &PgPool,
+    config: &Arc<Config>,
+    notifier: &Notifier,
+    shutdown: &CancellationToken,
+) -> Background {
     // The listener outlives the pool's drain so stop requests still arrive.
     let listener_stop = CancellationToken::new();
     let listener = tokio::spawn(notifier.clone().run(db.clone(), listener_stop.clone()));
@@ -105,7 +110,11 @@ fn spawn_background(db: &PgPool, config: &Arc<Config>, notifier: &Notifier, shut
         tasks.push(tokio::spawn(pool.run(shutdown.clone())));
     }
     let every = Duration::from_secs_f64((config.worker.lease_seconds as f64 / 3.0).clamp(0.2, 5.0));
-    tasks.push(tokio::spawn(worker::maintenance::run(db.clone(), every, shutdown.clone())));
+    tasks.push(tokio::spawn(worker::maintenance::run(
+        db.clone(),
+        every,
+        shutdown.clone(),
+    )));
     Background {
         tasks,
         listener,
@@ -124,9 +133,15 @@ fn prepare_data_dir(mut config: Config) -> anyhow::Result<Config> {
 
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     tracing::info!(database = %redact_url(&config.database_url), "connecting to PostgreSQL");
+    // Every running step may need a connection to report, on top of the
+    // claim loop, heartbeat, maintenance, the listener and the API.
+    let connections = config
+        .database
+        .max_connections
+        .max(config.worker.concurrency as u32 + 5);
     let pool = store::connect(
         &config.database_url,
-        config.database.max_connections,
+        connections,
         Duration::from_secs(config.database.connect_retry_seconds),
     )
     .await?;

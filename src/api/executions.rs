@@ -30,7 +30,7 @@ use crate::{
     notify,
     store::{
         self,
-        executions::{ExecutionRow, EventRow},
+        executions::{EventRow, ExecutionRow},
     },
 };
 
@@ -94,7 +94,10 @@ impl StartBody {
         }
         if let Some(v) = self.pipeline_version {
             if v < 1 {
-                return Err(ApiError::invalid("/pipeline_version", format!("pipeline_version must be at least 1, got {v}")));
+                return Err(ApiError::invalid(
+                    "/pipeline_version",
+                    format!("pipeline_version must be at least 1, got {v}"),
+                ));
             }
         }
         let max_parallel_steps = match self.max_parallel_steps {
@@ -247,7 +250,10 @@ async fn list(
     let limit = pagination::limit(q.limit)?;
     if let Some(status) = &q.status {
         if !STATUSES.contains(&status.as_str()) {
-            return Err(ApiError::invalid("?status", format!("unknown status {status:?}; one of {STATUSES:?}")));
+            return Err(ApiError::invalid(
+                "?status",
+                format!("unknown status {status:?}; one of {STATUSES:?}"),
+            ));
         }
     }
     let after: Option<(DateTime<Utc>, Uuid)> = pagination::decode(q.next_token.as_deref())?;
@@ -275,7 +281,10 @@ async fn describe(
     if wait > state.config.api.max_wait_seconds {
         return Err(ApiError::invalid(
             "?wait_seconds",
-            format!("wait_seconds must be at most {} (api.max_wait_seconds)", state.config.api.max_wait_seconds),
+            format!(
+                "wait_seconds must be at most {} (api.max_wait_seconds)",
+                state.config.api.max_wait_seconds
+            ),
         ));
     }
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
@@ -392,47 +401,46 @@ async fn events(
         .unwrap_or(0);
     let notices = state.notifier.subscribe();
     let execution_id = row.id;
-    let stream = stream::unfold(
-        (state, notices, after),
-        move |(state, mut notices, after)| async move {
-            loop {
-                let rows = match store::executions::events_after(&state.db, execution_id, after).await {
-                    Ok(rows) => rows,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "reading events failed; ending the stream");
-                        return None;
-                    }
-                };
-                if let Some(last) = rows.last() {
-                    let last_id = last.id;
-                    let events: Vec<Result<Event, Infallible>> =
-                        rows.iter().map(|r| Ok(sse_event(execution_id, r))).collect();
-                    return Some((stream::iter(events), (state, notices, last_id)));
-                }
-                let terminal = {
-                    let Ok(mut conn) = state.db.acquire().await else { return None };
-                    match store::executions::get(&mut conn, execution_id).await {
-                        Ok(row) => row.is_terminal(),
-                        Err(_) => return None,
-                    }
-                };
-                if terminal {
+    let stream = stream::unfold((state, notices, after), move |(state, mut notices, after)| async move {
+        loop {
+            let rows = match store::executions::events_after(&state.db, execution_id, after).await {
+                Ok(rows) => rows,
+                Err(e) => {
+                    tracing::warn!(error = %e, "reading events failed; ending the stream");
                     return None;
                 }
-                let id = execution_id.to_string();
-                let wake = async {
-                    loop {
-                        match notices.recv().await {
-                            Ok(n) if n.channel == notify::EXECUTION && n.payload == id => return,
-                            Ok(_) => continue,
-                            Err(_) => return,
-                        }
-                    }
-                };
-                let _ = tokio::time::timeout(Duration::from_secs(1), wake).await;
+            };
+            if let Some(last) = rows.last() {
+                let last_id = last.id;
+                let events: Vec<Result<Event, Infallible>> =
+                    rows.iter().map(|r| Ok(sse_event(execution_id, r))).collect();
+                return Some((stream::iter(events), (state, notices, last_id)));
             }
-        },
-    )
+            let terminal = {
+                let Ok(mut conn) = state.db.acquire().await else {
+                    return None;
+                };
+                match store::executions::get(&mut conn, execution_id).await {
+                    Ok(row) => row.is_terminal(),
+                    Err(_) => return None,
+                }
+            };
+            if terminal {
+                return None;
+            }
+            let id = execution_id.to_string();
+            let wake = async {
+                loop {
+                    match notices.recv().await {
+                        Ok(n) if n.channel == notify::EXECUTION && n.payload == id => return,
+                        Ok(_) => continue,
+                        Err(_) => return,
+                    }
+                }
+            };
+            let _ = tokio::time::timeout(Duration::from_secs(1), wake).await;
+        }
+    })
     .flatten();
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
 }

@@ -3,10 +3,10 @@
 //! catching, request tracing, and the error-shaped fallbacks for unknown
 //! routes and methods.
 
-pub mod error;
-pub mod extract;
 mod callbacks;
+pub mod error;
 mod executions;
+pub mod extract;
 mod health;
 mod pagination;
 mod pipelines;

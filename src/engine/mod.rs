@@ -125,7 +125,8 @@ pub async fn complete_attempt(
             by_fail_step,
         } => {
             let retry_in = if execution.status == "Executing" && step.status == "Executing" && !by_fail_step {
-                let policies: Vec<RetryPolicy> = serde_json::from_value(step.retry_policies.clone()).unwrap_or_default();
+                let policies: Vec<RetryPolicy> =
+                    serde_json::from_value(step.retry_policies.clone()).unwrap_or_default();
                 let first_started = step.first_started_at.unwrap_or_else(Utc::now);
                 next_retry(&policies, &error_type, attempt as u32, first_started, Utc::now())
             } else {
@@ -153,7 +154,8 @@ pub async fn complete_attempt(
                 .execute(&mut *tx)
                 .await?;
                 let detail = json!({"retry_in_seconds": delay.as_secs_f64(), "error_type": error_type, "failure_reason": message, "attempt": attempt});
-                executions::record_event(&mut tx, execution_id, Some(&step.step_name), "Starting", Some(detail)).await?;
+                executions::record_event(&mut tx, execution_id, Some(&step.step_name), "Starting", Some(detail))
+                    .await?;
                 work_queued = true;
             } else {
                 let status = if step.status == "Stopping" { "Stopped" } else { "Failed" };
@@ -445,7 +447,9 @@ pub async fn complete_callback(pool: &PgPool, token: Uuid, outcome: CallbackRepo
         steps::find_by_callback_token(&mut conn, token).await?
     };
     let Some(step) = step else {
-        return Err(StoreError::NotFound(format!("no callback is waiting for token {token}")));
+        return Err(StoreError::NotFound(format!(
+            "no callback is waiting for token {token}"
+        )));
     };
     if step.status != "Executing" {
         return Err(StoreError::Conflict(format!(

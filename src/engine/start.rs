@@ -39,8 +39,11 @@ pub enum StepPlan {
 /// Builds the rows of every step of `definition` following `plan` (a step
 /// missing from `plan` runs).
 pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Vec<NewStepRun> {
-    let plans: std::collections::HashMap<&str, StepPlan> =
-        definition.steps.iter().map(|s| (s.name.as_str(), plan(&s.name))).collect();
+    let plans: std::collections::HashMap<&str, StepPlan> = definition
+        .steps
+        .iter()
+        .map(|s| (s.name.as_str(), plan(&s.name)))
+        .collect();
     definition
         .steps
         .iter()
@@ -61,7 +64,9 @@ pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ve
                 skip_reason: None,
                 arguments: step.arguments.clone(),
                 retry_policies: serde_json::to_value(&step.retry_policies).expect("policies serialize"),
-                cache_config: step.cache.map(|c| serde_json::to_value(c).expect("cache config serializes")),
+                cache_config: step
+                    .cache
+                    .map(|c| serde_json::to_value(c).expect("cache config serializes")),
                 dependencies: step.depends_on.clone(),
                 dependents: definition.dag.children(&step.name),
                 remaining_deps: remaining as i32,
@@ -102,16 +107,16 @@ pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ve
 }
 
 /// Creates the execution and its step runs and queues the ready steps.
-pub async fn create(
-    conn: &mut PgConnection,
-    new: &NewExecution<'_>,
-    runs: &[NewStepRun],
-) -> StoreResult<()> {
+pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, runs: &[NewStepRun]) -> StoreResult<()> {
     executions::insert(conn, new).await?;
     executions::record_event(conn, new.id, None, "Executing", None).await?;
     executions::insert_step_runs(conn, new.id, new.pipeline_id, runs).await?;
     // Steps below a skipped step never run.
-    let skipped: Vec<String> = runs.iter().filter(|r| r.status == "Skipped").map(|r| r.step_name.clone()).collect();
+    let skipped: Vec<String> = runs
+        .iter()
+        .filter(|r| r.status == "Skipped")
+        .map(|r| r.step_name.clone())
+        .collect();
     if !skipped.is_empty() {
         let children: Vec<String> = runs
             .iter()
@@ -210,9 +215,8 @@ pub async fn start_execution(
             return same_request(existing, req).map(|e| (e, false));
         }
     }
-    let definition = parse_definition(&pipeline.definition).map_err(|issues| {
-        StartError::invalid("the stored definition no longer validates", issues)
-    })?;
+    let definition = parse_definition(&pipeline.definition)
+        .map_err(|issues| StartError::invalid("the stored definition no longer validates", issues))?;
     let prepared = prepare(&mut tx, arns, &pipeline, &definition, req).await?;
     let id = Uuid::now_v7();
     let new = NewExecution {

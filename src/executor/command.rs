@@ -104,7 +104,12 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         .env("STEPWISE_PIPELINE_NAME", &step.pipeline_name)
         .env("STEPWISE_STEP_NAME", &step.step_name)
         .env("STEPWISE_ATTEMPT", step.attempt.to_string());
-    command.current_dir(args.working_directory.as_deref().map(PathBuf::from).unwrap_or(dirs.work.clone()));
+    command.current_dir(
+        args.working_directory
+            .as_deref()
+            .map(PathBuf::from)
+            .unwrap_or(dirs.work.clone()),
+    );
     let stderr = match log_file.try_clone() {
         Ok(f) => f,
         Err(e) => return (StepOutcome::failed("Step.SERVICE_FAULT", e.to_string()), None),
@@ -120,9 +125,16 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
     let mut child = match command.spawn() {
         Ok(child) => child,
         Err(e) => {
-            let what = args.command.as_ref().map(|a| a[0].clone()).unwrap_or_else(|| "sh".into());
+            let what = args
+                .command
+                .as_ref()
+                .map(|a| a[0].clone())
+                .unwrap_or_else(|| "sh".into());
             let message = format!("could not start {what:?}: {e}");
-            return (StepOutcome::failed("Step.SERVICE_FAULT", message), read_log(&dirs.log).await);
+            return (
+                StepOutcome::failed("Step.SERVICE_FAULT", message),
+                read_log(&dirs.log).await,
+            );
         }
     };
     let timeout = args.timeout_seconds.map(Duration::from_secs);
@@ -150,7 +162,10 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
     let outcome = match ended {
         Ended::TimedOut => StepOutcome::Failed {
             error_type: "Command.TIMEOUT".into(),
-            message: format!("the command ran longer than TimeoutSeconds ({}s) and was ended", args.timeout_seconds.unwrap_or(0)),
+            message: format!(
+                "the command ran longer than TimeoutSeconds ({}s) and was ended",
+                args.timeout_seconds.unwrap_or(0)
+            ),
             metadata: json!({}),
             exit_code: None,
             by_fail_step: false,
@@ -244,7 +259,9 @@ async fn read_outputs(path: &Path, max_bytes: u64) -> Result<Value, String> {
             metadata.len()
         ));
     }
-    let text = tokio::fs::read(path).await.map_err(|e| format!("cannot read $STEPWISE_OUTPUTS: {e}"))?;
+    let text = tokio::fs::read(path)
+        .await
+        .map_err(|e| format!("cannot read $STEPWISE_OUTPUTS: {e}"))?;
     if text.iter().all(u8::is_ascii_whitespace) {
         return Ok(json!({}));
     }

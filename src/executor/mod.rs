@@ -86,18 +86,24 @@ impl Resolver for StepContext<'_> {
     }
 }
 
-/// The directory an `ArtifactsUri` (`file:///...`) names.
+/// The directory an `ArtifactsUri` names (a `file://` prefix is accepted).
 pub fn artifacts_path(uri: &str) -> PathBuf {
     PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
 }
 
+/// `ArtifactsUri` is the directory's absolute path: what a downstream
+/// command can use directly (`cat "$DATA/train.csv"`), on any machine that
+/// mounts the shared data directory at the same place.
 pub fn artifacts_uri(dir: &Path) -> String {
-    format!("file://{}", dir.display())
+    dir.display().to_string()
 }
 
 /// What running a step produced.
 pub enum Run {
-    Done { outcome: StepOutcome, log: Option<String> },
+    Done {
+        outcome: StepOutcome,
+        log: Option<String>,
+    },
     /// A Callback step now waits for its token.
     WaitForCallback {
         token: Uuid,
@@ -193,7 +199,9 @@ pub fn check_callback_outputs(declared: &Value, given: &Map<String, Value>) -> R
     for name in given.keys() {
         if !args.output_parameters.iter().any(|(n, _)| n == name) {
             let declared: Vec<&str> = args.output_parameters.iter().map(|(n, _)| n.as_str()).collect();
-            problems.push(format!("output parameter {name:?} is not declared; declared: {declared:?}"));
+            problems.push(format!(
+                "output parameter {name:?} is not declared; declared: {declared:?}"
+            ));
         }
     }
     if problems.is_empty() {

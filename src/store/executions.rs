@@ -32,7 +32,8 @@ pub struct ExecutionRow {
     pub ended_at: Option<DateTime<Utc>>,
 }
 
-pub const SELECT_EXECUTION: &str = "select e.id, e.pipeline_id, p.name as pipeline_name, e.pipeline_version, e.status, \
+pub const SELECT_EXECUTION: &str =
+    "select e.id, e.pipeline_id, p.name as pipeline_name, e.pipeline_version, e.status, \
      e.failure_reason, e.failed_by_fail_step, e.parameters, e.definition, e.selective_execution, e.cache_mode, \
      e.max_parallel_steps, e.display_name, e.description, e.client_request_token, e.request_hash, e.created_at, \
      e.started_at, e.ended_at from executions e join pipelines p on p.id = e.pipeline_id";
@@ -165,16 +166,18 @@ pub async fn lock(conn: &mut PgConnection, id: Uuid) -> StoreResult<ExecutionRow
     get(conn, id).await
 }
 
-pub async fn find_by_token(conn: &mut PgConnection, pipeline_id: Uuid, token: &str) -> StoreResult<Option<ExecutionRow>> {
-    Ok(
-        sqlx::query_as::<_, ExecutionRow>(&format!(
-            "{SELECT_EXECUTION} where e.pipeline_id = $1 and e.client_request_token = $2"
-        ))
-        .bind(pipeline_id)
-        .bind(token)
-        .fetch_optional(conn)
-        .await?,
-    )
+pub async fn find_by_token(
+    conn: &mut PgConnection,
+    pipeline_id: Uuid,
+    token: &str,
+) -> StoreResult<Option<ExecutionRow>> {
+    Ok(sqlx::query_as::<_, ExecutionRow>(&format!(
+        "{SELECT_EXECUTION} where e.pipeline_id = $1 and e.client_request_token = $2"
+    ))
+    .bind(pipeline_id)
+    .bind(token)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// Executions of a pipeline, newest first, after the `(created_at, id)` key.

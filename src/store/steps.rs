@@ -146,7 +146,11 @@ pub async fn promote_ready(conn: &mut PgConnection, execution_id: Uuid, max_para
 }
 
 /// One dependency of each of `dependents` has succeeded.
-pub async fn decrement_dependents(conn: &mut PgConnection, execution_id: Uuid, dependents: &[String]) -> StoreResult<()> {
+pub async fn decrement_dependents(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    dependents: &[String],
+) -> StoreResult<()> {
     if dependents.is_empty() {
         return Ok(());
     }
@@ -220,10 +224,12 @@ pub async fn has_unfinished(conn: &mut PgConnection, execution_id: Uuid) -> Stor
 }
 
 pub async fn any_failed(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<bool> {
-    Ok(sqlx::query_scalar("select exists (select 1 from step_runs where execution_id = $1 and status = 'Failed')")
-        .bind(execution_id)
-        .fetch_one(conn)
-        .await?)
+    Ok(
+        sqlx::query_scalar("select exists (select 1 from step_runs where execution_id = $1 and status = 'Failed')")
+            .bind(execution_id)
+            .fetch_one(conn)
+            .await?,
+    )
 }
 
 pub async fn set_execution_status(
@@ -232,14 +238,12 @@ pub async fn set_execution_status(
     status: &str,
     terminal: bool,
 ) -> StoreResult<()> {
-    sqlx::query(
-        "update executions set status = $2, ended_at = case when $3 then now() else null end where id = $1",
-    )
-    .bind(execution_id)
-    .bind(status)
-    .bind(terminal)
-    .execute(&mut *conn)
-    .await?;
+    sqlx::query("update executions set status = $2, ended_at = case when $3 then now() else null end where id = $1")
+        .bind(execution_id)
+        .bind(status)
+        .bind(terminal)
+        .execute(&mut *conn)
+        .await?;
     sqlx::query("insert into execution_events (execution_id, status) values ($1, $2)")
         .bind(execution_id)
         .bind(status)
@@ -418,13 +422,15 @@ pub async fn attempts(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Vec<Attem
 
 /// The captured log of an attempt, if it has ended.
 pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<String>>> {
-    Ok(sqlx::query_scalar::<_, Option<String>>(
-        "select log from step_attempts where step_run_id = $1 and attempt = $2",
+    Ok(
+        sqlx::query_scalar::<_, Option<String>>(
+            "select log from step_attempts where step_run_id = $1 and attempt = $2",
+        )
+        .bind(step_run_id)
+        .bind(attempt)
+        .fetch_optional(pool)
+        .await?,
     )
-    .bind(step_run_id)
-    .bind(attempt)
-    .fetch_optional(pool)
-    .await?)
 }
 
 pub struct AttemptEnd<'a> {

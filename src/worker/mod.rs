@@ -93,7 +93,14 @@ impl WorkerPool {
             let free = permits.available_permits();
             let mut claimed_all = false;
             if free > 0 {
-                match steps::claim(&inner.db, inner.worker_id, free as i64, inner.config.worker.lease_seconds as f64).await {
+                match steps::claim(
+                    &inner.db,
+                    inner.worker_id,
+                    free as i64,
+                    inner.config.worker.lease_seconds as f64,
+                )
+                .await
+                {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         for step in claimed {
@@ -152,7 +159,11 @@ impl WorkerPool {
         let grace = Duration::from_secs(self.inner.config.worker.shutdown_grace_seconds);
         let count = tasks.len();
         if count > 0 {
-            tracing::info!(running = count, grace_seconds = grace.as_secs(), "draining running steps");
+            tracing::info!(
+                running = count,
+                grace_seconds = grace.as_secs(),
+                "draining running steps"
+            );
         }
         let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
         if drained.is_err() {
@@ -166,7 +177,9 @@ impl WorkerPool {
     }
 
     fn stop_execution_steps(&self, execution_id: &str) {
-        let Ok(execution_id) = Uuid::parse_str(execution_id) else { return };
+        let Ok(execution_id) = Uuid::parse_str(execution_id) else {
+            return;
+        };
         for running in self.inner.running.lock().unwrap().values() {
             if running.execution_id == execution_id {
                 running.stop.cancel();
@@ -242,7 +255,9 @@ impl WorkerPool {
                     // Shutdown ended it: hand it to another worker instead of failing it.
                     let mut conn = inner.db.acquire().await?;
                     if steps::release(&mut conn, step.id, step.attempt).await? {
-                        sqlx::query("select pg_notify('stepwise_work', '')").execute(&mut *conn).await?;
+                        sqlx::query("select pg_notify('stepwise_work', '')")
+                            .execute(&mut *conn)
+                            .await?;
                         tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, "released at shutdown");
                     }
                     return Ok(());

@@ -37,6 +37,19 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: PgPool, configure: impl FnOnce(&mut Config)) -> TestApp {
+        // RUST_LOG=stepwise=debug shows the server's logs for a failing test.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+        // The pool #[sqlx::test] hands out is small (5 connections); the app
+        // gets its own, sized like production, on the same test database.
+        let options = db.connect_options().as_ref().clone();
+        let db = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(20)
+            .connect_with(options)
+            .await
+            .expect("test pool connects");
         let data_dir = tempfile::tempdir().expect("temp dir");
         let mut config = Config::defaults();
         config.listen = "127.0.0.1:0".parse().unwrap();
@@ -149,4 +162,97 @@ impl Resp {
             .map(|d| d.iter().map(|i| i["path"].as_str().unwrap_or("").to_string()).collect())
             .unwrap_or_default()
     }
+}
+
+/// Test helpers for pipelines and executions.
+impl TestApp {
+    pub async fn create_pipeline(&self, name: &str, definition: Value) -> Value {
+        let resp = self
+            .post(
+                "/v1/pipelines",
+                &serde_json::json!({"name": name, "definition": definition}),
+            )
+            .await;
+        resp.expect(201).clone()
+    }
+
+    /// Starts an execution and returns its id.
+    pub async fn start(&self, pipeline: &str, body: Value) -> String {
+        let resp = self.post(&format!("/v1/pipelines/{pipeline}/executions"), &body).await;
+        resp.expect(201)["execution_id"].as_str().unwrap().to_string()
+    }
+
+    /// Waits (long-polling) until the execution has ended.
+    pub async fn wait_terminal(&self, id: &str) -> Value {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            let resp = self.get(&format!("/v1/executions/{id}?wait_seconds=30")).await;
+            let body = resp.expect(200).clone();
+            if matches!(body["status"].as_str(), Some("Succeeded" | "Failed" | "Stopped")) {
+                return body;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "execution {id} did not end: {body}"
+            );
+        }
+    }
+
+    pub async fn steps(&self, id: &str) -> Vec<Value> {
+        let resp = self.get(&format!("/v1/executions/{id}/steps")).await;
+        resp.expect(200)["steps"].as_array().unwrap().clone()
+    }
+
+    pub async fn step(&self, id: &str, name: &str) -> Value {
+        self.get(&format!("/v1/executions/{id}/steps/{name}"))
+            .await
+            .expect(200)
+            .clone()
+    }
+
+    /// Waits until `check` holds for the step, polling its state.
+    pub async fn wait_step(&self, id: &str, name: &str, check: impl Fn(&Value) -> bool) -> Value {
+        wait_until(Duration::from_secs(60), || async {
+            let step = self.step(id, name).await;
+            check(&step).then_some(step)
+        })
+        .await
+        .unwrap_or_else(|| panic!("step {name} of {id} never reached the expected state"))
+    }
+}
+
+/// Polls `probe` until it yields a value or `limit` passes. This waits on a
+/// condition, not for a fixed time.
+pub async fn wait_until<T, F, Fut>(limit: Duration, probe: F) -> Option<T>
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if let Some(v) = probe().await {
+            return Some(v);
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A definition document around `steps` and `parameters`.
+pub fn definition_with(parameters: Value, steps: Value) -> Value {
+    serde_json::json!({"Version": "2020-12-01", "Parameters": parameters, "Steps": steps})
+}
+
+/// Lines a side-effect counter file holds: how often a step really ran.
+pub fn runs_of(dir: &std::path::Path, step: &str) -> usize {
+    std::fs::read_to_string(dir.join(step))
+        .map(|s| s.lines().count())
+        .unwrap_or(0)
+}
+
+/// A shell snippet appending one line to the counter of the running step.
+pub fn count_run(dir: &std::path::Path) -> String {
+    format!("echo \"$STEPWISE_ATTEMPT\" >> {}/$STEPWISE_STEP_NAME", dir.display())
 }

@@ -3,6 +3,7 @@
 //! checked against `openapi.yaml`.
 
 mod errors;
+mod executions;
 mod helpers;
 mod openapi;
 mod pipelines;
