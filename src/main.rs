@@ -51,6 +51,8 @@ enum Command {
     Migrate,
     /// Print the OpenAPI document.
     Openapi,
+    /// Drive a running stepwise over HTTP and report throughput and latency.
+    Bench(stepwise::bench::BenchArgs),
 }
 
 #[tokio::main]
@@ -59,6 +61,10 @@ async fn main() -> anyhow::Result<()> {
     if let Some(Command::Openapi) = cli.command {
         print!("{}", stepwise::api::OPENAPI_YAML);
         return Ok(());
+    }
+    // The bench is a client of a running server: it needs no configuration.
+    if let Some(Command::Bench(args)) = &cli.command {
+        return stepwise::bench::run(args).await;
     }
     let overrides = Overrides {
         config_file: cli.config.clone(),
@@ -80,7 +86,7 @@ async fn main() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
-        Command::Openapi => unreachable!("handled before configuration is loaded"),
+        Command::Openapi | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
     }
 }
 

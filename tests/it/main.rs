@@ -2,8 +2,10 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), and every response
 //! checked against `openapi.yaml`.
 
+mod callbacks;
 mod errors;
 mod executions;
 mod helpers;
 mod openapi;
 mod pipelines;
+mod workers;

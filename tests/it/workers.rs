@@ -1,0 +1,252 @@
+//! The worker pool under failure: lost workers, several pools on one
+//! database, graceful drain, and a worker process killed mid-step.
+
+use std::{sync::Arc, time::Duration};
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use stepwise::{
+    config::Config,
+    engine::{self, Applied, StepOutcome},
+    notify::Notifier,
+    store::steps,
+    worker::WorkerPool,
+};
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::helpers::{count_run, definition_with, runs_of, wait_until, TestApp};
+
+/// A worker pool of the test's own, as if in another process.
+fn spawn_pool(app: &TestApp, configure: impl FnOnce(&mut Config)) -> (CancellationToken, tokio::task::JoinHandle<()>) {
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    configure(&mut config);
+    let notifier = Notifier::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(notifier.clone().run(app.db.clone(), shutdown.clone()));
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), notifier);
+    (shutdown.clone(), tokio::spawn(pool.run(shutdown)))
+}
+
+#[sqlx::test]
+async fn a_lost_worker_is_rescued_and_its_late_result_dropped(db: PgPool) {
+    // The app runs maintenance (the rescuer) but no workers of its own.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 1;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Work", "Type": "Command", "Arguments": {"Shell": count_run(dir.path())}}]),
+    );
+    app.create_pipeline("lost", definition).await;
+    let id = app.start("lost", json!({})).await;
+
+    // A worker claims the step, then vanishes without reporting.
+    let ghost = Uuid::now_v7();
+    let claimed = wait_until(Duration::from_secs(10), || async {
+        let c = steps::claim(&app.db, ghost, 1, 3600.0).await.unwrap();
+        (!c.is_empty()).then_some(c)
+    })
+    .await
+    .unwrap();
+    let step_id = claimed[0].id;
+    assert_eq!(claimed[0].attempt, 1);
+    sqlx::query("update step_runs set lease_expires_at = now() - interval '1 second' where id = $1")
+        .bind(step_id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+
+    // The rescuer records the lost attempt and queues the step again.
+    let step = app.wait_step(&id, "Work", |s| s["status"] == "Starting").await;
+    assert_eq!(step["attempts"][0]["status"], "Failed");
+    assert_eq!(step["attempts"][0]["error_type"], "Step.SERVICE_FAULT");
+
+    // The lost worker's late result is dropped.
+    let late = StepOutcome::Succeeded {
+        properties: json!({"Outputs": {"ghost": true}}),
+        metadata: json!({}),
+        exit_code: Some(0),
+    };
+    assert_eq!(
+        engine::complete_attempt(&app.db, step_id, 1, late, None).await.unwrap(),
+        Applied::Stale
+    );
+
+    // A live worker runs attempt 2.
+    let (stop, pool) = spawn_pool(&app, |_| {});
+    let execution = app.wait_terminal(&id).await;
+    assert_eq!(execution["status"], "Succeeded");
+    let step = app.step(&id, "Work").await;
+    assert_eq!(step["attempt_count"], 2);
+    assert_eq!(
+        step["properties"]["Outputs"],
+        json!({}),
+        "the stale result left no trace"
+    );
+    assert_eq!(runs_of(dir.path(), "Work"), 1);
+    stop.cancel();
+    pool.await.unwrap();
+}
+
+#[sqlx::test]
+async fn two_pools_run_every_step_of_a_wide_execution_exactly_once(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 8).await;
+    let dir = tempfile::tempdir().unwrap();
+    let steps: Vec<Value> = (0..300)
+        .map(|i| json!({"Name": format!("S{i:03}"), "Type": "Command", "Arguments": {"Shell": count_run(dir.path())}}))
+        .collect();
+    app.create_pipeline("wide", definition_with(json!([]), Value::Array(steps)))
+        .await;
+    let (stop, pool) = spawn_pool(&app, |c| c.worker.concurrency = 8);
+    let id = app.start("wide", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    for i in 0..300 {
+        assert_eq!(runs_of(dir.path(), &format!("S{i:03}")), 1, "step S{i:03}");
+    }
+    let attempts: i64 = sqlx::query_scalar("select count(*) from step_attempts")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(attempts, 300);
+    let workers: i64 = sqlx::query_scalar("select count(distinct worker_id) from step_attempts")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(workers, 2, "both pools took part");
+    stop.cancel();
+    pool.await.unwrap();
+}
+
+#[sqlx::test]
+async fn shutdown_lets_running_steps_finish(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Busy", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 1; echo finished", marker.display())}}]),
+    );
+    app.create_pipeline("drain", definition).await;
+    let id = app.start("drain", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    let db = app.db.clone();
+    app.stop().await;
+    let status: String = sqlx::query_scalar("select status from executions where id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&db)
+        .await
+        .unwrap();
+    assert_eq!(
+        status, "Succeeded",
+        "the running step finished before the process exited"
+    );
+}
+
+#[sqlx::test]
+async fn shutdown_releases_steps_that_outlive_the_grace_period(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.shutdown_grace_seconds = 0;
+        c.worker.kill_grace_seconds = 1;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 60", marker.display())}}]),
+    );
+    app.create_pipeline("release", definition).await;
+    let id = app.start("release", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    let db = app.db.clone();
+    app.stop().await;
+    let (status, attempt): (String, i32) =
+        sqlx::query_as("select status, attempt from step_runs where execution_id = $1::uuid")
+            .bind(&id)
+            .fetch_one(&db)
+            .await
+            .unwrap();
+    assert_eq!(status, "Starting", "released for another worker");
+    assert_eq!(attempt, 0, "a released attempt does not count");
+}
+
+/// The URL of the test's database, for processes started by the test.
+async fn database_url(db: &PgPool) -> String {
+    let name: String = sqlx::query_scalar("select current_database()")
+        .fetch_one(db)
+        .await
+        .unwrap();
+    let options = db.connect_options();
+    format!(
+        "postgres://postgres@{}:{}/{name}",
+        options.get_host(),
+        options.get_port()
+    )
+}
+
+#[sqlx::test]
+async fn a_worker_process_killed_mid_step_is_replaced_and_the_execution_finishes(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 2;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let script = format!(
+        "{}; if [ \"$STEPWISE_ATTEMPT\" = 1 ]; then echo $$ > {d}/pid; sleep 60; fi",
+        count_run(dir.path()),
+        d = dir.path().display()
+    );
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Crashy", "Type": "Command", "Arguments": {"Shell": script}},
+            {"Name": "After", "Type": "Pass", "DependsOn": ["Crashy"], "Arguments": {}}
+        ]),
+    );
+    app.create_pipeline("crash", definition).await;
+    let id = app.start("crash", json!({})).await;
+    let url = database_url(&app.db).await;
+    let spawn_worker = || {
+        tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
+            .arg("worker")
+            .env("STEPWISE_DATABASE_URL", &url)
+            .env("STEPWISE_DATA_DIR", app.data_dir.path())
+            .env("STEPWISE_WORKER__LEASE_SECONDS", "2")
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()
+            .expect("the stepwise binary starts")
+    };
+    let mut first = spawn_worker();
+    let pid_file = dir.path().join("pid");
+    wait_until(Duration::from_secs(60), || async {
+        std::fs::read_to_string(&pid_file).ok().filter(|s| s.ends_with('\n'))
+    })
+    .await
+    .expect("the first worker started the step");
+    first.start_kill().unwrap(); // SIGKILL: no drain, no report
+    first.wait().await.unwrap();
+    // The orphaned step process is in its own group; end it like a reboot would.
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+
+    let mut second = spawn_worker();
+    let execution = app.wait_terminal(&id).await;
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let step = app.step(&id, "Crashy").await;
+    assert_eq!(step["attempts"][0]["error_type"], "Step.SERVICE_FAULT");
+    assert_eq!(step["attempts"][1]["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "Crashy"), 2);
+    second.start_kill().unwrap();
+    second.wait().await.unwrap();
+}
