@@ -7,7 +7,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
     response::sse::{Event, KeepAlive, Sse},
-    routing::{get, post},
+    routing::{delete, get, post},
     Json, Router,
 };
 use chrono::{DateTime, Utc};
@@ -25,6 +25,7 @@ use crate::{
     domain::selective::SelectedSteps,
     engine::{
         self,
+        plan::{self, ExecutionPlan},
         start::{self, CacheMode, SelectiveRequest, StartError, StartRequest},
     },
     notify,
@@ -37,6 +38,8 @@ use crate::{
 pub fn router() -> Router<AppState> {
     Router::new()
         .route("/v1/pipelines/{name}/executions", post(start).get(list))
+        .route("/v1/pipelines/{name}/executions/plan", post(plan))
+        .route("/v1/pipelines/{name}/cache", delete(purge_cache))
         .route("/v1/executions/{execution}", get(describe))
         .route("/v1/executions/{execution}/stop", post(stop))
         .route("/v1/executions/{execution}/retry", post(retry))
@@ -132,7 +135,7 @@ impl StartBody {
             pipeline_version: self.pipeline_version,
             client_request_token: self.client_request_token,
             selective_execution,
-            cache_mode: self.cache_mode.unwrap_or_default(),
+            cache_mode: self.cache_mode,
             max_parallel_steps,
             display_name: self.display_name,
             description: self.description,
@@ -223,6 +226,44 @@ async fn start(
     let (row, created) = start::start_execution(&state.db, &state.arns, &name, &request).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(state.execution_view(row))))
+}
+
+/// Plan a start without starting anything: each step's verdict (Run,
+/// Reuse, CacheHit, Skip) with its reason, and the errors a start would give.
+async fn plan(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    JsonBody(body): JsonBody<StartBody>,
+) -> ApiResult<Json<ExecutionPlan>> {
+    let request = match body.into_request() {
+        Ok(r) => r,
+        Err(e) => return Ok(Json(ExecutionPlan::failed(e.message, e.details))),
+    };
+    Ok(Json(
+        plan::plan_execution(&state.db, &state.arns, &name, &request).await?,
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PurgeQuery {
+    step: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Purged {
+    deleted: u64,
+}
+
+/// Purge a pipeline's cache entries (of one step with `?step=`).
+async fn purge_cache(
+    State(state): State<AppState>,
+    Path(name): Path<String>,
+    Query(q): Query<PurgeQuery>,
+) -> ApiResult<Json<Purged>> {
+    let pipeline = store::pipelines::get(&state.db, &name, None).await?;
+    let deleted = store::cache::purge(&state.db, pipeline.id, q.step.as_deref()).await?;
+    Ok(Json(Purged { deleted }))
 }
 
 #[derive(Deserialize)]

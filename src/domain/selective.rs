@@ -362,12 +362,24 @@ pub fn changed_steps(
             let deps_before: BTreeSet<&String> = before.depends_on.iter().collect();
             deps != deps_before
                 || step.branch != before.branch
-                || substitute_parameters(&step.raw, params) != substitute_parameters(&before.raw, source_params)
+                || substitute_parameters(&cosmetic_free(&step.raw), params)
+                    != substitute_parameters(&cosmetic_free(&before.raw), source_params)
         })
         .map(|(i, _)| i)
         .collect();
     let reached = g.reach(&changed, &g.children);
     g.set((0..g.names.len()).filter(|&i| reached[i].is_some()))
+}
+
+/// The step without `DisplayName` and `Description`: renaming a step for
+/// people does not change what it computes, so it must not re-run it.
+fn cosmetic_free(raw: &Value) -> Value {
+    let mut raw = raw.clone();
+    if let Some(m) = raw.as_object_mut() {
+        m.remove("DisplayName");
+        m.remove("Description");
+    }
+    raw
 }
 
 /// `v` with every `{"Get": "Parameters.X"}` replaced by X's value in

@@ -3,6 +3,8 @@
 //! scheduling it causes (skips, dependency counts, queueing, finishing) with
 //! set-based statements, then notifies listeners at commit.
 
+pub mod plan;
+pub mod selective;
 pub mod start;
 
 use chrono::Utc;
@@ -92,7 +94,8 @@ pub async fn complete_attempt(
             sqlx::query(
                 "update step_runs set status = 'Succeeded', properties = $2, metadata = metadata || $3, \
                  ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
-                 failure_reason = null, error_type = null where id = $1",
+                 failure_reason = null, error_type = null, \
+                 cache_entry = coalesce(cache_status in ('miss', 'bypassed'), false) where id = $1",
             )
             .bind(id)
             .bind(&properties)

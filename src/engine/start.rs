@@ -1,6 +1,8 @@
 //! Starting an execution: the step runs of a definition are created in one
 //! statement, the ready ones queued, in one transaction with the execution.
 
+use std::collections::HashMap;
+
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
@@ -39,7 +41,7 @@ pub enum StepPlan {
 /// Builds the rows of every step of `definition` following `plan` (a step
 /// missing from `plan` runs).
 pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Vec<NewStepRun> {
-    let plans: std::collections::HashMap<&str, StepPlan> = definition
+    let plans: HashMap<&str, StepPlan> = definition
         .steps
         .iter()
         .map(|s| (s.name.as_str(), plan(&s.name)))
@@ -139,7 +141,9 @@ pub struct StartRequest {
     pub pipeline_version: Option<i32>,
     pub client_request_token: Option<String>,
     pub selective_execution: Option<SelectiveRequest>,
-    pub cache_mode: CacheMode,
+    /// None when the request did not say: `use`, except that selected steps
+    /// of a selective execution then bypass the lookup (SPEC 5 rule 7).
+    pub cache_mode: Option<CacheMode>,
     pub max_parallel_steps: Option<i32>,
     pub display_name: Option<String>,
     pub description: Option<String>,
@@ -226,7 +230,7 @@ pub async fn start_execution(
         parameters: &Value::Object(prepared.parameters),
         definition: &pipeline.definition,
         selective_execution: prepared.selective.as_ref(),
-        cache_mode: req.cache_mode.as_str(),
+        cache_mode: req.cache_mode.unwrap_or_default().as_str(),
         max_parallel_steps: req.max_parallel_steps.or(pipeline.max_parallel_steps),
         display_name: req.display_name.as_deref(),
         description: req.description.as_deref(),
@@ -269,8 +273,10 @@ fn same_request(existing: ExecutionRow, req: &StartRequest) -> Result<ExecutionR
 /// request of a start.
 pub struct Prepared {
     pub parameters: serde_json::Map<String, Value>,
+    pub plans: HashMap<String, StepPlan>,
     pub runs: Vec<NewStepRun>,
     pub selective: Option<Value>,
+    pub source_arn: Option<String>,
 }
 
 /// Everything a start decides before writing: parameters and, for a
@@ -278,17 +284,41 @@ pub struct Prepared {
 /// endpoint calls this too, without writing.
 pub async fn prepare(
     conn: &mut PgConnection,
-    _arns: &Arns,
-    _pipeline: &PipelineRow,
+    arns: &Arns,
+    pipeline: &PipelineRow,
     definition: &Definition,
     req: &StartRequest,
 ) -> Result<Prepared, StartError> {
-    let parameters = resolve_parameters(definition, &req.parameters)?;
-    let _ = conn;
+    let Some(selective_request) = &req.selective_execution else {
+        let parameters = resolve_parameters(definition, &req.parameters)?;
+        return Ok(Prepared {
+            parameters,
+            plans: HashMap::new(),
+            runs: step_runs(definition, &|_| StepPlan::Run),
+            selective: None,
+            source_arn: None,
+        });
+    };
+    let cache_lookup = req.cache_mode == Some(CacheMode::Use);
+    let planned = super::selective::plan(
+        conn,
+        arns,
+        pipeline,
+        definition,
+        &req.parameters,
+        selective_request,
+        cache_lookup,
+    )
+    .await?;
+    let runs = step_runs(definition, &|name| {
+        planned.plans.get(name).cloned().unwrap_or(StepPlan::Run)
+    });
     Ok(Prepared {
-        parameters,
-        runs: step_runs(definition, &|_| StepPlan::Run),
-        selective: None,
+        parameters: planned.parameters,
+        source_arn: planned.source.as_ref().map(|s| s.arn.clone()),
+        plans: planned.plans,
+        runs,
+        selective: Some(planned.record),
     })
 }
 

@@ -3,6 +3,7 @@
 //! documents), then the step type runs: a process for Command, nothing but
 //! evaluation for Pass, Condition and Fail, a wait for Callback.
 
+pub mod cache;
 pub mod command;
 
 use std::{
@@ -19,7 +20,7 @@ use crate::{
     config::Config,
     domain::{
         condition::evaluate_conditions,
-        definition::{CallbackArgs, CommandArgs},
+        definition::{CallbackArgs, CommandArgs, StepKind},
         expr::{evaluate, ExecutionVar, Resolver},
     },
     engine::StepOutcome,
@@ -34,6 +35,7 @@ pub const INPUT_ERROR: &str = "Step.INPUT_ERROR";
 
 /// Everything a step needs to resolve its arguments.
 pub struct StepContext<'a> {
+    pub db: &'a sqlx::PgPool,
     pub step: &'a ClaimedStep,
     pub upstream: HashMap<String, Value>,
     pub arns: &'a Arns,
@@ -124,6 +126,18 @@ pub async fn run(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
         Ok(v) => v,
         Err(message) => return done(StepOutcome::failed(INPUT_ERROR, message)),
     };
+    if let Some(kind) = StepKind::parse(&ctx.step.step_type).filter(|k| k.is_cacheable()) {
+        match cache::decide(ctx, kind, &arguments).await {
+            Ok(cache::Decision::Run) => {}
+            Ok(cache::Decision::Hit(outcome) | cache::Decision::Fail(outcome)) => return done(outcome),
+            Err(e) => {
+                return done(StepOutcome::failed(
+                    "Step.SERVICE_FAULT",
+                    format!("the cache lookup failed: {e}"),
+                ))
+            }
+        }
+    }
     match ctx.step.step_type.as_str() {
         "Pass" => done(StepOutcome::Succeeded {
             properties: json!({ "Outputs": arguments }),

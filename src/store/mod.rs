@@ -2,6 +2,7 @@
 //! pool) so callers can compose several calls into one transaction. Nothing
 //! here knows about HTTP.
 
+pub mod cache;
 pub mod executions;
 pub mod pipelines;
 pub mod steps;

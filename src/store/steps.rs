@@ -301,7 +301,8 @@ pub struct ClaimedStep {
     pub pipeline_name: String,
     pub execution_started_at: DateTime<Utc>,
     pub cache_mode: String,
-    pub selected: bool,
+    /// A selected step of a selective execution that skips the cache lookup.
+    pub bypass_cache: bool,
 }
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
@@ -329,7 +330,8 @@ pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f6
          select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
            c.cache_config, c.dependencies, e.parameters, p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
-           coalesce(e.selective_execution->'selected_steps' ? c.step_name, false) as selected \
+           coalesce((e.selective_execution->'selected_steps') ? c.step_name \
+             and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
     .bind(limit)

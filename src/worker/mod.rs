@@ -244,6 +244,7 @@ impl WorkerPool {
             steps::properties_of(&mut conn, step.execution_id, &step.dependencies).await?
         };
         let ctx = StepContext {
+            db: &inner.db,
             step,
             upstream: upstream.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))).collect(),
             arns: &inner.arns,

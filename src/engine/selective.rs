@@ -1,0 +1,334 @@
+//! Selective execution (SPEC 5): resolve the source execution, check the
+//! selection against it, and decide for every step whether it runs, is
+//! reused from the source, or is skipped. Pure rules live in
+//! `domain::selective`; this module loads what they need.
+
+use std::collections::{BTreeSet, HashMap};
+
+use serde_json::{json, Map, Value};
+use sqlx::PgConnection;
+use uuid::Uuid;
+
+use super::start::{resolve_parameters, SelectiveRequest, StartError, StepPlan};
+use crate::{
+    domain::{
+        definition::{parse_definition, Definition},
+        selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
+        Issue,
+    },
+    ids::Arns,
+    store::{
+        executions::{self, ExecutionRow},
+        pipelines::PipelineRow,
+        StoreError,
+    },
+};
+
+/// One step run of the source execution.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct SourceRun {
+    pub id: Uuid,
+    pub step_name: String,
+    pub status: String,
+    pub properties: Option<Value>,
+    pub metadata: Value,
+    pub artifacts_dir: Option<String>,
+}
+
+pub struct Source {
+    pub execution: ExecutionRow,
+    pub arn: String,
+    pub runs: HashMap<String, SourceRun>,
+}
+
+impl Source {
+    fn summaries(&self) -> HashMap<String, SourceStep> {
+        let definition = parse_definition(&self.execution.definition).ok();
+        self.runs
+            .values()
+            .map(|r| {
+                let step = SourceStep {
+                    status: r.status.clone(),
+                    outcome: r
+                        .properties
+                        .as_ref()
+                        .and_then(|p| p.get("Outcome"))
+                        .and_then(Value::as_bool),
+                    raw: definition
+                        .as_ref()
+                        .and_then(|d| d.step(&r.step_name))
+                        .map(|s| s.raw.clone()),
+                };
+                (r.step_name.clone(), step)
+            })
+            .collect()
+    }
+}
+
+/// The outcome of planning a selective start.
+pub struct SelectivePlan {
+    pub parameters: Map<String, Value>,
+    pub plans: HashMap<String, StepPlan>,
+    pub selection: Selection,
+    pub source: Option<Source>,
+    /// What the execution records as its `selective_execution`.
+    pub record: Value,
+}
+
+fn invalid(path: &str, message: String) -> StartError {
+    StartError::invalid(message.clone(), vec![Issue::new(path, message)])
+}
+
+fn invalid_all(issues: Vec<Issue>) -> StartError {
+    let message = match issues.as_slice() {
+        [one] => one.message.clone(),
+        many => format!(
+            "the selective execution is invalid: {} problems, see details",
+            many.len()
+        ),
+    };
+    StartError::invalid(message, issues)
+}
+
+pub async fn plan(
+    conn: &mut PgConnection,
+    arns: &Arns,
+    pipeline: &PipelineRow,
+    definition: &Definition,
+    given_parameters: &Map<String, Value>,
+    request: &SelectiveRequest,
+    cache_lookup: bool,
+) -> Result<SelectivePlan, StartError> {
+    let mut source = match &request.source_execution {
+        Some(reference) => Some(load_source(conn, arns, pipeline, reference).await?),
+        None => None,
+    };
+    if source.is_none() && matches!(request.selected_steps, SelectedSteps::Changed) {
+        let latest: Option<Uuid> = sqlx::query_scalar(
+            "select id from executions where pipeline_id = $1 and status in ('Succeeded', 'Failed', 'Stopped') \
+             order by created_at desc limit 1",
+        )
+        .bind(pipeline.id)
+        .fetch_optional(&mut *conn)
+        .await?;
+        let Some(latest) = latest else {
+            return Err(invalid(
+                SOURCE_EXECUTION_PATH,
+                format!("selected_steps \"changed\" compares against a source execution, and pipeline {:?} has no finished execution", pipeline.name),
+            ));
+        };
+        source = Some(load_source(conn, arns, pipeline, &latest.to_string()).await?);
+    }
+
+    let parameters = effective_parameters(
+        definition,
+        given_parameters,
+        source.as_ref(),
+        request.inherit_parameters,
+    )?;
+
+    let selection = match &request.selected_steps {
+        SelectedSteps::Names(names) => selective::select(definition, names).map_err(invalid_all)?,
+        SelectedSteps::Changed => {
+            let source = source.as_ref().expect("a source was found above");
+            let source_definition = parse_definition(&source.execution.definition);
+            let changed: Vec<String> = match source_definition {
+                Ok(source_definition) => {
+                    let source_params = source.execution.parameters.as_object().cloned().unwrap_or_default();
+                    selective::changed_steps(
+                        definition,
+                        &parameters,
+                        &source_definition,
+                        &source_params,
+                        &source.summaries(),
+                    )
+                    .into_iter()
+                    .collect()
+                }
+                // A snapshot that no longer validates: treat everything as changed.
+                Err(_) => definition.steps.iter().map(|s| s.name.clone()).collect(),
+            };
+            if changed.is_empty() {
+                Selection {
+                    selected: BTreeSet::new(),
+                    upstream: BTreeSet::new(),
+                    downstream: BTreeSet::new(),
+                    others: definition.steps.iter().map(|s| s.name.clone()).collect(),
+                }
+            } else {
+                selective::select(definition, &changed).map_err(invalid_all)?
+            }
+        }
+    };
+
+    if source.is_none() && !selection.upstream.is_empty() {
+        source = Some(pick_source(conn, arns, pipeline, &selection).await?);
+    }
+
+    if let Some(source) = &source {
+        let summaries = source.summaries();
+        let mut issues = selective::check_upstream(&selection, &summaries, &source.arn);
+        issues.extend(selective::check_branches(definition, &selection, &summaries));
+        if !issues.is_empty() {
+            return Err(invalid_all(issues));
+        }
+    }
+
+    let mut plans = HashMap::new();
+    for step in &definition.steps {
+        let name = &step.name;
+        let plan = if selection.selected.contains(name) {
+            StepPlan::Run
+        } else if selection.downstream.contains(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+            }
+        } else {
+            match source.as_ref().and_then(|s| s.runs.get(name).map(|r| (s, r))) {
+                Some((source, run)) if run.status == "Succeeded" => StepPlan::Reuse {
+                    properties: run.properties.clone().unwrap_or(json!({})),
+                    metadata: run.metadata.clone(),
+                    reused_from: Some(json!({"source_execution_arn": source.arn, "source_step_run_id": run.id})),
+                    cache_hit: None,
+                    artifacts_dir: run.artifacts_dir.clone(),
+                },
+                _ => StepPlan::Skip {
+                    reason: "NotSelected".into(),
+                },
+            }
+        };
+        plans.insert(name.clone(), plan);
+    }
+
+    let requested = match &request.selected_steps {
+        SelectedSteps::Names(names) => json!(names),
+        SelectedSteps::Changed => json!("changed"),
+    };
+    let record = json!({
+        "source_execution": request.source_execution,
+        "source_execution_arn": source.as_ref().map(|s| s.arn.clone()),
+        "requested_steps": requested,
+        "selected_steps": selection.selected,
+        "inherit_parameters": request.inherit_parameters,
+        "cache_lookup": cache_lookup,
+    });
+    Ok(SelectivePlan {
+        parameters,
+        plans,
+        selection,
+        source,
+        record,
+    })
+}
+
+/// Rule 10: defaults (or, inheriting, the source's values for parameters
+/// the definition still has) overridden by the request.
+fn effective_parameters(
+    definition: &Definition,
+    given: &Map<String, Value>,
+    source: Option<&Source>,
+    inherit: bool,
+) -> Result<Map<String, Value>, StartError> {
+    let mut merged = Map::new();
+    if inherit {
+        let Some(source) = source else {
+            return Err(invalid(
+                "/selective_execution/inherit_parameters",
+                "inherit_parameters needs a source execution, and none was given or needed".into(),
+            ));
+        };
+        if let Some(values) = source.execution.parameters.as_object() {
+            for (name, value) in values {
+                if definition.parameter(name).is_some() {
+                    merged.insert(name.clone(), value.clone());
+                }
+            }
+        }
+    }
+    for (name, value) in given {
+        merged.insert(name.clone(), value.clone());
+    }
+    resolve_parameters(definition, &merged)
+}
+
+/// Rule 4: the source is an ended execution of the same pipeline.
+async fn load_source(
+    conn: &mut PgConnection,
+    arns: &Arns,
+    pipeline: &PipelineRow,
+    reference: &str,
+) -> Result<Source, StartError> {
+    let parsed = arns
+        .parse_execution(reference)
+        .map_err(|m| invalid(SOURCE_EXECUTION_PATH, format!("source_execution: {m}")))?;
+    let execution = match executions::get(conn, parsed.id).await {
+        Ok(e) => e,
+        Err(StoreError::NotFound(_)) => {
+            return Err(invalid(
+                SOURCE_EXECUTION_PATH,
+                format!("source execution {reference} does not exist"),
+            ))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let named_other = parsed.pipeline.as_deref().is_some_and(|p| p != execution.pipeline_name);
+    if execution.pipeline_id != pipeline.id || named_other {
+        return Err(invalid(
+            SOURCE_EXECUTION_PATH,
+            format!(
+                "source execution {reference} belongs to pipeline {:?}, not {:?}",
+                execution.pipeline_name, pipeline.name
+            ),
+        ));
+    }
+    if !execution.is_terminal() {
+        return Err(invalid(
+            SOURCE_EXECUTION_PATH,
+            format!(
+                "source execution {reference} is {}; it must have ended (Succeeded, Failed or Stopped)",
+                execution.status
+            ),
+        ));
+    }
+    let runs: Vec<SourceRun> = sqlx::query_as(
+        "select id, step_name, status, properties, metadata, artifacts_dir from step_runs where execution_id = $1",
+    )
+    .bind(execution.id)
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(Source {
+        arn: arns.execution(&execution.pipeline_name, execution.id),
+        execution,
+        runs: runs.into_iter().map(|r| (r.step_name.clone(), r)).collect(),
+    })
+}
+
+/// Rule 5: the most recent ended execution in which every step of U succeeded.
+async fn pick_source(
+    conn: &mut PgConnection,
+    arns: &Arns,
+    pipeline: &PipelineRow,
+    selection: &Selection,
+) -> Result<Source, StartError> {
+    let upstream: Vec<String> = selection.upstream.iter().cloned().collect();
+    let picked: Option<Uuid> = sqlx::query_scalar(
+        "select e.id from executions e where e.pipeline_id = $1 and e.status in ('Succeeded', 'Failed', 'Stopped') \
+         and (select count(*) from step_runs s where s.execution_id = e.id and s.step_name = any($2) \
+              and s.status = 'Succeeded') = cardinality($2) \
+         order by e.created_at desc limit 1",
+    )
+    .bind(pipeline.id)
+    .bind(&upstream)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match picked {
+        Some(id) => load_source(conn, arns, pipeline, &id.to_string()).await,
+        None => Err(invalid(
+            SOURCE_EXECUTION_PATH,
+            format!(
+                "The selected steps {:?} have dependencies on {:?} and no execution of pipeline {} has them all succeeded",
+                selection.selected, upstream, pipeline.name
+            ),
+        )),
+    }
+}

@@ -1,0 +1,139 @@
+//! Step caching at run time (SPEC 4): compute the key of a step from its
+//! resolved arguments (and the content of its `CacheInputs`), look for a
+//! recent entry with the same key, and record the decision with an
+//! explanation when it misses.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use chrono::Utc;
+use serde_json::{json, Value};
+
+use super::{artifacts_path, StepContext, INPUT_ERROR};
+use crate::{
+    domain::{
+        cache::{compute_key, explain_difference, hash_input},
+        definition::{CacheConfig, CommandArgs, StepKind},
+    },
+    engine::StepOutcome,
+    store::{
+        cache::{self, Entry, KeyRecord},
+        StoreResult,
+    },
+};
+
+pub enum Decision {
+    Run,
+    Hit(StepOutcome),
+    Fail(StepOutcome),
+}
+
+/// Decides whether the claimed step runs or is served from the cache.
+pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> StoreResult<Decision> {
+    let step = ctx.step;
+    let config: Option<CacheConfig> = step.cache_config.clone().and_then(|c| serde_json::from_value(c).ok());
+    let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
+        return Ok(Decision::Run);
+    };
+    let mut hashes = BTreeMap::new();
+    if kind == StepKind::Command {
+        let args = match CommandArgs::from_resolved(resolved) {
+            Ok(a) => a,
+            Err(m) => return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, m))),
+        };
+        let base = args.working_directory.map(PathBuf::from).unwrap_or_default();
+        for input in &args.cache_inputs {
+            match hash_input(&base.join(input)) {
+                Ok(hash) => {
+                    hashes.insert(input.clone(), hash);
+                }
+                Err(m) => {
+                    let message = format!("CacheInputs: {m}");
+                    return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, message)));
+                }
+            }
+        }
+    }
+    let key = compute_key(kind, &step.arguments, resolved, &hashes);
+    let warnings = json!(key.warnings);
+    let status = if step.cache_mode == "off" {
+        "disabled"
+    } else if step.cache_mode == "refresh" || step.bypass_cache {
+        "bypassed"
+    } else {
+        "miss"
+    };
+    let mut record = KeyRecord {
+        key: &key.key,
+        components: &key.components,
+        status,
+        miss_reason: None,
+        warnings: &warnings,
+        hit: None,
+    };
+    if status != "miss" {
+        cache::record(ctx.db, step.id, step.attempt, &record).await?;
+        return Ok(Decision::Run);
+    }
+
+    let mut conn = ctx.db.acquire().await?;
+    let earliest = config.expire_after.map(|e| e.earliest_valid(Utc::now()));
+    let candidates = cache::entries_with_key(&mut conn, step.pipeline_id, &step.step_name, &key.key, 20).await?;
+    let mut expired: Option<&Entry> = None;
+    let mut artifacts_gone: Option<(&Entry, String)> = None;
+    for entry in &candidates {
+        if earliest.is_some_and(|earliest| entry.ended_at.is_some_and(|t| t < earliest)) {
+            expired.get_or_insert(entry);
+            continue;
+        }
+        if let Some(missing) = missing_artifacts(entry) {
+            artifacts_gone.get_or_insert((entry, missing));
+            continue;
+        }
+        let hit = json!({
+            "source_execution_arn": ctx.arns.execution(&entry.pipeline_name, entry.execution_id),
+            "source_step_run_id": entry.id,
+        });
+        record.status = "hit";
+        record.hit = Some(&hit);
+        cache::record(ctx.db, step.id, step.attempt, &record).await?;
+        return Ok(Decision::Hit(StepOutcome::Succeeded {
+            properties: entry.properties.clone().unwrap_or(json!({})),
+            metadata: entry.metadata.clone(),
+            exit_code: None,
+        }));
+    }
+
+    let reason = if let Some((entry, path)) = artifacts_gone {
+        format!(
+            "the entry from execution {} has lost its artifacts ({path})",
+            entry.execution_id
+        )
+    } else if let Some(entry) = expired {
+        format!(
+            "the entry from execution {} (ended {}) is older than ExpireAfter",
+            entry.execution_id,
+            entry.ended_at.map(|t| t.to_rfc3339()).unwrap_or_default()
+        )
+    } else {
+        match cache::nearest_entry(&mut conn, step.pipeline_id, &step.step_name).await? {
+            None => format!("no earlier cache entry for step {:?} in this pipeline", step.step_name),
+            Some(previous) => {
+                let before = previous.cache_components.clone().unwrap_or(Value::Null);
+                match explain_difference(&key.components, &before) {
+                    Some(diff) => format!("differs from the entry of execution {}: {diff}", previous.execution_id),
+                    None => format!("the entry of execution {} is no longer usable", previous.execution_id),
+                }
+            }
+        }
+    };
+    record.miss_reason = Some(&reason);
+    cache::record(ctx.db, step.id, step.attempt, &record).await?;
+    Ok(Decision::Run)
+}
+
+/// The artifacts directory an entry refers to, when it no longer exists.
+fn missing_artifacts(entry: &Entry) -> Option<String> {
+    let uri = entry.properties.as_ref()?.get("ArtifactsUri")?.as_str()?;
+    let path = artifacts_path(uri);
+    (!path.exists()).then(|| path.display().to_string())
+}
