@@ -187,6 +187,7 @@ impl ExecutionView {
 #[derive(Deserialize)]
 struct StepView {
     step_name: String,
+    reused_from: Option<Value>,
     started_at: Option<DateTime<Utc>>,
     ended_at: Option<DateTime<Utc>>,
 }
@@ -282,6 +283,8 @@ pub struct Report {
     pub ms_per_step: f64,
     pub start_request: Summary,
     pub step_start_latency: Summary,
+    /// `ended_at` minus `started_at` of every step: claim to completion.
+    pub step_run_time: Summary,
     pub describe_latency: Summary,
     pub statuses: HashMap<String, usize>,
     pub failures: Vec<String>,
@@ -296,6 +299,9 @@ pub struct SelectiveReport {
     pub selective_start_median_ms: Option<f64>,
     /// Median time from that POST until the selective execution ended.
     pub selective_run_median_ms: Option<f64>,
+    /// Steps of the first selective execution that were reused from the
+    /// source rather than run (expected: all but the selected one).
+    pub reused_steps: Option<usize>,
     /// Median time of a plain start of a one-step Pass pipeline.
     pub plain_start_median_ms: Option<f64>,
     pub ratio: Option<f64>,
@@ -372,6 +378,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let mut statuses = HashMap::new();
     let mut failures = Vec::new();
     let mut step_latency = Vec::new();
+    let mut step_run = Vec::new();
     for (e, _) in &ended {
         *statuses.entry(e.status.clone()).or_insert(0) += 1;
         if e.status != "Succeeded" {
@@ -384,6 +391,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         }
         let list: StepList = client.get(&format!("/v1/executions/{}/steps", e.execution_id)).await?;
         step_latency.extend(start_latencies(&plan, e, &list.steps));
+        step_run.extend(
+            list.steps
+                .iter()
+                .filter_map(|s| Some(chrono_ms(s.ended_at? - s.started_at?))),
+        );
     }
     let server_wall_ms = {
         let first = ended.iter().map(|(e, _)| e.created_at).min();
@@ -420,6 +432,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ms_per_step: ms(wall) / total_steps,
         start_request: Summary::of(starts.iter().map(|(_, t)| *t).collect()),
         step_start_latency: Summary::of(step_latency),
+        step_run_time: Summary::of(step_run),
         describe_latency: Summary::of(describe_ms),
         statuses,
         failures,
@@ -502,6 +515,7 @@ async fn measure_selective(
     }});
     let mut selective_start = Vec::new();
     let mut selective_run = Vec::new();
+    let mut reused_steps = None;
     let mut error = None;
     for _ in 0..repeat {
         let t = Instant::now();
@@ -510,6 +524,10 @@ async fn measure_selective(
                 selective_start.push(ms(t.elapsed()));
                 let (e, at) = client.wait(&e.execution_id).await?;
                 selective_run.push(ms(at - t));
+                if reused_steps.is_none() {
+                    let list: StepList = client.get(&format!("/v1/executions/{}/steps", e.execution_id)).await?;
+                    reused_steps = Some(list.steps.iter().filter(|s| s.reused_from.is_some()).count());
+                }
                 if e.status != "Succeeded" {
                     error = Some(format!(
                         "a selective execution ended {}: {:?}",
@@ -548,6 +566,7 @@ async fn measure_selective(
         repeat,
         selective_start_median_ms,
         selective_run_median_ms: median(selective_run),
+        reused_steps,
         plain_start_median_ms,
         ratio: selective_start_median_ms.zip(plain_start_median_ms).map(|(s, p)| s / p),
         error,
@@ -618,6 +637,7 @@ fn print_table(r: &Report) {
     for (label, s) in [
         ("start request", &r.start_request),
         ("step start latency", &r.step_start_latency),
+        ("step run time", &r.step_run_time),
         ("describe latency (under load)", &r.describe_latency),
     ] {
         rows.push((
@@ -637,6 +657,12 @@ fn print_table(r: &Report) {
             fmt_ms(s.selective_start_median_ms),
         ));
         rows.push(("selective run to end, median".into(), fmt_ms(s.selective_run_median_ms)));
+        if let Some(n) = s.reused_steps {
+            rows.push((
+                "steps reused by the selective run".into(),
+                format!("{n} of {}", r.steps),
+            ));
+        }
         rows.push((
             "plain start, 1-step pipeline, median".into(),
             fmt_ms(s.plain_start_median_ms),

@@ -80,12 +80,13 @@ fn invalid(path: &str, message: String) -> StartError {
 }
 
 fn invalid_all(issues: Vec<Issue>) -> StartError {
-    let message = match issues.as_slice() {
-        [one] => one.message.clone(),
-        many => format!(
+    let message = if issues.len() <= 5 {
+        issues.iter().map(|i| i.message.as_str()).collect::<Vec<_>>().join("; ")
+    } else {
+        format!(
             "the selective execution is invalid: {} problems, see details",
-            many.len()
-        ),
+            issues.len()
+        )
     };
     StartError::invalid(message, issues)
 }

@@ -2,10 +2,12 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), and every response
 //! checked against `openapi.yaml`.
 
+mod cache;
 mod callbacks;
 mod errors;
 mod executions;
 mod helpers;
 mod openapi;
 mod pipelines;
+mod selective;
 mod workers;

@@ -1,0 +1,483 @@
+//! Selective execution (SPEC 5), rule by rule, with side-effect counters
+//! proving which steps ran.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{count_run, definition_with, runs_of, TestApp};
+
+fn by_name<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["step_name"] == name)
+        .unwrap_or_else(|| panic!("no step {name}"))
+}
+
+/// Prepare -> Train -> Evaluate -> Report, and an independent Side step.
+fn ml_pipeline(dir: &std::path::Path, train_script: &str) -> Value {
+    let count = count_run(dir);
+    definition_with(
+        json!([
+            {"Name": "Rate", "Type": "Integer", "DefaultValue": 1},
+            {"Name": "Fail", "Type": "Integer", "DefaultValue": 0}
+        ]),
+        json!([
+            {"Name": "Prepare", "Type": "Command", "Arguments": {
+                "Shell": format!("{count}; echo \"{{\\\"v\\\": $RATE, \\\"at\\\": \\\"$STEPWISE_EXECUTION_ID\\\"}}\" > $STEPWISE_OUTPUTS; exit $FAIL"),
+                "Env": {"RATE": {"Get": "Parameters.Rate"}, "FAIL": {"Get": "Parameters.Fail"}}}},
+            {"Name": "Train", "Type": "Command", "Arguments": {
+                "Shell": format!("{count}; {train_script}; echo \"{{\\\"from\\\": \\\"$FROM\\\"}}\" > $STEPWISE_OUTPUTS"),
+                "Env": {"FROM": {"Get": "Steps.Prepare.Outputs.at"}}}},
+            {"Name": "Evaluate", "Type": "Command", "DependsOn": ["Train"], "Arguments": {"Shell": count.clone()}},
+            {"Name": "Report", "Type": "Pass", "DependsOn": ["Evaluate"], "Arguments": {}},
+            {"Name": "Side", "Type": "Command", "Arguments": {"Shell": count.clone()}}
+        ]),
+    )
+}
+
+async fn run_full(app: &TestApp, pipeline: &str, body: Value) -> Value {
+    let id = app.start(pipeline, body).await;
+    app.wait_terminal(&id).await
+}
+
+async fn start_selective(app: &TestApp, pipeline: &str, selective: Value) -> crate::helpers::Resp {
+    app.post(
+        &format!("/v1/pipelines/{pipeline}/executions"),
+        &json!({"selective_execution": selective}),
+    )
+    .await
+}
+
+#[sqlx::test]
+async fn reuses_the_source_for_unselected_steps_and_runs_only_the_selection(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    assert_eq!(source["status"], "Succeeded");
+    let source_arn = source["execution_arn"].as_str().unwrap();
+    let source_id = source["execution_id"].as_str().unwrap();
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": source_arn, "selected_steps": ["Train"]}),
+    )
+    .await;
+    let started = resp.expect(201).clone();
+    assert_eq!(started["selective_execution"]["source_execution_arn"], source_arn);
+    let id = started["execution_id"].as_str().unwrap();
+    assert_eq!(app.wait_terminal(id).await["status"], "Succeeded");
+
+    assert_eq!(runs_of(dir.path(), "Prepare"), 1, "reused, not run");
+    assert_eq!(runs_of(dir.path(), "Train"), 2, "selected, run");
+    assert_eq!(runs_of(dir.path(), "Evaluate"), 1, "downstream, not run");
+    assert_eq!(runs_of(dir.path(), "Side"), 1, "reused, not run");
+    let steps = app.steps(id).await;
+    let prepare = by_name(&steps, "Prepare");
+    assert_eq!(prepare["status"], "Succeeded");
+    assert_eq!(prepare["reused_from"]["source_execution_arn"], source_arn);
+    assert_eq!(prepare["attempt_count"], 0, "no worker ran it");
+    assert_eq!(prepare["properties"]["Outputs"]["at"], source_id);
+    // The selected step read the source's outputs.
+    assert_eq!(by_name(&steps, "Train")["properties"]["Outputs"]["from"], source_id);
+    assert_eq!(by_name(&steps, "Evaluate")["skip_reason"], "NotSelected");
+    assert_eq!(by_name(&steps, "Report")["skip_reason"], "NotSelected");
+    assert_eq!(
+        by_name(&steps, "Side")["reused_from"]["source_execution_arn"],
+        source_arn
+    );
+
+    // The bare id works as a source too.
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": source_id, "selected_steps": ["Train", "Evaluate"]}),
+    )
+    .await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "Evaluate"), 2);
+}
+
+#[sqlx::test]
+async fn rules_1_and_2_unknown_names_and_closure(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Trian", "Nope", "Train"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(message.contains("Trian") && message.contains("Nope"), "{message}");
+    assert_eq!(resp.detail_paths(), vec!["/selective_execution/selected_steps"]);
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Prepare", "Evaluate"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(
+        message.contains("\"Train\"") && message.contains("\"Prepare\"") && message.contains("\"Evaluate\""),
+        "{message}"
+    );
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": "everything"}),
+    )
+    .await;
+    resp.expect_error(400, "ValidationError");
+}
+
+#[sqlx::test]
+async fn rule_3_upstream_must_have_succeeded_in_the_source(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let failed = run_full(&app, "ml", json!({"parameters": {"Fail": 3}})).await;
+    assert_eq!(failed["status"], "Failed");
+    let arn = failed["execution_arn"].as_str().unwrap();
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(message.contains("Prepare") && message.contains("Failed"), "{message}");
+    assert!(resp.text.contains("Train"), "{}", resp.text);
+}
+
+#[sqlx::test]
+async fn rule_4_the_source_is_an_ended_execution_of_the_same_pipeline(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    app.create_pipeline("other", ml_pipeline(dir.path(), "true")).await;
+    let other = run_full(&app, "other", json!({})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": other["execution_id"], "selected_steps": ["Train"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(message.contains("other") && message.contains("ml"), "{message}");
+
+    app.create_pipeline(
+        "slow",
+        definition_with(
+            json!([]),
+            json!([
+                {"Name": "A", "Type": "Command", "Arguments": {"Shell": "sleep 30"}},
+                {"Name": "B", "Type": "Pass", "DependsOn": ["A"], "Arguments": {}}
+            ]),
+        ),
+    )
+    .await;
+    let running = app.start("slow", json!({})).await;
+    let resp = start_selective(
+        &app,
+        "slow",
+        json!({"source_execution": running, "selected_steps": ["B"]}),
+    )
+    .await;
+    assert!(resp.expect_error(400, "ValidationError").contains("Executing"));
+    let missing = uuid::Uuid::new_v4();
+    let resp = start_selective(
+        &app,
+        "slow",
+        json!({"source_execution": missing, "selected_steps": ["B"]}),
+    )
+    .await;
+    assert!(resp.expect_error(400, "ValidationError").contains("does not exist"));
+    let resp = start_selective(
+        &app,
+        "slow",
+        json!({"source_execution": "garbage", "selected_steps": ["B"]}),
+    )
+    .await;
+    resp.expect_error(400, "ValidationError");
+    app.post(&format!("/v1/executions/{running}/stop"), &json!({}))
+        .await
+        .expect(200);
+    app.wait_terminal(&running).await;
+}
+
+#[sqlx::test]
+async fn rule_5_the_server_picks_the_most_recent_qualifying_source(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Train"]})).await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(
+        message.contains("have dependencies on")
+            && message.contains("Prepare")
+            && message.contains("no execution of pipeline ml has them all succeeded"),
+        "{message}"
+    );
+    let good = run_full(&app, "ml", json!({})).await;
+    let bad = run_full(&app, "ml", json!({"parameters": {"Fail": 1}})).await;
+    assert_eq!(bad["status"], "Failed");
+    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Train"]})).await;
+    let started = resp.expect(201).clone();
+    assert_eq!(
+        started["selective_execution"]["source_execution_arn"], good["execution_arn"],
+        "the failed run does not qualify"
+    );
+    assert_eq!(
+        app.wait_terminal(started["execution_id"].as_str().unwrap()).await["status"],
+        "Succeeded"
+    );
+}
+
+#[sqlx::test]
+async fn rule_9_a_step_in_the_branch_not_taken_cannot_be_selected(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([{"Name": "Score", "Type": "Float", "DefaultValue": 0.1}]),
+        json!([{"Name": "Gate", "Type": "Condition", "Arguments": {
+            "Conditions": [{"Type": "GreaterThan", "LeftValue": {"Get": "Parameters.Score"}, "RightValue": 0.5}],
+            "IfSteps": [{"Name": "Publish", "Type": "Pass", "Arguments": {}}],
+            "ElseSteps": [{"Name": "Retrain", "Type": "Pass", "Arguments": {}}]}}]),
+    );
+    app.create_pipeline("gate", definition).await;
+    let source = run_full(&app, "gate", json!({})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+    let resp = start_selective(
+        &app,
+        "gate",
+        json!({"source_execution": arn, "selected_steps": ["Publish"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(message.contains("Publish") && message.contains("Gate"), "{message}");
+    // The branch that was taken can be re-run; the Condition's outcome is carried over.
+    let resp = start_selective(
+        &app,
+        "gate",
+        json!({"source_execution": arn, "selected_steps": ["Retrain"]}),
+    )
+    .await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let steps = app.steps(&id).await;
+    assert_eq!(by_name(&steps, "Gate")["properties"]["Outcome"], false);
+    assert!(by_name(&steps, "Gate")["reused_from"].is_object());
+    assert_eq!(by_name(&steps, "Retrain")["attempt_count"], 1);
+}
+
+#[sqlx::test]
+async fn rule_10_parameters_default_or_inherited(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({"parameters": {"Rate": 5}})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Prepare"]}),
+    )
+    .await;
+    assert_eq!(resp.expect(201)["parameters"]["Rate"], 1, "defaults by default");
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Prepare"], "inherit_parameters": true}),
+    )
+    .await;
+    assert_eq!(resp.expect(201)["parameters"]["Rate"], 5, "inherited");
+    let resp = app
+        .post("/v1/pipelines/ml/executions", &json!({"parameters": {"Fail": 0}, "selective_execution": {"source_execution": arn, "selected_steps": ["Prepare"], "inherit_parameters": true}}))
+        .await;
+    let body = resp.expect(201);
+    assert_eq!(body["parameters"], json!({"Rate": 5, "Fail": 0}));
+}
+
+#[sqlx::test]
+async fn reuse_works_across_a_definition_change(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+    // Version 2 changes Train.
+    app.put(
+        "/v1/pipelines/ml",
+        &json!({"definition": ml_pipeline(dir.path(), "echo v2")}),
+    )
+    .await
+    .expect(200);
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Train", "Evaluate", "Report"]}),
+    )
+    .await;
+    let started = resp.expect(201).clone();
+    assert_eq!(started["pipeline_version"], 2);
+    assert_eq!(
+        app.wait_terminal(started["execution_id"].as_str().unwrap()).await["status"],
+        "Succeeded"
+    );
+    assert_eq!(runs_of(dir.path(), "Prepare"), 1);
+
+    // Version 3 adds a step the source never had, upstream of Evaluate.
+    let mut v3 = ml_pipeline(dir.path(), "true");
+    v3["Steps"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"Name": "Extra", "Type": "Pass", "Arguments": {}}));
+    v3["Steps"][2]["DependsOn"] = json!(["Train", "Extra"]);
+    app.put("/v1/pipelines/ml", &json!({"definition": v3}))
+        .await
+        .expect(200);
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": arn, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(message.contains("Extra"), "{message}");
+}
+
+#[sqlx::test]
+async fn changed_selects_what_a_change_affects(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    app.put(
+        "/v1/pipelines/ml",
+        &json!({"definition": ml_pipeline(dir.path(), "echo changed")}),
+    )
+    .await
+    .expect(200);
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": source["execution_arn"], "selected_steps": "changed"}),
+    )
+    .await;
+    let started = resp.expect(201).clone();
+    let mut selected: Vec<String> =
+        serde_json::from_value(started["selective_execution"]["selected_steps"].clone()).unwrap();
+    selected.sort();
+    assert_eq!(selected, ["Evaluate", "Report", "Train"]);
+    let id = started["execution_id"].as_str().unwrap();
+    assert_eq!(app.wait_terminal(id).await["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "Prepare"), 1);
+    assert_eq!(runs_of(dir.path(), "Side"), 1);
+    assert_eq!(runs_of(dir.path(), "Train"), 2);
+    assert_eq!(runs_of(dir.path(), "Evaluate"), 2);
+
+    // A parameter change: only the steps that read it, and what follows them.
+    // Without a source, "changed" compares against the latest execution.
+    let resp = app
+        .post(
+            "/v1/pipelines/ml/executions",
+            &json!({"parameters": {"Rate": 7}, "selective_execution": {"selected_steps": "changed"}}),
+        )
+        .await;
+    let started = resp.expect(201).clone();
+    let mut selected: Vec<String> =
+        serde_json::from_value(started["selective_execution"]["selected_steps"].clone()).unwrap();
+    selected.sort();
+    assert_eq!(selected, ["Evaluate", "Prepare", "Report", "Train"]);
+    app.wait_terminal(started["execution_id"].as_str().unwrap()).await;
+    assert_eq!(runs_of(dir.path(), "Side"), 1);
+}
+
+#[sqlx::test]
+async fn the_plan_reports_verdicts_and_errors_without_starting(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+    let body = json!({"selective_execution": {"source_execution": arn, "selected_steps": ["Train"]}});
+    let plan = app.post("/v1/pipelines/ml/executions/plan", &body).await;
+    let plan = plan.expect(200).clone();
+    assert_eq!(plan["errors"], json!([]));
+    assert_eq!(plan["source_execution_arn"], arn);
+    let verdicts: Vec<(String, String)> = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["step_name"].as_str().unwrap().to_string(),
+                s["verdict"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let expect = |name: &str, verdict: &str| {
+        assert!(
+            verdicts.contains(&(name.to_string(), verdict.to_string())),
+            "{name} {verdict} in {verdicts:?}"
+        )
+    };
+    expect("Prepare", "Reuse");
+    expect("Train", "Run");
+    expect("Evaluate", "Skip");
+    expect("Side", "Reuse");
+    assert_eq!(plan["steps"][0]["source_execution_arn"], arn);
+
+    let bad = app
+        .post(
+            "/v1/pipelines/ml/executions/plan",
+            &json!({"selective_execution": {"source_execution": arn, "selected_steps": ["Nope"]}}),
+        )
+        .await;
+    let bad = bad.expect(200);
+    assert!(bad["errors"][0]["message"].as_str().unwrap().contains("Nope"));
+    let executions = app.get("/v1/pipelines/ml/executions").await;
+    assert_eq!(
+        executions.expect(200)["executions"].as_array().unwrap().len(),
+        1,
+        "planning started nothing"
+    );
+    app.post("/v1/pipelines/none/executions/plan", &json!({}))
+        .await
+        .expect_error(404, "NotFound");
+}
+
+#[sqlx::test]
+async fn more_than_fifty_steps_can_be_selected(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let steps: Vec<Value> = (0..80)
+        .map(|i| {
+            let deps: Vec<String> = if i == 0 { vec![] } else { vec![format!("S{}", i - 1)] };
+            json!({"Name": format!("S{i}"), "Type": "Pass", "DependsOn": deps, "Arguments": {}})
+        })
+        .collect();
+    app.create_pipeline("long", definition_with(json!([]), Value::Array(steps)))
+        .await;
+    let source = run_full(&app, "long", json!({})).await;
+    let selected: Vec<String> = (10..80).map(|i| format!("S{i}")).collect();
+    let resp = start_selective(
+        &app,
+        "long",
+        json!({"source_execution": source["execution_arn"], "selected_steps": selected}),
+    )
+    .await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let steps = app.steps(&id).await;
+    assert!(by_name(&steps, "S9")["reused_from"].is_object());
+    assert_eq!(by_name(&steps, "S79")["attempt_count"], 1);
+}
