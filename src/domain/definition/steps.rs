@@ -672,10 +672,7 @@ fn check_callback(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut
             Some(n) => names.push(n.to_string()),
         }
         if let Some(t) = o.get("OutputType") {
-            if !t
-                .as_str()
-                .is_some_and(|t| crate::domain::params::ParamType::parse(t).is_some())
-            {
+            if t.as_str().and_then(crate::domain::params::ParamType::parse).is_none() {
                 issues.push(Issue::new(
                     pointer_push(&ptr, "OutputType"),
                     format!("OutputType {t} in step {label} is not one of: {types}"),
