@@ -101,6 +101,8 @@ for _ in $(seq 1 120); do
 done
 curl -fsS "$url/healthz" >/dev/null || { say "ERROR: stepwise did not become healthy"; exit 1; }
 
+# Warm-up, as the peers get: first connections, first plans, first pages.
+"$bin" bench --url "$url" --shape chain --steps 10 --step-type "$step_type" >/dev/null
 for shape in chain fanout; do
   say "stepwise $shape $steps"
   "$bin" bench --url "$url" --shape "$shape" --steps "$steps" --step-type "$step_type" \

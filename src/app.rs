@@ -42,6 +42,7 @@ impl App {
             arns: Arns::new(&config.arn),
             config: Arc::new(config),
             notifier: Notifier::new(),
+            definitions: Default::default(),
         };
         Ok(App { listener, state })
     }

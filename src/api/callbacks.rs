@@ -87,7 +87,7 @@ async fn failure(
 }
 
 async fn waiting_step(state: &AppState, token: Uuid) -> ApiResult<store::steps::StepRunRow> {
-    let mut conn = state.db.acquire().await.map_err(ApiError::internal)?;
+    let mut conn = state.db.acquire().await?;
     let step = store::steps::find_by_callback_token(&mut conn, token).await?;
     match step {
         None => Err(ApiError::not_found(format!("no callback is waiting for token {token}"))),

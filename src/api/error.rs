@@ -107,7 +107,23 @@ impl From<crate::store::StoreError> for ApiError {
         match e {
             StoreError::NotFound(m) => ApiError::not_found(m),
             StoreError::Conflict(m) => ApiError::conflict(m),
-            StoreError::Database(e) => ApiError::internal(e),
+            StoreError::Database(e) => e.into(),
+        }
+    }
+}
+
+impl From<sqlx::Error> for ApiError {
+    /// A database that cannot be reached is a 503 the client may retry; any
+    /// other database error is ours (500).
+    fn from(e: sqlx::Error) -> Self {
+        if crate::store::is_unavailable(&e) {
+            tracing::warn!(error = %e, "database unavailable");
+            ApiError::new(
+                ErrorCode::Unavailable,
+                "the database is not reachable; try again shortly",
+            )
+        } else {
+            ApiError::internal(e)
         }
     }
 }

@@ -204,7 +204,7 @@ impl AppState {
             .arns
             .parse_execution(reference)
             .map_err(|m| ApiError::invalid("/execution", m))?;
-        let mut conn = self.db.acquire().await.map_err(ApiError::internal)?;
+        let mut conn = self.db.acquire().await?;
         let row = store::executions::get(&mut conn, parsed.id).await?;
         match parsed.pipeline {
             Some(p) if p != row.pipeline_name => {
@@ -223,7 +223,7 @@ async fn start(
     JsonBody(body): JsonBody<StartBody>,
 ) -> ApiResult<(StatusCode, Json<Execution>)> {
     let request = body.into_request()?;
-    let (row, created) = start::start_execution(&state.db, &state.arns, &name, &request).await?;
+    let (row, created) = start::start_execution(&state.db, &state.arns, &state.definitions, &name, &request).await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(state.execution_view(row))))
 }
@@ -240,7 +240,7 @@ async fn plan(
         Err(e) => return Ok(Json(ExecutionPlan::failed(e.message, e.details))),
     };
     Ok(Json(
-        plan::plan_execution(&state.db, &state.arns, &name, &request).await?,
+        plan::plan_execution(&state.db, &state.arns, &state.definitions, &name, &request).await?,
     ))
 }
 
@@ -344,7 +344,7 @@ async fn describe(
         };
         // A missed notification costs at most a second.
         let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)), wake).await;
-        let mut conn = state.db.acquire().await.map_err(ApiError::internal)?;
+        let mut conn = state.db.acquire().await?;
         row = store::executions::get(&mut conn, row.id).await?;
     }
     Ok(Json(state.execution_view(row)))
@@ -393,10 +393,12 @@ async fn definition(
     Path(reference): Path<String>,
 ) -> ApiResult<Json<DefinitionSnapshot>> {
     let row = state.find_execution(&reference).await?;
+    let mut conn = state.db.acquire().await?;
+    let definition = store::executions::definition(&mut conn, row.id).await?;
     Ok(Json(DefinitionSnapshot {
         execution_arn: state.arns.execution(&row.pipeline_name, row.id),
         pipeline_version: row.pipeline_version,
-        definition: row.definition,
+        definition,
     }))
 }
 
@@ -444,6 +446,17 @@ async fn events(
     let execution_id = row.id;
     let stream = stream::unfold((state, notices, after), move |(state, mut notices, after)| async move {
         loop {
+            // Whether it had ended is read before the events, so the events
+            // that ended it are always read before the stream closes.
+            let terminal = {
+                let Ok(mut conn) = state.db.acquire().await else {
+                    return None;
+                };
+                match store::executions::get(&mut conn, execution_id).await {
+                    Ok(row) => row.is_terminal(),
+                    Err(_) => return None,
+                }
+            };
             let rows = match store::executions::events_after(&state.db, execution_id, after).await {
                 Ok(rows) => rows,
                 Err(e) => {
@@ -457,15 +470,6 @@ async fn events(
                     rows.iter().map(|r| Ok(sse_event(execution_id, r))).collect();
                 return Some((stream::iter(events), (state, notices, last_id)));
             }
-            let terminal = {
-                let Ok(mut conn) = state.db.acquire().await else {
-                    return None;
-                };
-                match store::executions::get(&mut conn, execution_id).await {
-                    Ok(row) => row.is_terminal(),
-                    Err(_) => return None,
-                }
-            };
             if terminal {
                 return None;
             }

@@ -51,6 +51,18 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
 
 /// Deserializes `bytes` into `T`, reporting the JSON pointer of a wrong field.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // PostgreSQL stores no NUL character in text or jsonb; refuse it here,
+    // where the client can be told where it is.
+    if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
+        if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
+            if let Some(pointer) = find_nul(&value, String::new()) {
+                return Err(ApiError::invalid(
+                    pointer.clone(),
+                    format!("the NUL character (\\u0000) is not supported, found at {pointer:?}"),
+                ));
+            }
+        }
+    }
     let mut deserializer = serde_json::Deserializer::from_slice(bytes);
     match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => {
@@ -73,6 +85,42 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             Err(ApiError::invalid(pointer, message))
         }
     }
+}
+
+/// The JSON pointer of the first string or key holding a NUL character.
+fn find_nul(value: &serde_json::Value, pointer: String) -> Option<String> {
+    use serde_json::Value;
+    match value {
+        Value::String(s) if s.contains('\0') => Some(pointer),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, v)| find_nul(v, format!("{pointer}/{i}"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let here = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
+            if k.contains('\0') {
+                Some(here)
+            } else {
+                find_nul(v, here)
+            }
+        }),
+        _ => None,
+    }
+}
+
+/// Refuses percent-encoded text PostgreSQL cannot store or that is not
+/// UTF-8 (`%00`, `%FF`), instead of decoding it lossily.
+fn check_encoded(text: &str, what: &str) -> Result<(), ApiError> {
+    let decoded = percent_encoding::percent_decode_str(text)
+        .decode_utf8()
+        .map_err(|_| ApiError::validation(format!("the {what} is not valid UTF-8 once percent-decoded"), vec![]))?;
+    if decoded.contains('\0') {
+        return Err(ApiError::validation(
+            format!("the {what} contains a NUL character (%00)"),
+            vec![],
+        ));
+    }
+    Ok(())
 }
 
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
@@ -98,6 +146,7 @@ impl<S: Send + Sync, T: DeserializeOwned + Send> FromRequestParts<S> for Path<T>
     type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
+        check_encoded(parts.uri.path(), "path")?;
         axum::extract::Path::<T>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(v)| Path(v))
@@ -113,6 +162,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
         let query = parts.uri.query().unwrap_or("");
+        check_encoded(query, "query string")?;
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
             let name = e.path().to_string();

@@ -25,7 +25,7 @@ use sqlx::PgPool;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use self::error::{ApiError, ErrorCode};
-use crate::{config::Config, ids::Arns, notify::Notifier};
+use crate::{config::Config, engine::definitions::Definitions, ids::Arns, notify::Notifier};
 
 /// The OpenAPI document, committed at the repository root and served as is;
 /// `tests/it/openapi.rs` checks every response of the test suite against it.
@@ -37,6 +37,7 @@ pub struct AppState {
     pub config: Arc<Config>,
     pub arns: Arns,
     pub notifier: Notifier,
+    pub definitions: Definitions,
 }
 
 pub fn router(state: AppState) -> Router {

@@ -3,6 +3,7 @@
 //! scheduling it causes (skips, dependency counts, queueing, finishing) with
 //! set-based statements, then notifies listeners at commit.
 
+pub mod definitions;
 pub mod plan;
 pub mod selective;
 pub mod start;
@@ -56,6 +57,8 @@ impl StepOutcome {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Applied {
     Applied,
+    /// Applied, and it made further steps of the execution runnable.
+    AppliedQueued,
     /// The attempt is no longer current (its lease was rescued, or the step
     /// was stopped or reset): the result is dropped.
     Stale,
@@ -71,19 +74,23 @@ pub async fn complete_attempt(
     log: Option<&str>,
 ) -> StoreResult<Applied> {
     let mut tx = pool.begin().await?;
-    let execution_id: Option<Uuid> = sqlx::query_scalar("select execution_id from step_runs where id = $1")
-        .bind(id)
-        .fetch_optional(&mut *tx)
-        .await?;
-    let Some(execution_id) = execution_id else {
+    let Some(execution) = executions::lock_by_step(&mut tx, id).await? else {
         return Ok(Applied::Stale);
     };
-    let execution = executions::lock(&mut tx, execution_id).await?;
+    let execution_id = execution.id;
     let step = steps::get_in(&mut tx, id).await?;
     if step.attempt != attempt || !matches!(step.status.as_str(), "Executing" | "Stopping") {
         tracing::info!(step_run.id = %id, attempt, current_attempt = step.attempt, status = %step.status, "dropping a stale step result");
         return Ok(Applied::Stale);
     }
+    // A process ended by its worker while no stop was asked for (the worker
+    // believed its lease lost) is a service fault, retried like one.
+    let outcome = match outcome {
+        StepOutcome::Stopped { message } if step.status != "Stopping" => {
+            StepOutcome::failed("Step.SERVICE_FAULT", format!("{message} (no stop was requested)"))
+        }
+        other => other,
+    };
     let mut work_queued = false;
     match outcome {
         StepOutcome::Succeeded {
@@ -91,33 +98,42 @@ pub async fn complete_attempt(
             metadata,
             exit_code,
         } => {
+            // The step, its attempt and the event in one statement.
             sqlx::query(
-                "update step_runs set status = 'Succeeded', properties = $2, metadata = metadata || $3, \
-                 ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
-                 failure_reason = null, error_type = null, \
-                 cache_entry = coalesce(cache_status in ('miss', 'bypassed'), false) where id = $1",
+                "with done as ( \
+                   update step_runs set status = 'Succeeded', properties = $2, metadata = metadata || $3, \
+                     ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
+                     failure_reason = null, error_type = null, \
+                     cache_entry = coalesce(cache_status in ('miss', 'bypassed'), false) where id = $1 \
+                   returning execution_id, step_name), \
+                 attempt_end as ( \
+                   update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
+                     ended_at = now() where step_run_id = $1 and attempt = $4) \
+                 insert into execution_events (execution_id, step_name, status) \
+                 select execution_id, step_name, 'Succeeded' from done",
             )
             .bind(id)
             .bind(&properties)
             .bind(&metadata)
+            .bind(attempt)
+            .bind(exit_code)
+            .bind(log)
             .execute(&mut *tx)
             .await?;
-            let end = AttemptEnd {
-                status: "Succeeded",
-                error_type: None,
-                failure_reason: None,
-                exit_code,
-                log,
-            };
-            steps::end_attempt(&mut tx, id, attempt, &end).await?;
-            executions::record_event(&mut tx, execution_id, Some(&step.step_name), "Succeeded", None).await?;
             if execution.status == "Executing" {
                 if step.step_type == "Condition" {
                     let outcome = properties.get("Outcome").and_then(Value::as_bool).unwrap_or(false);
                     skip_branch_not_taken(&mut tx, execution_id, &step.step_name, outcome).await?;
                 }
-                steps::decrement_dependents(&mut tx, execution_id, &step.dependents).await?;
-                work_queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await? > 0;
+                let queued = match execution.max_parallel_steps {
+                    // Unbounded: dependents whose last dependency this was are queued in the same statement.
+                    None => steps::decrement_and_queue(&mut tx, execution_id, &step.dependents).await?,
+                    Some(max) => {
+                        steps::decrement_dependents(&mut tx, execution_id, &step.dependents).await?;
+                        steps::promote_ready(&mut tx, execution_id, Some(max)).await?
+                    }
+                };
+                work_queued = queued > 0;
             }
         }
         StepOutcome::Failed {
@@ -196,10 +212,17 @@ pub async fn complete_attempt(
             executions::record_event(&mut tx, execution_id, Some(&step.step_name), "Stopped", None).await?;
         }
     }
-    finish_if_done(&mut tx, &execution).await?;
+    // Queued work means the execution goes on; only otherwise can it be done.
+    if !work_queued {
+        finish_if_done_by_id(&mut tx, execution_id).await?;
+    }
     steps::notify(&mut tx, execution_id, work_queued).await?;
     tx.commit().await?;
-    Ok(Applied::Applied)
+    Ok(if work_queued {
+        Applied::AppliedQueued
+    } else {
+        Applied::Applied
+    })
 }
 
 async fn end_step(
@@ -241,6 +264,12 @@ async fn skip_branch_not_taken(
     .fetch_all(&mut *conn)
     .await?;
     steps::skip_with_descendants(conn, execution_id, &not_taken, "ConditionNotMet").await
+}
+
+/// `finish_if_done` reading the execution's current state.
+async fn finish_if_done_by_id(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<()> {
+    let execution = executions::get(conn, execution_id).await?;
+    finish_if_done(conn, &execution).await
 }
 
 /// Ends the execution when none of its steps is left to finish.
@@ -385,7 +414,7 @@ pub async fn rescue_expired_leases(pool: &PgPool) -> StoreResult<usize> {
     for (id, attempt) in expired {
         let message = format!("the worker running attempt {attempt} was lost (its lease expired)");
         let outcome = StepOutcome::failed("Step.SERVICE_FAULT", message);
-        if complete_attempt(pool, id, attempt, outcome, None).await? == Applied::Applied {
+        if complete_attempt(pool, id, attempt, outcome, None).await? != Applied::Stale {
             tracing::warn!(step_run.id = %id, attempt, "rescued a step whose worker was lost");
             rescued += 1;
         }
@@ -399,7 +428,7 @@ pub async fn expire_callbacks(pool: &PgPool) -> StoreResult<usize> {
     let mut count = 0;
     for (id, attempt) in expired {
         let outcome = StepOutcome::failed("Callback.TIMEOUT", "no callback arrived before TimeoutSeconds");
-        if complete_attempt(pool, id, attempt, outcome, None).await? == Applied::Applied {
+        if complete_attempt(pool, id, attempt, outcome, None).await? != Applied::Stale {
             count += 1;
         }
     }
@@ -469,7 +498,7 @@ pub async fn complete_callback(pool: &PgPool, token: Uuid, outcome: CallbackRepo
         CallbackReport::Failure(reason) => StepOutcome::failed("Callback.FAILED", reason),
     };
     match complete_attempt(pool, step.id, step.attempt, outcome, None).await? {
-        Applied::Applied => Ok(()),
+        Applied::Applied | Applied::AppliedQueued => Ok(()),
         Applied::Stale => Err(StoreError::Conflict(format!(
             "the token of step {:?} was already used or cancelled",
             step.step_name

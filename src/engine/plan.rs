@@ -11,11 +11,14 @@ use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
 
-use super::start::{prepare, CacheMode, StartError, StartRequest, StepPlan};
+use super::{
+    definitions::Definitions,
+    start::{load_definition, prepare, CacheMode, StartError, StartRequest, StepPlan},
+};
 use crate::{
     domain::{
         cache::compute_key,
-        definition::{parse_definition, Step},
+        definition::Step,
         expr::{evaluate, ExecutionVar, Resolver},
         Issue,
     },
@@ -57,20 +60,17 @@ impl ExecutionPlan {
 pub async fn plan_execution(
     pool: &PgPool,
     arns: &Arns,
+    definitions: &Definitions,
     pipeline_name: &str,
     req: &StartRequest,
 ) -> Result<ExecutionPlan, StoreError> {
     // A transaction that is never committed: nothing a plan does is kept.
     let mut tx = pool.begin().await?;
-    let pipeline = pipelines::get_version_in(&mut tx, pipeline_name, req.pipeline_version).await?;
-    let definition = match parse_definition(&pipeline.definition) {
+    let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+    let definition = match load_definition(&mut tx, definitions, &pipeline).await {
         Ok(d) => d,
-        Err(issues) => {
-            return Ok(ExecutionPlan::failed(
-                "the stored definition no longer validates".into(),
-                issues,
-            ))
-        }
+        Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
+        Err(StartError::Store(e)) => return Err(e),
     };
     let prepared = match prepare(&mut tx, arns, &pipeline, &definition, req).await {
         Ok(p) => p,
@@ -167,7 +167,7 @@ impl Resolver for KnownNow<'_> {
 async fn cache_hit_now(
     conn: &mut PgConnection,
     arns: &Arns,
-    pipeline: &pipelines::PipelineRow,
+    pipeline: &pipelines::PipelineHead,
     step: &Step,
     parameters: &serde_json::Map<String, Value>,
     plans: &HashMap<String, StepPlan>,

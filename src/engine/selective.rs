@@ -19,7 +19,7 @@ use crate::{
     ids::Arns,
     store::{
         executions::{self, ExecutionRow},
-        pipelines::PipelineRow,
+        pipelines::PipelineHead,
         StoreError,
     },
 };
@@ -37,13 +37,15 @@ pub struct SourceRun {
 
 pub struct Source {
     pub execution: ExecutionRow,
+    /// The source's definition snapshot, loaded only for "changed".
+    pub definition: Option<Value>,
     pub arn: String,
     pub runs: HashMap<String, SourceRun>,
 }
 
 impl Source {
     fn summaries(&self) -> HashMap<String, SourceStep> {
-        let definition = parse_definition(&self.execution.definition).ok();
+        let definition = self.definition.as_ref().and_then(|d| parse_definition(d).ok());
         self.runs
             .values()
             .map(|r| {
@@ -94,7 +96,7 @@ fn invalid_all(issues: Vec<Issue>) -> StartError {
 pub async fn plan(
     conn: &mut PgConnection,
     arns: &Arns,
-    pipeline: &PipelineRow,
+    pipeline: &PipelineHead,
     definition: &Definition,
     given_parameters: &Map<String, Value>,
     request: &SelectiveRequest,
@@ -132,7 +134,8 @@ pub async fn plan(
         SelectedSteps::Names(names) => selective::select(definition, names).map_err(invalid_all)?,
         SelectedSteps::Changed => {
             let source = source.as_ref().expect("a source was found above");
-            let source_definition = parse_definition(&source.execution.definition);
+            let snapshot = executions::definition(conn, source.execution.id).await?;
+            let source_definition = parse_definition(&snapshot);
             let changed: Vec<String> = match source_definition {
                 Ok(source_definition) => {
                     let source_params = source.execution.parameters.as_object().cloned().unwrap_or_default();
@@ -256,7 +259,7 @@ fn effective_parameters(
 async fn load_source(
     conn: &mut PgConnection,
     arns: &Arns,
-    pipeline: &PipelineRow,
+    pipeline: &PipelineHead,
     reference: &str,
 ) -> Result<Source, StartError> {
     let parsed = arns
@@ -298,6 +301,7 @@ async fn load_source(
     .fetch_all(&mut *conn)
     .await?;
     Ok(Source {
+        definition: None,
         arn: arns.execution(&execution.pipeline_name, execution.id),
         execution,
         runs: runs.into_iter().map(|r| (r.step_name.clone(), r)).collect(),
@@ -308,7 +312,7 @@ async fn load_source(
 async fn pick_source(
     conn: &mut PgConnection,
     arns: &Arns,
-    pipeline: &PipelineRow,
+    pipeline: &PipelineHead,
     selection: &Selection,
 ) -> Result<Source, StartError> {
     let upstream: Vec<String> = selection.upstream.iter().cloned().collect();

@@ -7,15 +7,13 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
+use super::definitions::{Definitions, LoadError};
 use crate::{
-    domain::{
-        definition::{parse_definition, Definition},
-        Issue,
-    },
+    domain::{definition::Definition, Issue},
     ids::Arns,
     store::{
         executions::{self, ExecutionRow, NewExecution, NewStepRun},
-        pipelines::{self, PipelineRow},
+        pipelines::{self, PipelineHead},
         steps, StoreResult,
     },
 };
@@ -209,18 +207,18 @@ impl StartError {
 pub async fn start_execution(
     pool: &PgPool,
     arns: &Arns,
+    definitions: &Definitions,
     pipeline_name: &str,
     req: &StartRequest,
 ) -> Result<(ExecutionRow, bool), StartError> {
     let mut tx = pool.begin().await?;
-    let pipeline = pipelines::get_version_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+    let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
     if let Some(token) = &req.client_request_token {
         if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
             return same_request(existing, req).map(|e| (e, false));
         }
     }
-    let definition = parse_definition(&pipeline.definition)
-        .map_err(|issues| StartError::invalid("the stored definition no longer validates", issues))?;
+    let definition = load_definition(&mut tx, definitions, &pipeline).await?;
     let prepared = prepare(&mut tx, arns, &pipeline, &definition, req).await?;
     let id = Uuid::now_v7();
     let new = NewExecution {
@@ -228,7 +226,6 @@ pub async fn start_execution(
         pipeline_id: pipeline.id,
         pipeline_version: pipeline.version,
         parameters: &Value::Object(prepared.parameters),
-        definition: &pipeline.definition,
         selective_execution: prepared.selective.as_ref(),
         cache_mode: req.cache_mode.unwrap_or_default().as_str(),
         max_parallel_steps: req.max_parallel_steps.or(pipeline.max_parallel_steps),
@@ -285,7 +282,7 @@ pub struct Prepared {
 pub async fn prepare(
     conn: &mut PgConnection,
     arns: &Arns,
-    pipeline: &PipelineRow,
+    pipeline: &PipelineHead,
     definition: &Definition,
     req: &StartRequest,
 ) -> Result<Prepared, StartError> {
@@ -320,6 +317,20 @@ pub async fn prepare(
         runs,
         selective: Some(planned.record),
     })
+}
+
+pub async fn load_definition(
+    conn: &mut PgConnection,
+    definitions: &Definitions,
+    pipeline: &PipelineHead,
+) -> Result<std::sync::Arc<Definition>, StartError> {
+    definitions
+        .load(conn, pipeline.id, pipeline.version)
+        .await
+        .map_err(|e| match e {
+            LoadError::Invalid(issues) => StartError::invalid("the stored definition no longer validates", issues),
+            LoadError::Store(e) => StartError::Store(e),
+        })
 }
 
 pub fn resolve_parameters(

@@ -19,7 +19,6 @@ pub struct ExecutionRow {
     pub failure_reason: Option<String>,
     pub failed_by_fail_step: bool,
     pub parameters: Value,
-    pub definition: Value,
     pub selective_execution: Option<Value>,
     pub cache_mode: String,
     pub max_parallel_steps: Option<i32>,
@@ -34,7 +33,7 @@ pub struct ExecutionRow {
 
 pub const SELECT_EXECUTION: &str =
     "select e.id, e.pipeline_id, p.name as pipeline_name, e.pipeline_version, e.status, \
-     e.failure_reason, e.failed_by_fail_step, e.parameters, e.definition, e.selective_execution, e.cache_mode, \
+     e.failure_reason, e.failed_by_fail_step, e.parameters, e.selective_execution, e.cache_mode, \
      e.max_parallel_steps, e.display_name, e.description, e.client_request_token, e.request_hash, e.created_at, \
      e.started_at, e.ended_at from executions e join pipelines p on p.id = e.pipeline_id";
 
@@ -49,7 +48,6 @@ pub struct NewExecution<'a> {
     pub pipeline_id: Uuid,
     pub pipeline_version: i32,
     pub parameters: &'a Value,
-    pub definition: &'a Value,
     pub selective_execution: Option<&'a Value>,
     pub cache_mode: &'a str,
     pub max_parallel_steps: Option<i32>,
@@ -59,9 +57,8 @@ pub struct NewExecution<'a> {
     pub request_hash: Option<&'a str>,
 }
 
-/// One step run to create. Serialized into a JSON array so that any number
-/// of steps is inserted in one statement.
-#[derive(Debug, Clone, Serialize)]
+/// One step run to create.
+#[derive(Debug, Clone)]
 pub struct NewStepRun {
     pub id: Uuid,
     pub step_name: String,
@@ -91,13 +88,14 @@ pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreRes
     sqlx::query(
         "insert into executions (id, pipeline_id, pipeline_version, status, parameters, definition, \
          selective_execution, cache_mode, max_parallel_steps, display_name, description, client_request_token, \
-         request_hash, started_at) values ($1, $2, $3, 'Executing', $4, $5, $6, $7, $8, $9, $10, $11, $12, now())",
+         request_hash, started_at) \
+         select $1, $2, $3, 'Executing', $4, v.definition, $5, $6, $7, $8, $9, $10, $11, now() \
+         from pipeline_versions v where v.pipeline_id = $2 and v.version = $3",
     )
     .bind(new.id)
     .bind(new.pipeline_id)
     .bind(new.pipeline_version)
     .bind(new.parameters)
-    .bind(new.definition)
     .bind(new.selective_execution)
     .bind(new.cache_mode)
     .bind(new.max_parallel_steps)
@@ -110,30 +108,54 @@ pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreRes
     Ok(())
 }
 
-/// Inserts every step run of an execution in one statement.
+/// Inserts every step run of an execution in one statement: each column is
+/// bound as an array and unnested, so a thousand steps cost one round trip.
+/// Dependency lists travel comma-joined (step names cannot hold commas).
 pub async fn insert_step_runs(
     conn: &mut PgConnection,
     execution_id: Uuid,
     pipeline_id: Uuid,
     steps: &[NewStepRun],
 ) -> StoreResult<()> {
-    let payload = serde_json::to_value(steps).expect("step runs serialize");
+    fn column<T>(steps: &[NewStepRun], f: impl Fn(&NewStepRun) -> T) -> Vec<T> {
+        steps.iter().map(f).collect()
+    }
     sqlx::query(
         "insert into step_runs (id, execution_id, pipeline_id, step_name, step_type, position, status, skip_reason, \
            arguments, retry_policies, cache_config, dependencies, dependents, remaining_deps, branch_of, branch_if, \
            properties, metadata, reused_from, cache_status, artifacts_dir, started_at, ended_at) \
-         select (s->>'id')::uuid, $1, $2, s->>'step_name', s->>'step_type', (s->>'position')::int, s->>'status', \
-           s->>'skip_reason', s->'arguments', s->'retry_policies', nullif(s->'cache_config', 'null'::jsonb), \
-           array(select jsonb_array_elements_text(s->'dependencies')), \
-           array(select jsonb_array_elements_text(s->'dependents')), (s->>'remaining_deps')::int, \
-           s->>'branch_of', (s->>'branch_if')::boolean, nullif(s->'properties', 'null'::jsonb), s->'metadata', \
-           nullif(s->'reused_from', 'null'::jsonb), s->>'cache_status', s->>'artifacts_dir', \
-           case when (s->>'finished')::boolean then now() end, case when (s->>'finished')::boolean then now() end \
-         from jsonb_array_elements($3) s",
+         select u.id, $1, $2, u.name, u.type, u.position, u.status, u.skip_reason, u.arguments, u.retry, u.cache, \
+           string_to_array(u.deps, ','), string_to_array(u.dependents, ','), u.remaining, u.branch_of, u.branch_if, \
+           u.properties, u.metadata, u.reused_from, u.cache_status, u.artifacts_dir, \
+           case when u.finished then now() end, case when u.finished then now() end \
+         from unnest($3::uuid[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::jsonb[], \
+           $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[], \
+           $17::jsonb[], $18::jsonb[], $19::jsonb[], $20::text[], $21::text[], $22::bool[]) \
+           as u(id, name, type, position, status, skip_reason, arguments, retry, cache, deps, dependents, \
+             remaining, branch_of, branch_if, properties, metadata, reused_from, cache_status, artifacts_dir, finished)",
     )
     .bind(execution_id)
     .bind(pipeline_id)
-    .bind(payload)
+    .bind(column(steps, |s| s.id))
+    .bind(column(steps, |s| s.step_name.clone()))
+    .bind(column(steps, |s| s.step_type.clone()))
+    .bind(column(steps, |s| s.position))
+    .bind(column(steps, |s| s.status.clone()))
+    .bind(column(steps, |s| s.skip_reason.clone()))
+    .bind(column(steps, |s| s.arguments.clone()))
+    .bind(column(steps, |s| s.retry_policies.clone()))
+    .bind(column(steps, |s| s.cache_config.clone()))
+    .bind(column(steps, |s| s.dependencies.join(",")))
+    .bind(column(steps, |s| s.dependents.join(",")))
+    .bind(column(steps, |s| s.remaining_deps))
+    .bind(column(steps, |s| s.branch_of.clone()))
+    .bind(column(steps, |s| s.branch_if))
+    .bind(column(steps, |s| s.properties.clone()))
+    .bind(column(steps, |s| s.metadata.clone()))
+    .bind(column(steps, |s| s.reused_from.clone()))
+    .bind(column(steps, |s| s.cache_status.clone()))
+    .bind(column(steps, |s| s.artifacts_dir.clone()))
+    .bind(column(steps, |s| s.finished))
     .execute(&mut *conn)
     .await?;
     sqlx::query(
@@ -153,6 +175,36 @@ pub async fn get(conn: &mut PgConnection, id: Uuid) -> StoreResult<ExecutionRow>
         .fetch_optional(conn)
         .await?
         .ok_or_else(|| StoreError::NotFound(format!("execution {id} does not exist")))
+}
+
+/// The definition snapshot of an execution (kept out of `ExecutionRow`: it
+/// can be large and the scheduler never needs it).
+pub async fn definition(conn: &mut PgConnection, id: Uuid) -> StoreResult<Value> {
+    sqlx::query_scalar("select definition from executions where id = $1")
+        .bind(id)
+        .fetch_optional(conn)
+        .await?
+        .ok_or_else(|| StoreError::NotFound(format!("execution {id} does not exist")))
+}
+
+/// What the scheduler needs of an execution.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ExecutionState {
+    pub id: Uuid,
+    pub status: String,
+    pub max_parallel_steps: Option<i32>,
+}
+
+/// Locks the execution a step run belongs to (see `lock`); `None` when the
+/// step run does not exist.
+pub async fn lock_by_step(conn: &mut PgConnection, step_run_id: Uuid) -> StoreResult<Option<ExecutionState>> {
+    Ok(sqlx::query_as::<_, ExecutionState>(
+        "select id, status, max_parallel_steps from executions \
+         where id = (select execution_id from step_runs where id = $1) for update",
+    )
+    .bind(step_run_id)
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// The execution row, locked for the rest of the transaction. Every

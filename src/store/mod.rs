@@ -31,6 +31,18 @@ pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
 }
 
+/// Whether `e` means the database cannot be reached right now (connection
+/// lost or refused, pool exhausted, server shutting down or starting up).
+pub fn is_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
+        sqlx::Error::Database(db) => db
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// Connects to `url`, creating the database when it does not exist, and
 /// retrying with exponential backoff while the server cannot be reached so
 /// that a service started next to its database (compose, systemd) waits for
@@ -39,7 +51,7 @@ pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> an
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {e}"))?;
-    let options = options.log_statements(tracing::log::LevelFilter::Trace);
+    let options = options.log_statements(tracing::log::LevelFilter::Info);
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay = Duration::from_millis(200);
     loop {

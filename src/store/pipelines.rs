@@ -216,3 +216,45 @@ pub async fn delete(pool: &PgPool, name: &str) -> StoreResult<()> {
     tx.commit().await?;
     Ok(())
 }
+
+/// A pipeline version without its definition document.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PipelineHead {
+    pub id: Uuid,
+    pub name: String,
+    pub version: i32,
+    pub max_parallel_steps: Option<i32>,
+}
+
+/// The pipeline's version `version` (or its latest), without the definition.
+pub async fn head_in(conn: &mut PgConnection, name: &str, version: Option<i32>) -> StoreResult<PipelineHead> {
+    let head = sqlx::query_as::<_, PipelineHead>(
+        "select p.id, p.name, v.version, v.max_parallel_steps from pipelines p \
+         join pipeline_versions v on v.pipeline_id = p.id \
+         where p.name = $1 and v.version = coalesce($2, p.latest_version)",
+    )
+    .bind(name)
+    .bind(version)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match head {
+        Some(head) => Ok(head),
+        // The full lookup words the not-found error.
+        None => get_version_in(conn, name, version).await.map(|row| PipelineHead {
+            id: row.id,
+            name: row.name,
+            version: row.version,
+            max_parallel_steps: row.max_parallel_steps,
+        }),
+    }
+}
+
+pub async fn definition_of(conn: &mut PgConnection, id: Uuid, version: i32) -> StoreResult<Value> {
+    Ok(
+        sqlx::query_scalar("select definition from pipeline_versions where pipeline_id = $1 and version = $2")
+            .bind(id)
+            .bind(version)
+            .fetch_one(conn)
+            .await?,
+    )
+}

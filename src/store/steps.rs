@@ -165,6 +165,36 @@ pub async fn decrement_dependents(
     Ok(())
 }
 
+/// One dependency of each of `dependents` has succeeded; those for which it
+/// was the last are queued at once. Only for executions without a
+/// `max_parallel_steps` bound. Returns how many were queued.
+pub async fn decrement_and_queue(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    dependents: &[String],
+) -> StoreResult<u64> {
+    if dependents.is_empty() {
+        return Ok(0);
+    }
+    let queued: i64 = sqlx::query_scalar(
+        "with counted as ( \
+           update step_runs set remaining_deps = remaining_deps - 1, \
+             status = case when remaining_deps = 1 then 'Starting' else status end, \
+             available_at = case when remaining_deps = 1 then now() else available_at end \
+           where execution_id = $1 and step_name = any($2) and status = 'Pending' \
+           returning step_name, status, position), \
+         events as ( \
+           insert into execution_events (execution_id, step_name, status) \
+           select $1, step_name, 'Starting' from counted where status = 'Starting' order by position) \
+         select count(*) from counted where status = 'Starting'",
+    )
+    .bind(execution_id)
+    .bind(dependents)
+    .fetch_one(conn)
+    .await?;
+    Ok(queued as u64)
+}
+
 /// Skips the unfinished `roots` with `reason` and every unstarted step
 /// downstream of them with `UpstreamNotRun`.
 pub async fn skip_with_descendants(
@@ -224,12 +254,12 @@ pub async fn has_unfinished(conn: &mut PgConnection, execution_id: Uuid) -> Stor
 }
 
 pub async fn any_failed(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<bool> {
-    Ok(
-        sqlx::query_scalar("select exists (select 1 from step_runs where execution_id = $1 and status = 'Failed')")
-            .bind(execution_id)
-            .fetch_one(conn)
-            .await?,
+    Ok(sqlx::query_scalar(
+        "select exists (select 1 from step_runs where execution_id = $1 and status in ('Failed', 'Stopped'))",
     )
+    .bind(execution_id)
+    .fetch_one(conn)
+    .await?)
 }
 
 pub async fn set_execution_status(
@@ -343,13 +373,20 @@ pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f6
 
 /// Renews the leases of this worker's steps. Returns `(id, attempt, status)`
 /// of those still held; a step missing from the answer was lost.
-pub async fn heartbeat(pool: &PgPool, worker_id: Uuid, lease_seconds: f64) -> StoreResult<Vec<(Uuid, i32, String)>> {
+pub async fn heartbeat(
+    pool: &PgPool,
+    worker_id: Uuid,
+    running: &[Uuid],
+    lease_seconds: f64,
+) -> StoreResult<Vec<(Uuid, i32, String)>> {
     Ok(sqlx::query_as::<_, (Uuid, i32, String)>(
-        "update step_runs set lease_expires_at = now() + make_interval(secs => $2) \
-         where lease_owner = $1 and status in ('Executing', 'Stopping') and lease_expires_at is not null \
+        "update step_runs set lease_expires_at = now() + make_interval(secs => $3) \
+         where id = any($2) and lease_owner = $1 and status in ('Executing', 'Stopping') \
+           and lease_expires_at is not null \
          returning id, attempt, status",
     )
     .bind(worker_id)
+    .bind(running)
     .bind(lease_seconds)
     .fetch_all(pool)
     .await?)

@@ -92,6 +92,7 @@ impl WorkerPool {
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
             let mut claimed_all = false;
+            let mut claimed_none = true;
             if free > 0 {
                 match steps::claim(
                     &inner.db,
@@ -103,12 +104,23 @@ impl WorkerPool {
                 {
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
+                        claimed_none = claimed.is_empty();
                         for step in claimed {
                             let permit = permits.clone().acquire_owned().await.expect("semaphore open");
                             let pool = self.clone();
                             let wake = wake.clone();
+                            let shutdown = shutdown.clone();
                             tasks.spawn(async move {
-                                pool.execute(step).await;
+                                // A step that makes its successors runnable is
+                                // followed by one of them on this task at once:
+                                // chains run without a round trip through the loop.
+                                let mut next = Some(step);
+                                while let Some(step) = next.take() {
+                                    let queued = pool.execute(step).await;
+                                    if queued && !shutdown.is_cancelled() {
+                                        next = pool.claim_one().await;
+                                    }
+                                }
                                 drop(permit);
                                 wake.notify_one();
                             });
@@ -122,7 +134,7 @@ impl WorkerPool {
             if claimed_all && permits.available_permits() > 0 {
                 continue;
             }
-            let wait = self.next_wake(poll).await;
+            let wait = if claimed_none { self.next_wake(poll).await } else { poll };
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wake.notified() => {}
@@ -198,10 +210,29 @@ impl WorkerPool {
                 _ = tokio::time::sleep(every) => {}
             }
             // Leases are renewed during the drain too, until the task is aborted.
-            match steps::heartbeat(&self.inner.db, self.inner.worker_id, lease).await {
+            // Only the attempts running now are renewed and judged: a step
+            // claimed while the query is in flight is not mistaken for lost,
+            // and a step whose report failed is not kept alive by its lease.
+            let snapshot: Vec<(Uuid, i32)> = self
+                .inner
+                .running
+                .lock()
+                .unwrap()
+                .iter()
+                .map(|(id, r)| (*id, r.attempt))
+                .collect();
+            if snapshot.is_empty() {
+                continue;
+            }
+            let ids: Vec<Uuid> = snapshot.iter().map(|(id, _)| *id).collect();
+            match steps::heartbeat(&self.inner.db, self.inner.worker_id, &ids, lease).await {
                 Ok(held) => {
                     let held: HashMap<Uuid, (i32, String)> = held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
-                    for (id, running) in self.inner.running.lock().unwrap().iter() {
+                    let running = self.inner.running.lock().unwrap();
+                    for (id, attempt) in &snapshot {
+                        let Some(running) = running.get(id).filter(|r| r.attempt == *attempt) else {
+                            continue;
+                        };
                         match held.get(id) {
                             Some((attempt, status)) if *attempt == running.attempt && status == "Executing" => {}
                             Some((attempt, _)) if *attempt == running.attempt => running.stop.cancel(),
@@ -217,8 +248,44 @@ impl WorkerPool {
         }
     }
 
-    /// Runs one claimed attempt and reports it.
-    async fn execute(&self, step: ClaimedStep) {
+    /// Reports an attempt, retrying while the database is unreachable: the
+    /// step stays in the running set meanwhile, so its lease is renewed once
+    /// the database is back and its result is not lost to a blip.
+    async fn report(
+        &self,
+        step: &ClaimedStep,
+        outcome: StepOutcome,
+        log: Option<&str>,
+    ) -> anyhow::Result<engine::Applied> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+        let mut delay = Duration::from_millis(200);
+        loop {
+            match engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome.clone(), log).await {
+                Ok(applied) => return Ok(applied),
+                Err(crate::store::StoreError::Database(e)) if tokio::time::Instant::now() + delay < deadline => {
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reporting a step failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    async fn claim_one(&self) -> Option<ClaimedStep> {
+        let inner = &self.inner;
+        match steps::claim(&inner.db, inner.worker_id, 1, inner.config.worker.lease_seconds as f64).await {
+            Ok(mut claimed) => claimed.pop(),
+            Err(e) => {
+                tracing::warn!(error = %e, "claiming a follow-up step failed");
+                None
+            }
+        }
+    }
+
+    /// Runs one claimed attempt and reports it. Returns whether reporting it
+    /// made more steps runnable.
+    async fn execute(&self, step: ClaimedStep) -> bool {
         let inner = &self.inner;
         let stop = CancellationToken::new();
         inner.running.lock().unwrap().insert(
@@ -232,12 +299,16 @@ impl WorkerPool {
         let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
         let result = self.run_claimed(&step, stop).instrument(span).await;
         inner.running.lock().unwrap().remove(&step.id);
-        if let Err(e) = result {
-            tracing::error!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "reporting a step failed; its lease will expire and it will be rescued");
+        match result {
+            Ok(queued) => queued,
+            Err(e) => {
+                tracing::error!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "reporting a step failed; its lease will expire and it will be rescued");
+                false
+            }
         }
     }
 
-    async fn run_claimed(&self, step: &ClaimedStep, stop: CancellationToken) -> anyhow::Result<()> {
+    async fn run_claimed(&self, step: &ClaimedStep, stop: CancellationToken) -> anyhow::Result<bool> {
         let inner = &self.inner;
         let upstream = {
             let mut conn = inner.db.acquire().await?;
@@ -261,9 +332,10 @@ impl WorkerPool {
                             .await?;
                         tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, "released at shutdown");
                     }
-                    return Ok(());
+                    return Ok(false);
                 }
-                engine::complete_attempt(&inner.db, step.id, step.attempt, outcome, log.as_deref()).await?;
+                let applied = self.report(step, outcome, log.as_deref()).await?;
+                return Ok(applied == engine::Applied::AppliedQueued);
             }
             Run::WaitForCallback {
                 token,
@@ -279,7 +351,7 @@ impl WorkerPool {
                 }
             }
         }
-        Ok(())
+        Ok(false)
     }
 
     /// Sends the callback token to the step's webhook. A webhook that cannot
