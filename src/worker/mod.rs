@@ -85,7 +85,7 @@ impl WorkerPool {
         let permits = Arc::new(Semaphore::new(concurrency));
         let mut notices = inner.notifier.subscribe();
         let mut tasks = JoinSet::new();
-        let heartbeat = tokio::spawn(self.clone().heartbeat(shutdown.clone()));
+        let heartbeat = tokio::spawn(self.clone().heartbeat());
         let poll = Duration::from_millis(inner.config.worker.poll_interval_ms);
         let wake = Arc::new(tokio::sync::Notify::new());
 
@@ -201,15 +201,12 @@ impl WorkerPool {
 
     /// Renews the leases of running steps; ends those whose lease was lost
     /// or whose execution is stopping.
-    async fn heartbeat(self, shutdown: CancellationToken) {
+    async fn heartbeat(self) {
         let lease = self.inner.config.worker.lease_seconds as f64;
         let every = Duration::from_secs_f64((lease / 3.0).max(0.2));
+        // Leases are renewed during the drain too, until `run` aborts this task.
         loop {
-            tokio::select! {
-                _ = shutdown.cancelled() => {}
-                _ = tokio::time::sleep(every) => {}
-            }
-            // Leases are renewed during the drain too, until the task is aborted.
+            tokio::time::sleep(every).await;
             // Only the attempts running now are renewed and judged: a step
             // claimed while the query is in flight is not mistaken for lost,
             // and a step whose report failed is not kept alive by its lease.
