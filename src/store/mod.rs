@@ -51,7 +51,7 @@ pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> an
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {e}"))?;
-    let options = options.log_statements(tracing::log::LevelFilter::Info);
+    let options = options.log_statements(tracing::log::LevelFilter::Debug);
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay = Duration::from_millis(200);
     loop {
