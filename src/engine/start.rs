@@ -109,18 +109,24 @@ pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ve
 /// Creates the execution and its step runs and queues the ready steps.
 pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, runs: &[NewStepRun]) -> StoreResult<()> {
     executions::insert(conn, new).await?;
-    executions::record_event(conn, new.id, None, "Executing", None).await?;
+    // Steps that are settled at creation (reused, skipped) are summed up in
+    // the execution's first event rather than one event each: a selective
+    // run of one step of a thousand writes one event, not a thousand.
+    let reused = runs.iter().filter(|r| r.status == "Succeeded").count();
+    let skipped = runs.iter().filter(|r| r.status == "Skipped").count();
+    let detail = (reused + skipped > 0).then(|| json!({"reused_steps": reused, "skipped_steps": skipped}));
+    executions::record_event(conn, new.id, None, "Executing", detail).await?;
     executions::insert_step_runs(conn, new.id, new.pipeline_id, runs).await?;
     // Steps below a skipped step never run.
-    let skipped: Vec<String> = runs
+    let skipped: std::collections::HashSet<&str> = runs
         .iter()
         .filter(|r| r.status == "Skipped")
-        .map(|r| r.step_name.clone())
+        .map(|r| r.step_name.as_str())
         .collect();
     if !skipped.is_empty() {
         let children: Vec<String> = runs
             .iter()
-            .filter(|r| r.status == "Pending" && r.dependencies.iter().any(|d| skipped.contains(d)))
+            .filter(|r| r.status == "Pending" && r.dependencies.iter().any(|d| skipped.contains(d.as_str())))
             .map(|r| r.step_name.clone())
             .collect();
         steps::skip_with_descendants(conn, new.id, &children, "UpstreamNotRun").await?;

@@ -158,14 +158,6 @@ pub async fn insert_step_runs(
     .bind(column(steps, |s| s.finished))
     .execute(&mut *conn)
     .await?;
-    sqlx::query(
-        "insert into execution_events (execution_id, step_name, status, detail) \
-         select $1, step_name, status, case when skip_reason is null then null else jsonb_build_object('skip_reason', skip_reason) end \
-         from step_runs where execution_id = $1 and status <> 'Pending' order by position",
-    )
-    .bind(execution_id)
-    .execute(conn)
-    .await?;
     Ok(())
 }
 
