@@ -73,15 +73,52 @@ pub async fn complete_attempt(
     outcome: StepOutcome,
     log: Option<&str>,
 ) -> StoreResult<Applied> {
+    Ok(complete(pool, id, attempt, outcome, log, None).await?.0)
+}
+
+/// A worker that reports a step and has room for another.
+#[derive(Debug, Clone, Copy)]
+pub struct NextClaim {
+    pub worker_id: Uuid,
+    pub lease_seconds: f64,
+}
+
+/// `complete_attempt`, and when it makes steps of the execution runnable,
+/// claims one of them for `next` in the same transaction: a chain moves on
+/// with one commit per step.
+pub async fn complete_and_claim(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    outcome: StepOutcome,
+    log: Option<&str>,
+    next: NextClaim,
+) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
+    complete(pool, id, attempt, outcome, log, Some(next)).await
+}
+
+async fn complete(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    outcome: StepOutcome,
+    log: Option<&str>,
+    next: Option<NextClaim>,
+) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
     let mut tx = pool.begin().await?;
-    let Some(execution) = executions::lock_by_step(&mut tx, id).await? else {
-        return Ok(Applied::Stale);
+    let Some(locked) = steps::lock_with_execution(&mut tx, id).await? else {
+        return Ok((Applied::Stale, None));
     };
-    let execution_id = execution.id;
-    let step = steps::get_in(&mut tx, id).await?;
+    let step = locked.step;
+    let execution_id = step.execution_id;
+    let execution = executions::ExecutionState {
+        id: execution_id,
+        status: locked.execution_status,
+        max_parallel_steps: locked.execution_max_parallel_steps,
+    };
     if step.attempt != attempt || !matches!(step.status.as_str(), "Executing" | "Stopping") {
         tracing::info!(step_run.id = %id, attempt, current_attempt = step.attempt, status = %step.status, "dropping a stale step result");
-        return Ok(Applied::Stale);
+        return Ok((Applied::Stale, None));
     }
     // A process ended by its worker while no stop was asked for (the worker
     // believed its lease lost) is a service fault, retried like one.
@@ -92,6 +129,7 @@ pub async fn complete_attempt(
         other => other,
     };
     let mut work_queued = false;
+    let mut queued_count = 0;
     match outcome {
         StepOutcome::Succeeded {
             properties,
@@ -134,6 +172,7 @@ pub async fn complete_attempt(
                     }
                 };
                 work_queued = queued > 0;
+                queued_count = queued;
             }
         }
         StepOutcome::Failed {
@@ -216,13 +255,22 @@ pub async fn complete_attempt(
     if !work_queued {
         finish_if_done_by_id(&mut tx, execution_id).await?;
     }
-    steps::notify(&mut tx, execution_id, work_queued).await?;
+    let claimed = match next {
+        Some(next) if queued_count > 0 => {
+            steps::claim_next_in(&mut tx, next.worker_id, next.lease_seconds, execution_id).await?
+        }
+        _ => None,
+    };
+    // Other workers are woken only for work this one did not take.
+    let wake_others = work_queued && (claimed.is_none() || queued_count > 1);
+    steps::notify(&mut tx, execution_id, wake_others).await?;
     tx.commit().await?;
-    Ok(if work_queued {
+    let applied = if work_queued {
         Applied::AppliedQueued
     } else {
         Applied::Applied
-    })
+    };
+    Ok((applied, claimed))
 }
 
 async fn end_step(

@@ -187,18 +187,6 @@ pub struct ExecutionState {
     pub max_parallel_steps: Option<i32>,
 }
 
-/// Locks the execution a step run belongs to (see `lock`); `None` when the
-/// step run does not exist.
-pub async fn lock_by_step(conn: &mut PgConnection, step_run_id: Uuid) -> StoreResult<Option<ExecutionState>> {
-    Ok(sqlx::query_as::<_, ExecutionState>(
-        "select id, status, max_parallel_steps from executions \
-         where id = (select execution_id from step_runs where id = $1) for update",
-    )
-    .bind(step_run_id)
-    .fetch_optional(conn)
-    .await?)
-}
-
 /// The execution row, locked for the rest of the transaction. Every
 /// transition of an execution takes this lock first, which serialises the
 /// scheduling decisions of one execution across workers.

@@ -76,6 +76,28 @@ pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> Store
     .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
 }
 
+/// A step run with the state of its execution, whose row is locked.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct LockedStep {
+    pub execution_status: String,
+    pub execution_max_parallel_steps: Option<i32>,
+    #[sqlx(flatten)]
+    pub step: StepRunRow,
+}
+
+/// Reads a step run and locks its execution in one statement: every
+/// transition of an execution takes this lock first (see
+/// `executions::lock`). `None` when the step run does not exist.
+pub async fn lock_with_execution(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<LockedStep>> {
+    Ok(sqlx::query_as::<_, LockedStep>(&format!(
+        "select e.status as execution_status, e.max_parallel_steps as execution_max_parallel_steps, {STEP_COLUMNS} \
+         from step_runs s join executions e on e.id = s.execution_id where s.id = $1 for update of e"
+    ))
+    .bind(id)
+    .fetch_optional(conn)
+    .await?)
+}
+
 pub async fn get_in(conn: &mut PgConnection, id: Uuid) -> StoreResult<StepRunRow> {
     sqlx::query_as::<_, StepRunRow>(&format!("select {STEP_COLUMNS} from step_runs s where s.id = $1"))
         .bind(id)
@@ -90,21 +112,6 @@ pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> Sto
     ))
     .bind(token)
     .fetch_optional(conn)
-    .await?)
-}
-
-/// Properties and artifact directories of the named steps of an execution.
-pub async fn properties_of(
-    conn: &mut PgConnection,
-    execution_id: Uuid,
-    names: &[String],
-) -> StoreResult<Vec<(String, Option<Value>)>> {
-    Ok(sqlx::query_as::<_, (String, Option<Value>)>(
-        "select step_name, properties from step_runs where execution_id = $1 and step_name = any($2)",
-    )
-    .bind(execution_id)
-    .bind(names)
-    .fetch_all(conn)
     .await?)
 }
 
@@ -333,15 +340,42 @@ pub struct ClaimedStep {
     pub cache_mode: String,
     /// A selected step of a selective execution that skips the cache lookup.
     pub bypass_cache: bool,
+    /// The property documents of its dependencies, by step name.
+    pub upstream: Value,
 }
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
 /// locked with SKIP LOCKED so concurrent workers never take the same step,
 /// and each claim starts a new attempt under a lease.
 pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f64) -> StoreResult<Vec<ClaimedStep>> {
+    claim_with(pool, worker_id, limit, lease_seconds, None).await
+}
+
+/// The claim, inside the caller's transaction and limited to one execution:
+/// a worker reporting a step takes one of the steps it made runnable in the
+/// same commit.
+pub async fn claim_next_in(
+    conn: &mut PgConnection,
+    worker_id: Uuid,
+    lease_seconds: f64,
+    execution_id: Uuid,
+) -> StoreResult<Option<ClaimedStep>> {
+    Ok(claim_with(conn, worker_id, 1, lease_seconds, Some(execution_id))
+        .await?
+        .pop())
+}
+
+async fn claim_with<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    worker_id: Uuid,
+    limit: i64,
+    lease_seconds: f64,
+    execution_id: Option<Uuid>,
+) -> StoreResult<Vec<ClaimedStep>> {
     Ok(sqlx::query_as::<_, ClaimedStep>(
         "with picked as ( \
            select id from step_runs where status = 'Starting' and available_at <= now() \
+             and ($4::uuid is null or execution_id = $4) \
            order by available_at, position limit $1 for update skip locked), \
          claimed as ( \
            update step_runs s set status = 'Executing', attempt = s.attempt + 1, lease_owner = $2, \
@@ -361,13 +395,17 @@ pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f6
            c.cache_config, c.dependencies, e.parameters, p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
-             and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache \
+             and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
+           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from step_runs d \
+             where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
+               and d.properties is not null) as upstream \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
     .bind(limit)
     .bind(worker_id)
     .bind(lease_seconds)
-    .fetch_all(pool)
+    .bind(execution_id)
+    .fetch_all(executor)
     .await?)
 }
 

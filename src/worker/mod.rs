@@ -21,7 +21,7 @@ use uuid::Uuid;
 
 use crate::{
     config::Config,
-    engine::{self, StepOutcome},
+    engine::{self, NextClaim, StepOutcome},
     executor::{self, Run, StepContext},
     ids::Arns,
     notify::{self, Notifier},
@@ -116,10 +116,7 @@ impl WorkerPool {
                                 // chains run without a round trip through the loop.
                                 let mut next = Some(step);
                                 while let Some(step) = next.take() {
-                                    let queued = pool.execute(step).await;
-                                    if queued && !shutdown.is_cancelled() {
-                                        next = pool.claim_one().await;
-                                    }
+                                    next = pool.execute(step, !shutdown.is_cancelled()).await;
                                 }
                                 drop(permit);
                                 wake.notify_one();
@@ -253,12 +250,24 @@ impl WorkerPool {
         step: &ClaimedStep,
         outcome: StepOutcome,
         log: Option<&str>,
-    ) -> anyhow::Result<engine::Applied> {
+        take_next: bool,
+    ) -> anyhow::Result<Option<ClaimedStep>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut delay = Duration::from_millis(200);
+        let next = NextClaim {
+            worker_id: self.inner.worker_id,
+            lease_seconds: self.inner.config.worker.lease_seconds as f64,
+        };
         loop {
-            match engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome.clone(), log).await {
-                Ok(applied) => return Ok(applied),
+            let reported = if take_next {
+                engine::complete_and_claim(&self.inner.db, step.id, step.attempt, outcome.clone(), log, next).await
+            } else {
+                engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome.clone(), log)
+                    .await
+                    .map(|applied| (applied, None))
+            };
+            match reported {
+                Ok((_, claimed)) => return Ok(claimed),
                 Err(crate::store::StoreError::Database(e)) if tokio::time::Instant::now() + delay < deadline => {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reporting a step failed; retrying");
                     tokio::time::sleep(delay).await;
@@ -269,20 +278,9 @@ impl WorkerPool {
         }
     }
 
-    async fn claim_one(&self) -> Option<ClaimedStep> {
-        let inner = &self.inner;
-        match steps::claim(&inner.db, inner.worker_id, 1, inner.config.worker.lease_seconds as f64).await {
-            Ok(mut claimed) => claimed.pop(),
-            Err(e) => {
-                tracing::warn!(error = %e, "claiming a follow-up step failed");
-                None
-            }
-        }
-    }
-
-    /// Runs one claimed attempt and reports it. Returns whether reporting it
-    /// made more steps runnable.
-    async fn execute(&self, step: ClaimedStep) -> bool {
+    /// Runs one claimed attempt and reports it. With `take_next`, returns a
+    /// step that reporting made runnable, claimed for this worker.
+    async fn execute(&self, step: ClaimedStep, take_next: bool) -> Option<ClaimedStep> {
         let inner = &self.inner;
         let stop = CancellationToken::new();
         inner.running.lock().unwrap().insert(
@@ -294,27 +292,32 @@ impl WorkerPool {
             },
         );
         let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
-        let result = self.run_claimed(&step, stop).instrument(span).await;
+        let result = self.run_claimed(&step, stop, take_next).instrument(span).await;
         inner.running.lock().unwrap().remove(&step.id);
         match result {
-            Ok(queued) => queued,
+            Ok(next) => next,
             Err(e) => {
                 tracing::error!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "reporting a step failed; its lease will expire and it will be rescued");
-                false
+                None
             }
         }
     }
 
-    async fn run_claimed(&self, step: &ClaimedStep, stop: CancellationToken) -> anyhow::Result<bool> {
+    async fn run_claimed(
+        &self,
+        step: &ClaimedStep,
+        stop: CancellationToken,
+        take_next: bool,
+    ) -> anyhow::Result<Option<ClaimedStep>> {
         let inner = &self.inner;
-        let upstream = {
-            let mut conn = inner.db.acquire().await?;
-            steps::properties_of(&mut conn, step.execution_id, &step.dependencies).await?
-        };
         let ctx = StepContext {
             db: &inner.db,
             step,
-            upstream: upstream.into_iter().filter_map(|(n, p)| p.map(|p| (n, p))).collect(),
+            upstream: step
+                .upstream
+                .as_object()
+                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+                .unwrap_or_default(),
             arns: &inner.arns,
             config: &inner.config,
         };
@@ -329,10 +332,9 @@ impl WorkerPool {
                             .await?;
                         tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, "released at shutdown");
                     }
-                    return Ok(false);
+                    return Ok(None);
                 }
-                let applied = self.report(step, outcome, log.as_deref()).await?;
-                return Ok(applied == engine::Applied::AppliedQueued);
+                return self.report(step, outcome, log.as_deref(), take_next).await;
             }
             Run::WaitForCallback {
                 token,
@@ -348,7 +350,7 @@ impl WorkerPool {
                 }
             }
         }
-        Ok(false)
+        Ok(None)
     }
 
     /// Sends the callback token to the step's webhook. A webhook that cannot
