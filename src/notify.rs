@@ -76,6 +76,23 @@ impl Notifier {
     }
 }
 
+/// Waits until a notice about `execution_id` arrives, or `limit` passes
+/// (a missed notification then costs at most `limit`).
+pub async fn execution_changed(notices: &mut broadcast::Receiver<Notice>, execution_id: uuid::Uuid, limit: Duration) {
+    let id = execution_id.to_string();
+    let wake = async {
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.channel == EXECUTION && n.payload == id => return,
+                Ok(_) => continue,
+                // Lagged or closed: look again rather than miss a change.
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, wake).await;
+}
+
 impl Default for Notifier {
     fn default() -> Self {
         Notifier::new()

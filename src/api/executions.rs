@@ -332,18 +332,8 @@ async fn describe(
     let mut notices = state.notifier.subscribe();
     let mut row = state.find_execution(&reference).await?;
     while !row.is_terminal() && tokio::time::Instant::now() < deadline {
-        let id = row.id.to_string();
-        let wake = async {
-            loop {
-                match notices.recv().await {
-                    Ok(n) if n.channel == notify::EXECUTION && n.payload == id => return,
-                    Ok(_) => continue,
-                    Err(_) => return,
-                }
-            }
-        };
-        // A missed notification costs at most a second.
-        let _ = tokio::time::timeout_at(deadline.min(tokio::time::Instant::now() + Duration::from_secs(1)), wake).await;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        notify::execution_changed(&mut notices, row.id, remaining.min(Duration::from_secs(1))).await;
         let mut conn = state.db.acquire().await?;
         row = store::executions::get(&mut conn, row.id).await?;
     }
@@ -473,17 +463,7 @@ async fn events(
             if terminal {
                 return None;
             }
-            let id = execution_id.to_string();
-            let wake = async {
-                loop {
-                    match notices.recv().await {
-                        Ok(n) if n.channel == notify::EXECUTION && n.payload == id => return,
-                        Ok(_) => continue,
-                        Err(_) => return,
-                    }
-                }
-            };
-            let _ = tokio::time::timeout(Duration::from_secs(1), wake).await;
+            notify::execution_changed(&mut notices, execution_id, Duration::from_secs(1)).await;
         }
     })
     .flatten();

@@ -15,7 +15,10 @@ use stepwise::{
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::helpers::{count_run, definition_with, runs_of, wait_until, TestApp};
+use crate::{
+    helpers::{count_run, definition_with, runs_of, wait_until, TestApp},
+    procs::database_url,
+};
 
 /// A worker pool of the test's own, as if in another process.
 fn spawn_pool(app: &TestApp, configure: impl FnOnce(&mut Config)) -> (CancellationToken, tokio::task::JoinHandle<()>) {
@@ -177,20 +180,6 @@ async fn shutdown_releases_steps_that_outlive_the_grace_period(db: PgPool) {
             .unwrap();
     assert_eq!(status, "Starting", "released for another worker");
     assert_eq!(attempt, 0, "a released attempt does not count");
-}
-
-/// The URL of the test's database, for processes started by the test.
-async fn database_url(db: &PgPool) -> String {
-    let name: String = sqlx::query_scalar("select current_database()")
-        .fetch_one(db)
-        .await
-        .unwrap();
-    let options = db.connect_options();
-    format!(
-        "postgres://postgres@{}:{}/{name}",
-        options.get_host(),
-        options.get_port()
-    )
 }
 
 #[sqlx::test]
