@@ -105,6 +105,19 @@ async fn complete(
     log: Option<&str>,
     next: Option<NextClaim>,
 ) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
+    if let StepOutcome::Succeeded {
+        properties,
+        metadata,
+        exit_code,
+    } = &outcome
+    {
+        if let Some(execution_id) =
+            steps::succeed_leaf(pool, id, attempt, properties, metadata, *exit_code, log).await?
+        {
+            finish_if_done_unlocked(pool, execution_id).await?;
+            return Ok((Applied::Applied, None));
+        }
+    }
     let mut tx = pool.begin().await?;
     let Some(locked) = steps::lock_with_execution(&mut tx, id).await? else {
         return Ok((Applied::Stale, None));
@@ -312,6 +325,23 @@ async fn skip_branch_not_taken(
     .fetch_all(&mut *conn)
     .await?;
     steps::skip_with_descendants(conn, execution_id, &not_taken, "ConditionNotMet").await
+}
+
+/// After a leaf step succeeded without the execution lock: whoever commits
+/// the last unfinished step sees, after its own commit, that nothing is left,
+/// and ends the execution under the lock (checked again there, so two
+/// finishers cannot both end it).
+async fn finish_if_done_unlocked(pool: &PgPool, execution_id: Uuid) -> StoreResult<()> {
+    let mut conn = pool.acquire().await?;
+    if steps::has_unfinished(&mut conn, execution_id).await? {
+        return Ok(());
+    }
+    drop(conn);
+    let mut tx = pool.begin().await?;
+    let execution = executions::lock(&mut tx, execution_id).await?;
+    finish_if_done(&mut tx, &execution).await?;
+    steps::notify(&mut tx, execution_id, false).await?;
+    tx.commit().await.map_err(Into::into)
 }
 
 /// `finish_if_done` reading the execution's current state.

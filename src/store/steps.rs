@@ -115,6 +115,51 @@ pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> Sto
     .await?)
 }
 
+/// Records the success of a leaf step (no dependents, not a Condition) of an
+/// execution without a `max_parallel_steps` bound, fenced by attempt, in one
+/// statement and without the execution lock: such a success schedules
+/// nothing, so steps of a wide execution complete side by side instead of
+/// queueing on its row. Returns the execution when it applied; `None` sends
+/// the caller down the locked path (a stale attempt, or a step whose
+/// success schedules something).
+pub async fn succeed_leaf(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    properties: &Value,
+    metadata: &Value,
+    exit_code: Option<i32>,
+    log: Option<&str>,
+) -> StoreResult<Option<Uuid>> {
+    Ok(sqlx::query_scalar(
+        "with done as ( \
+           update step_runs s set status = 'Succeeded', properties = $2, metadata = s.metadata || $3, \
+             ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
+             failure_reason = null, error_type = null, \
+             cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false) \
+           where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
+             and cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
+             and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null) \
+           returning s.execution_id, s.step_name), \
+         attempt_end as ( \
+           update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
+             ended_at = now() where step_run_id = $1 and attempt = $4 and exists (select 1 from done)), \
+         event as ( \
+           insert into execution_events (execution_id, step_name, status) \
+           select execution_id, step_name, 'Succeeded' from done) \
+         select d.execution_id from done d, \
+           lateral (select pg_notify('stepwise_execution', d.execution_id::text)) n",
+    )
+    .bind(id)
+    .bind(properties)
+    .bind(metadata)
+    .bind(attempt)
+    .bind(exit_code)
+    .bind(log)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// Moves ready steps (all dependencies succeeded) to Starting, at most as
 /// many as `max_parallel` leaves room for. Returns how many were queued.
 pub async fn promote_ready(conn: &mut PgConnection, execution_id: Uuid, max_parallel: Option<i32>) -> StoreResult<u64> {
