@@ -111,9 +111,15 @@ async fn complete(
         exit_code,
     } = &outcome
     {
-        if let Some(execution_id) =
-            steps::succeed_leaf(pool, id, attempt, properties, metadata, *exit_code, log).await?
-        {
+        let success = steps::Success {
+            id,
+            attempt,
+            properties,
+            metadata,
+            exit_code: *exit_code,
+            log,
+        };
+        if let Some(execution_id) = steps::succeed_leaf(pool, &success).await? {
             finish_if_done_unlocked(pool, execution_id).await?;
             return Ok((Applied::Applied, None));
         }
@@ -149,28 +155,15 @@ async fn complete(
             metadata,
             exit_code,
         } => {
-            // The step, its attempt and the event in one statement.
-            sqlx::query(
-                "with done as ( \
-                   update step_runs set status = 'Succeeded', properties = $2, metadata = metadata || $3, \
-                     ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
-                     failure_reason = null, error_type = null, \
-                     cache_entry = coalesce(cache_status in ('miss', 'bypassed'), false) where id = $1 \
-                   returning execution_id, step_name), \
-                 attempt_end as ( \
-                   update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
-                     ended_at = now() where step_run_id = $1 and attempt = $4) \
-                 insert into execution_events (execution_id, step_name, status) \
-                 select execution_id, step_name, 'Succeeded' from done",
-            )
-            .bind(id)
-            .bind(&properties)
-            .bind(&metadata)
-            .bind(attempt)
-            .bind(exit_code)
-            .bind(log)
-            .execute(&mut *tx)
-            .await?;
+            let success = steps::Success {
+                id,
+                attempt,
+                properties: &properties,
+                metadata: &metadata,
+                exit_code,
+                log,
+            };
+            steps::succeed(&mut tx, &success).await?;
             if execution.status == "Executing" {
                 if step.step_type == "Condition" {
                     let outcome = properties.get("Outcome").and_then(Value::as_bool).unwrap_or(false);

@@ -209,31 +209,24 @@ async fn terminate(child: &mut Child, grace: Duration) {
 async fn exit_outcome(status: std::process::ExitStatus, dirs: &AttemptDirs, max_outputs: u64) -> StepOutcome {
     use std::os::unix::process::ExitStatusExt;
     let exit_code = status.code();
+    let command_failed = |message: String| StepOutcome::Failed {
+        error_type: "Command.FAILED".into(),
+        message,
+        metadata: json!({ "command": { "exit_code": exit_code } }),
+        exit_code,
+        by_fail_step: false,
+    };
     if !status.success() {
         let message = match (exit_code, status.signal()) {
             (Some(code), _) => format!("the command exited with code {code}"),
             (None, Some(signal)) => format!("the command was killed by signal {signal}"),
             _ => "the command failed".to_string(),
         };
-        return StepOutcome::Failed {
-            error_type: "Command.FAILED".into(),
-            message,
-            metadata: json!({ "command": { "exit_code": exit_code } }),
-            exit_code,
-            by_fail_step: false,
-        };
+        return command_failed(message);
     }
     let outputs = match read_outputs(&dirs.outputs, max_outputs).await {
         Ok(v) => v,
-        Err(message) => {
-            return StepOutcome::Failed {
-                error_type: "Command.FAILED".into(),
-                message,
-                metadata: json!({ "command": { "exit_code": exit_code } }),
-                exit_code,
-                by_fail_step: false,
-            }
-        }
+        Err(message) => return command_failed(message),
     };
     StepOutcome::Succeeded {
         properties: json!({

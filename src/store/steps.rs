@@ -122,14 +122,32 @@ pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> Sto
 /// queueing on its row. Returns the execution when it applied; `None` sends
 /// the caller down the locked path (a stale attempt, or a step whose
 /// success schedules something).
-pub async fn succeed_leaf(
-    pool: &PgPool,
-    id: Uuid,
-    attempt: i32,
-    properties: &Value,
-    metadata: &Value,
-    exit_code: Option<i32>,
-    log: Option<&str>,
+pub async fn succeed_leaf(pool: &PgPool, success: &Success<'_>) -> StoreResult<Option<Uuid>> {
+    record_success(pool, success, true).await
+}
+
+/// Records a success under the execution lock the caller holds (any step).
+pub async fn succeed(conn: &mut PgConnection, success: &Success<'_>) -> StoreResult<()> {
+    record_success(conn, success, false).await.map(|_| ())
+}
+
+/// What a successful attempt reports.
+pub struct Success<'a> {
+    pub id: Uuid,
+    pub attempt: i32,
+    pub properties: &'a Value,
+    pub metadata: &'a Value,
+    pub exit_code: Option<i32>,
+    pub log: Option<&'a str>,
+}
+
+/// The step, its attempt, its event and the notification in one statement,
+/// fenced by attempt; with `leaf_only`, only for a step whose success
+/// schedules nothing (see `succeed_leaf`).
+async fn record_success<'c>(
+    executor: impl sqlx::PgExecutor<'c>,
+    success: &Success<'_>,
+    leaf_only: bool,
 ) -> StoreResult<Option<Uuid>> {
     Ok(sqlx::query_scalar(
         "with done as ( \
@@ -138,8 +156,8 @@ pub async fn succeed_leaf(
              failure_reason = null, error_type = null, \
              cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false) \
            where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
-             and cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
-             and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null) \
+             and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
+               and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
            returning s.execution_id, s.step_name), \
          attempt_end as ( \
            update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
@@ -150,13 +168,14 @@ pub async fn succeed_leaf(
          select d.execution_id from done d, \
            lateral (select pg_notify('stepwise_execution', d.execution_id::text)) n",
     )
-    .bind(id)
-    .bind(properties)
-    .bind(metadata)
-    .bind(attempt)
-    .bind(exit_code)
-    .bind(log)
-    .fetch_optional(pool)
+    .bind(success.id)
+    .bind(success.properties)
+    .bind(success.metadata)
+    .bind(success.attempt)
+    .bind(success.exit_code)
+    .bind(success.log)
+    .bind(leaf_only)
+    .fetch_optional(executor)
     .await?)
 }
 
