@@ -138,7 +138,12 @@ async fn describe(
 ) -> ApiResult<Json<StepDetail>> {
     let execution = state.find_execution(&reference).await?;
     let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
-    let attempts = store::steps::attempts(&state.db, row.id).await?;
+    // A reused step made no attempt here; its id is the run it reused.
+    let attempts = if row.reused_from.is_some() {
+        Vec::new()
+    } else {
+        store::steps::attempts(&state.db, row.id).await?
+    };
     Ok(Json(StepDetail {
         dependencies: row.dependencies.clone(),
         run: view(row, true),

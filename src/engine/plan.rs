@@ -24,7 +24,7 @@ use crate::{
     },
     executor::artifacts_path,
     ids::Arns,
-    store::{cache, pipelines, StoreError},
+    store::{cache, pipelines, steps, StoreError},
 };
 
 #[derive(Debug, Serialize)]
@@ -83,15 +83,13 @@ pub async fn plan_execution(
     for step in &definition.steps {
         let plan = prepared.plans.get(&step.name).cloned().unwrap_or(StepPlan::Run);
         let verdict = match plan {
-            StepPlan::Reuse { reused_from, .. } => StepVerdict {
+            StepPlan::Reuse {
+                source_execution_arn, ..
+            } => StepVerdict {
                 step_name: step.name.clone(),
                 verdict: "Reuse",
                 reason: "succeeded in the source execution; its outputs are reused".into(),
-                source_execution_arn: reused_from
-                    .as_ref()
-                    .and_then(|r| r.get("source_execution_arn"))
-                    .and_then(Value::as_str)
-                    .map(str::to_string),
+                source_execution_arn: Some(source_execution_arn),
             },
             StepPlan::Skip { reason } => StepVerdict {
                 step_name: step.name.clone(),
@@ -178,8 +176,12 @@ async fn cache_hit_now(
     let mut reused = HashMap::new();
     for dependency in &step.depends_on {
         match plans.get(dependency) {
-            Some(StepPlan::Reuse { properties, .. }) => {
-                reused.insert(dependency.clone(), properties.clone());
+            Some(StepPlan::Reuse { step_run, .. }) => {
+                let properties = steps::properties(conn, *step_run).await?;
+                reused.insert(
+                    dependency.clone(),
+                    properties.unwrap_or_else(|| Value::Object(Default::default())),
+                );
             }
             _ => return Ok(None),
         }

@@ -24,15 +24,17 @@ use crate::{
     },
 };
 
-/// One step run of the source execution.
+/// One step of the source execution: what the rules need, not its outputs
+/// (a reusing execution refers to them by `id`).
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct SourceRun {
+    /// The step run that produced the outputs: the source's own, or the one
+    /// the source itself reused.
     pub id: Uuid,
     pub step_name: String,
     pub status: String,
-    pub properties: Option<Value>,
-    pub metadata: Value,
-    pub artifacts_dir: Option<String>,
+    /// A Condition step's `Outcome`.
+    pub outcome: Option<bool>,
 }
 
 pub struct Source {
@@ -51,11 +53,7 @@ impl Source {
             .map(|r| {
                 let step = SourceStep {
                     status: r.status.clone(),
-                    outcome: r
-                        .properties
-                        .as_ref()
-                        .and_then(|p| p.get("Outcome"))
-                        .and_then(Value::as_bool),
+                    outcome: r.outcome,
                     raw: definition
                         .as_ref()
                         .and_then(|d| d.step(&r.step_name))
@@ -190,11 +188,8 @@ pub async fn plan(
         } else {
             match source.as_ref().and_then(|s| s.runs.get(name).map(|r| (s, r))) {
                 Some((source, run)) if run.status == "Succeeded" => StepPlan::Reuse {
-                    properties: run.properties.clone().unwrap_or(json!({})),
-                    metadata: run.metadata.clone(),
-                    reused_from: Some(json!({"source_execution_arn": source.arn, "source_step_run_id": run.id})),
-                    cache_hit: None,
-                    artifacts_dir: run.artifacts_dir.clone(),
+                    step_run: run.id,
+                    source_execution_arn: source.arn.clone(),
                 },
                 _ => StepPlan::Skip {
                     reason: "NotSelected".into(),
@@ -295,7 +290,10 @@ async fn load_source(
         ));
     }
     let runs: Vec<SourceRun> = sqlx::query_as(
-        "select id, step_name, status, properties, metadata, artifacts_dir from step_runs where execution_id = $1",
+        "select id, step_name, status, \
+           case when jsonb_typeof(properties -> 'Outcome') = 'boolean' then (properties ->> 'Outcome')::boolean end \
+           as outcome from execution_steps \
+         where execution_id = $1",
     )
     .bind(execution.id)
     .fetch_all(&mut *conn)
@@ -318,7 +316,7 @@ async fn pick_source(
     let upstream: Vec<String> = selection.upstream.iter().cloned().collect();
     let picked: Option<Uuid> = sqlx::query_scalar(
         "select e.id from executions e where e.pipeline_id = $1 and e.status in ('Succeeded', 'Failed', 'Stopped') \
-         and (select count(*) from step_runs s where s.execution_id = e.id and s.step_name = any($2) \
+         and (select count(*) from execution_steps s where s.execution_id = e.id and s.step_name = any($2) \
               and s.status = 'Succeeded') = cardinality($2) \
          order by e.created_at desc limit 1",
     )

@@ -23,108 +23,94 @@ use crate::{
 #[derive(Debug, Clone)]
 pub enum StepPlan {
     Run,
-    /// Succeeded at once with a copied property document.
+    /// Succeeded at once with the outputs of `step_run` (of the source
+    /// execution, or the run that the source itself reused).
     Reuse {
-        properties: Value,
-        metadata: Value,
-        reused_from: Option<Value>,
-        cache_hit: Option<Value>,
-        artifacts_dir: Option<String>,
+        step_run: Uuid,
+        source_execution_arn: String,
     },
     Skip {
         reason: String,
     },
 }
 
+/// What a start writes: a row for every step that runs or is skipped, and
+/// for every reused step an entry of `executions.reused_steps` pointing at
+/// the run whose outputs it reuses (a reference, not a copy: see migration
+/// 0004).
+#[derive(Debug, Default)]
+pub struct NewSteps {
+    pub runs: Vec<NewStepRun>,
+    pub reused: serde_json::Map<String, Value>,
+}
+
 /// Builds the rows of every step of `definition` following `plan` (a step
 /// missing from `plan` runs).
-pub fn step_runs(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Vec<NewStepRun> {
+pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> NewSteps {
     let plans: HashMap<&str, StepPlan> = definition
         .steps
         .iter()
         .map(|s| (s.name.as_str(), plan(&s.name)))
         .collect();
-    definition
-        .steps
-        .iter()
-        .enumerate()
-        .map(|(position, step)| {
-            let step_plan = &plans[step.name.as_str()];
-            let remaining = step
-                .depends_on
-                .iter()
-                .filter(|d| !matches!(plans.get(d.as_str()), Some(StepPlan::Reuse { .. })))
-                .count();
-            let mut run = NewStepRun {
-                id: Uuid::now_v7(),
-                step_name: step.name.clone(),
-                step_type: step.kind.as_str().to_string(),
-                position: position as i32,
-                status: "Pending".into(),
-                skip_reason: None,
-                arguments: step.arguments.clone(),
-                retry_policies: serde_json::to_value(&step.retry_policies).expect("policies serialize"),
-                cache_config: step
-                    .cache
-                    .map(|c| serde_json::to_value(c).expect("cache config serializes")),
-                dependencies: step.depends_on.clone(),
-                dependents: definition.dag.children(&step.name),
-                remaining_deps: remaining as i32,
-                branch_of: step.branch.as_ref().map(|b| b.condition.clone()),
-                branch_if: step.branch.as_ref().map(|b| b.if_branch),
-                properties: None,
-                metadata: json!({}),
-                reused_from: None,
-                cache_status: None,
-                artifacts_dir: None,
-                finished: false,
-            };
-            match step_plan {
-                StepPlan::Run => {}
-                StepPlan::Reuse {
-                    properties,
-                    metadata,
-                    reused_from,
-                    cache_hit: _,
-                    artifacts_dir,
-                } => {
-                    run.status = "Succeeded".into();
-                    run.properties = Some(properties.clone());
-                    run.metadata = metadata.clone();
-                    run.reused_from = reused_from.clone();
-                    run.artifacts_dir = artifacts_dir.clone();
-                    run.finished = true;
-                }
-                StepPlan::Skip { reason } => {
-                    run.status = "Skipped".into();
-                    run.skip_reason = Some(reason.clone());
-                    run.finished = true;
-                }
+    let mut new = NewSteps::default();
+    for (position, step) in definition.steps.iter().enumerate() {
+        let (status, skip_reason) = match &plans[step.name.as_str()] {
+            StepPlan::Run => ("Pending", None),
+            StepPlan::Skip { reason } => ("Skipped", Some(reason.clone())),
+            StepPlan::Reuse { step_run, .. } => {
+                new.reused
+                    .insert(step.name.clone(), json!({"run": step_run, "position": position}));
+                continue;
             }
-            run
-        })
-        .collect()
+        };
+        let remaining = step
+            .depends_on
+            .iter()
+            .filter(|d| !matches!(plans.get(d.as_str()), Some(StepPlan::Reuse { .. })))
+            .count();
+        new.runs.push(NewStepRun {
+            id: Uuid::now_v7(),
+            step_name: step.name.clone(),
+            step_type: step.kind.as_str().to_string(),
+            position: position as i32,
+            status: status.into(),
+            skip_reason,
+            arguments: step.arguments.clone(),
+            retry_policies: serde_json::to_value(&step.retry_policies).expect("policies serialize"),
+            cache_config: step
+                .cache
+                .map(|c| serde_json::to_value(c).expect("cache config serializes")),
+            dependencies: step.depends_on.clone(),
+            dependents: definition.dag.children(&step.name),
+            remaining_deps: remaining as i32,
+            branch_of: step.branch.as_ref().map(|b| b.condition.clone()),
+            branch_if: step.branch.as_ref().map(|b| b.if_branch),
+        });
+    }
+    new
 }
 
 /// Creates the execution and its step runs and queues the ready steps.
-pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, runs: &[NewStepRun]) -> StoreResult<()> {
+pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, steps: &NewSteps) -> StoreResult<()> {
     executions::insert(conn, new).await?;
     // Steps that are settled at creation (reused, skipped) are summed up in
     // the execution's first event rather than one event each: a selective
     // run of one step of a thousand writes one event, not a thousand.
-    let reused = runs.iter().filter(|r| r.status == "Succeeded").count();
-    let skipped = runs.iter().filter(|r| r.status == "Skipped").count();
+    let reused = steps.reused.len();
+    let skipped = steps.runs.iter().filter(|r| r.status == "Skipped").count();
     let detail = (reused + skipped > 0).then(|| json!({"reused_steps": reused, "skipped_steps": skipped}));
     executions::record_event(conn, new.id, None, "Executing", detail).await?;
-    executions::insert_step_runs(conn, new.id, new.pipeline_id, runs).await?;
+    executions::insert_step_runs(conn, new.id, new.pipeline_id, &steps.runs).await?;
     // Steps below a skipped step never run.
-    let skipped: std::collections::HashSet<&str> = runs
+    let skipped: std::collections::HashSet<&str> = steps
+        .runs
         .iter()
         .filter(|r| r.status == "Skipped")
         .map(|r| r.step_name.as_str())
         .collect();
     if !skipped.is_empty() {
-        let children: Vec<String> = runs
+        let children: Vec<String> = steps
+            .runs
             .iter()
             .filter(|r| r.status == "Pending" && r.dependencies.iter().any(|d| skipped.contains(d.as_str())))
             .map(|r| r.step_name.clone())
@@ -232,6 +218,7 @@ pub async fn start_execution(
         pipeline_id: pipeline.id,
         pipeline_version: pipeline.version,
         parameters: &Value::Object(prepared.parameters),
+        reused_steps: (!prepared.steps.reused.is_empty()).then_some(&prepared.steps.reused),
         selective_execution: prepared.selective.as_ref(),
         cache_mode: req.cache_mode.unwrap_or_default().as_str(),
         max_parallel_steps: req.max_parallel_steps.or(pipeline.max_parallel_steps),
@@ -240,7 +227,7 @@ pub async fn start_execution(
         client_request_token: req.client_request_token.as_deref(),
         request_hash: Some(&req.request_hash),
     };
-    match create(&mut tx, &new, &prepared.runs).await {
+    match create(&mut tx, &new, &prepared.steps).await {
         Ok(()) => {}
         Err(crate::store::StoreError::Database(e)) if crate::store::is_unique_violation(&e) => {
             // A concurrent start with the same token won the race.
@@ -277,7 +264,7 @@ fn same_request(existing: ExecutionRow, req: &StartRequest) -> Result<ExecutionR
 pub struct Prepared {
     pub parameters: serde_json::Map<String, Value>,
     pub plans: HashMap<String, StepPlan>,
-    pub runs: Vec<NewStepRun>,
+    pub steps: NewSteps,
     pub selective: Option<Value>,
     pub source_arn: Option<String>,
 }
@@ -297,7 +284,7 @@ pub async fn prepare(
         return Ok(Prepared {
             parameters,
             plans: HashMap::new(),
-            runs: step_runs(definition, &|_| StepPlan::Run),
+            steps: new_steps(definition, &|_| StepPlan::Run),
             selective: None,
             source_arn: None,
         });
@@ -313,14 +300,14 @@ pub async fn prepare(
         cache_lookup,
     )
     .await?;
-    let runs = step_runs(definition, &|name| {
+    let steps = new_steps(definition, &|name| {
         planned.plans.get(name).cloned().unwrap_or(StepPlan::Run)
     });
     Ok(Prepared {
         parameters: planned.parameters,
         source_arn: planned.source.as_ref().map(|s| s.arn.clone()),
         plans: planned.plans,
-        runs,
+        steps,
         selective: Some(planned.record),
     })
 }

@@ -48,6 +48,8 @@ pub struct NewExecution<'a> {
     pub pipeline_id: Uuid,
     pub pipeline_version: i32,
     pub parameters: &'a Value,
+    /// Reused steps by name (see `engine::start::NewSteps`).
+    pub reused_steps: Option<&'a serde_json::Map<String, Value>>,
     pub selective_execution: Option<&'a Value>,
     pub cache_mode: &'a str,
     pub max_parallel_steps: Option<i32>,
@@ -74,13 +76,6 @@ pub struct NewStepRun {
     pub remaining_deps: i32,
     pub branch_of: Option<String>,
     pub branch_if: Option<bool>,
-    pub properties: Option<Value>,
-    pub metadata: Value,
-    pub reused_from: Option<Value>,
-    pub cache_status: Option<String>,
-    pub artifacts_dir: Option<String>,
-    /// Set for steps that are finished on creation (reused or skipped).
-    pub finished: bool,
 }
 
 /// Inserts the execution row (status Executing).
@@ -88,8 +83,8 @@ pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreRes
     sqlx::query(
         "insert into executions (id, pipeline_id, pipeline_version, status, parameters, definition, \
          selective_execution, cache_mode, max_parallel_steps, display_name, description, client_request_token, \
-         request_hash, started_at) \
-         select $1, $2, $3, 'Executing', $4, v.definition, $5, $6, $7, $8, $9, $10, $11, now() \
+         request_hash, reused_steps, started_at) \
+         select $1, $2, $3, 'Executing', $4, v.definition, $5, $6, $7, $8, $9, $10, $11, $12, now() \
          from pipeline_versions v where v.pipeline_id = $2 and v.version = $3",
     )
     .bind(new.id)
@@ -103,6 +98,7 @@ pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreRes
     .bind(new.description)
     .bind(new.client_request_token)
     .bind(new.request_hash)
+    .bind(new.reused_steps.map(sqlx::types::Json))
     .execute(conn)
     .await?;
     Ok(())
@@ -123,16 +119,14 @@ pub async fn insert_step_runs(
     sqlx::query(
         "insert into step_runs (id, execution_id, pipeline_id, step_name, step_type, position, status, skip_reason, \
            arguments, retry_policies, cache_config, dependencies, dependents, remaining_deps, branch_of, branch_if, \
-           properties, metadata, reused_from, cache_status, artifacts_dir, started_at, ended_at) \
+           started_at, ended_at) \
          select u.id, $1, $2, u.name, u.type, u.position, u.status, u.skip_reason, u.arguments, u.retry, u.cache, \
            string_to_array(u.deps, ','), string_to_array(u.dependents, ','), u.remaining, u.branch_of, u.branch_if, \
-           u.properties, u.metadata, u.reused_from, u.cache_status, u.artifacts_dir, \
-           case when u.finished then now() end, case when u.finished then now() end \
+           case when u.status = 'Skipped' then now() end, case when u.status = 'Skipped' then now() end \
          from unnest($3::uuid[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::jsonb[], \
-           $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[], \
-           $17::jsonb[], $18::jsonb[], $19::jsonb[], $20::text[], $21::text[], $22::bool[]) \
+           $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[]) \
            as u(id, name, type, position, status, skip_reason, arguments, retry, cache, deps, dependents, \
-             remaining, branch_of, branch_if, properties, metadata, reused_from, cache_status, artifacts_dir, finished)",
+             remaining, branch_of, branch_if)",
     )
     .bind(execution_id)
     .bind(pipeline_id)
@@ -150,12 +144,6 @@ pub async fn insert_step_runs(
     .bind(column(steps, |s| s.remaining_deps))
     .bind(column(steps, |s| s.branch_of.clone()))
     .bind(column(steps, |s| s.branch_if))
-    .bind(column(steps, |s| s.properties.clone()))
-    .bind(column(steps, |s| s.metadata.clone()))
-    .bind(column(steps, |s| s.reused_from.clone()))
-    .bind(column(steps, |s| s.cache_status.clone()))
-    .bind(column(steps, |s| s.artifacts_dir.clone()))
-    .bind(column(steps, |s| s.finished))
     .execute(&mut *conn)
     .await?;
     Ok(())

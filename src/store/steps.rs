@@ -58,7 +58,7 @@ pub const UNFINISHED: [&str; 4] = ["Pending", "Starting", "Executing", "Stopping
 
 pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunRow>> {
     Ok(sqlx::query_as::<_, StepRunRow>(&format!(
-        "select {STEP_COLUMNS} from step_runs s where s.execution_id = $1 order by s.position"
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 order by s.position"
     ))
     .bind(execution_id)
     .fetch_all(pool)
@@ -67,7 +67,7 @@ pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunR
 
 pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> StoreResult<StepRunRow> {
     sqlx::query_as::<_, StepRunRow>(&format!(
-        "select {STEP_COLUMNS} from step_runs s where s.execution_id = $1 and s.step_name = $2"
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.step_name = $2"
     ))
     .bind(execution_id)
     .bind(name)
@@ -386,6 +386,17 @@ pub async fn notify(conn: &mut PgConnection, execution_id: Uuid, work_queued: bo
     Ok(())
 }
 
+/// The property document of one step run (of any execution).
+pub async fn properties(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<Value>> {
+    Ok(
+        sqlx::query_scalar::<_, Option<Value>>("select properties from step_runs where id = $1")
+            .bind(id)
+            .fetch_optional(conn)
+            .await?
+            .flatten(),
+    )
+}
+
 /// A claimed step with what the worker needs to run it.
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ClaimedStep {
@@ -460,9 +471,13 @@ async fn claim_with<'c>(
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
-           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from step_runs d \
-             where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
-               and d.properties is not null) as upstream \
+           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from ( \
+              select d.step_name, d.properties from step_runs d \
+              where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
+                and d.properties is not null \
+              union all \
+              select dep, coalesce(o.properties, '{}'::jsonb) from unnest(c.dependencies) dep \
+              join step_runs o on o.id = (e.reused_steps -> dep ->> 'run')::uuid) d) as upstream \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
     .bind(limit)

@@ -100,6 +100,78 @@ async fn reuses_the_source_for_unselected_steps_and_runs_only_the_selection(db: 
     assert_eq!(runs_of(dir.path(), "Evaluate"), 2);
 }
 
+/// A reused step refers to the run that produced its outputs, so an
+/// execution that itself reused steps can be a source: its reused steps are
+/// reused again, with the outputs of the run that made them.
+#[sqlx::test]
+async fn a_selective_execution_can_be_the_source_of_another(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let first = run_full(&app, "ml", json!({})).await;
+    let first_id = first["execution_id"].as_str().unwrap();
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": first_id, "selected_steps": ["Train", "Evaluate", "Report"]}),
+    )
+    .await;
+    let second = resp.expect(201).clone();
+    let second_id = second["execution_id"].as_str().unwrap();
+    let second_arn = second["execution_arn"].as_str().unwrap();
+    assert_eq!(app.wait_terminal(second_id).await["status"], "Succeeded");
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": second_arn, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
+    let third_id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&third_id).await["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "Prepare"), 1, "reused twice, run once");
+    assert_eq!(
+        runs_of(dir.path(), "Train"),
+        2,
+        "run by the second, reused by the third"
+    );
+    assert_eq!(runs_of(dir.path(), "Evaluate"), 3);
+    assert_eq!(runs_of(dir.path(), "Side"), 1);
+
+    let steps = app.steps(&third_id).await;
+    let prepare = by_name(&steps, "Prepare");
+    assert_eq!(prepare["reused_from"]["source_execution_arn"], second_arn);
+    assert_eq!(
+        prepare["properties"]["Outputs"]["at"], first_id,
+        "the first run's outputs"
+    );
+    let train = by_name(&steps, "Train");
+    assert_eq!(train["reused_from"]["source_execution_arn"], second_arn);
+    assert_eq!(train["properties"]["Outputs"]["from"], first_id);
+    assert_eq!(by_name(&steps, "Report")["skip_reason"], "NotSelected");
+    let names: Vec<&str> = steps.iter().map(|s| s["step_name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        ["Prepare", "Train", "Evaluate", "Report", "Side"],
+        "pipeline order"
+    );
+
+    // A reused step made no attempt in this execution, so it has no log.
+    let detail = app.step(&third_id, "Prepare").await;
+    assert_eq!(detail["attempts"], json!([]));
+    app.get(&format!("/v1/executions/{third_id}/steps/Prepare/logs"))
+        .await
+        .expect_error(404, "NotFound");
+
+    // Rule 5 counts reused steps as succeeded: the newest execution in which
+    // Prepare and Train succeeded is the third, where both were reused.
+    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Evaluate"]})).await;
+    let picked = resp.expect(201)["selective_execution"]["source_execution_arn"].clone();
+    let third = app.get(&format!("/v1/executions/{third_id}")).await.expect(200).clone();
+    assert_eq!(picked, third["execution_arn"]);
+}
+
 #[sqlx::test]
 async fn rules_1_and_2_unknown_names_and_closure(db: PgPool) {
     let app = TestApp::spawn(db).await;
