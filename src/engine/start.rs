@@ -12,7 +12,7 @@ use crate::{
     domain::{definition::Definition, Issue},
     ids::Arns,
     store::{
-        executions::{self, ExecutionRow, NewExecution, NewStepRun},
+        executions::{self, ExecutionRow, NewExecution, NewStepRun, ReusedStep},
         pipelines::{self, PipelineHead},
         steps, StoreResult,
     },
@@ -35,13 +35,12 @@ pub enum StepPlan {
 }
 
 /// What a start writes: a row for every step that runs or is skipped, and
-/// for every reused step an entry of `executions.reused_steps` pointing at
-/// the run whose outputs it reuses (a reference, not a copy: see migration
-/// 0004).
+/// for every reused step a reference to the run whose outputs it reuses
+/// (not a copy: see migration 0004).
 #[derive(Debug, Default)]
 pub struct NewSteps {
     pub runs: Vec<NewStepRun>,
-    pub reused: serde_json::Map<String, Value>,
+    pub reused: Vec<ReusedStep>,
 }
 
 /// Builds the rows of every step of `definition` following `plan` (a step
@@ -58,8 +57,11 @@ pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ne
             StepPlan::Run => ("Pending", None),
             StepPlan::Skip { reason } => ("Skipped", Some(reason.clone())),
             StepPlan::Reuse { step_run, .. } => {
-                new.reused
-                    .insert(step.name.clone(), json!({"run": step_run, "position": position}));
+                new.reused.push(ReusedStep {
+                    step_name: step.name.clone(),
+                    step_run: *step_run,
+                    position: position as i32,
+                });
                 continue;
             }
         };
@@ -218,7 +220,7 @@ pub async fn start_execution(
         pipeline_id: pipeline.id,
         pipeline_version: pipeline.version,
         parameters: &Value::Object(prepared.parameters),
-        reused_steps: (!prepared.steps.reused.is_empty()).then_some(&prepared.steps.reused),
+        reused_steps: &prepared.steps.reused,
         selective_execution: prepared.selective.as_ref(),
         cache_mode: req.cache_mode.unwrap_or_default().as_str(),
         max_parallel_steps: req.max_parallel_steps.or(pipeline.max_parallel_steps),

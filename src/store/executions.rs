@@ -48,8 +48,8 @@ pub struct NewExecution<'a> {
     pub pipeline_id: Uuid,
     pub pipeline_version: i32,
     pub parameters: &'a Value,
-    /// Reused steps by name (see `engine::start::NewSteps`).
-    pub reused_steps: Option<&'a serde_json::Map<String, Value>>,
+    /// Steps reused from the source (see `engine::start::NewSteps`).
+    pub reused_steps: &'a [ReusedStep],
     pub selective_execution: Option<&'a Value>,
     pub cache_mode: &'a str,
     pub max_parallel_steps: Option<i32>,
@@ -57,6 +57,14 @@ pub struct NewExecution<'a> {
     pub description: Option<&'a str>,
     pub client_request_token: Option<&'a str>,
     pub request_hash: Option<&'a str>,
+}
+
+/// A reused step: a reference to the run whose outputs it takes.
+#[derive(Debug, Clone)]
+pub struct ReusedStep {
+    pub step_name: String,
+    pub step_run: Uuid,
+    pub position: i32,
 }
 
 /// One step run to create.
@@ -78,13 +86,18 @@ pub struct NewStepRun {
     pub branch_if: Option<bool>,
 }
 
+/// One column of the reused steps; null rather than empty when there are none.
+fn reused<T>(steps: &[ReusedStep], f: impl Fn(&ReusedStep) -> T) -> Option<Vec<T>> {
+    (!steps.is_empty()).then(|| steps.iter().map(f).collect())
+}
+
 /// Inserts the execution row (status Executing).
 pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreResult<()> {
     sqlx::query(
         "insert into executions (id, pipeline_id, pipeline_version, status, parameters, definition, \
          selective_execution, cache_mode, max_parallel_steps, display_name, description, client_request_token, \
-         request_hash, reused_steps, started_at) \
-         select $1, $2, $3, 'Executing', $4, v.definition, $5, $6, $7, $8, $9, $10, $11, $12, now() \
+         request_hash, reused_step_names, reused_step_runs, reused_step_positions, started_at) \
+         select $1, $2, $3, 'Executing', $4, v.definition, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, now() \
          from pipeline_versions v where v.pipeline_id = $2 and v.version = $3",
     )
     .bind(new.id)
@@ -98,7 +111,9 @@ pub async fn insert(conn: &mut PgConnection, new: &NewExecution<'_>) -> StoreRes
     .bind(new.description)
     .bind(new.client_request_token)
     .bind(new.request_hash)
-    .bind(new.reused_steps.map(sqlx::types::Json))
+    .bind(reused(new.reused_steps, |r| r.step_name.clone()))
+    .bind(reused(new.reused_steps, |r| r.step_run))
+    .bind(reused(new.reused_steps, |r| r.position))
     .execute(conn)
     .await?;
     Ok(())

@@ -476,8 +476,9 @@ async fn claim_with<'c>(
               where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
                 and d.properties is not null \
               union all \
-              select dep, coalesce(o.properties, '{}'::jsonb) from unnest(c.dependencies) dep \
-              join step_runs o on o.id = (e.reused_steps -> dep ->> 'run')::uuid) d) as upstream \
+              select r.name, coalesce(o.properties, '{}'::jsonb) \
+              from unnest(e.reused_step_names, e.reused_step_runs) r(name, run) \
+              join step_runs o on o.id = r.run where r.name = any(c.dependencies)) d) as upstream \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
     .bind(limit)
