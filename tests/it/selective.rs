@@ -172,6 +172,48 @@ async fn a_selective_execution_can_be_the_source_of_another(db: PgPool) {
     assert_eq!(picked, third["execution_arn"]);
 }
 
+/// Retrying a selective execution runs the failed selected step again, and
+/// it still reads the outputs of the steps it reused.
+#[sqlx::test]
+async fn a_retried_selective_execution_still_reads_its_reused_steps(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("train-may-pass");
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    let source_id = source["execution_id"].as_str().unwrap();
+    // Version 2 trains only once the marker file exists.
+    let definition = ml_pipeline(dir.path(), &format!("test -f {} || exit 1", marker.display()));
+    app.put("/v1/pipelines/ml", &json!({"definition": definition}))
+        .await
+        .expect(200);
+
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": source_id, "selected_steps": ["Train"]}),
+    )
+    .await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&id).await["status"], "Failed");
+
+    std::fs::write(&marker, "").unwrap();
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let steps = app.steps(&id).await;
+    assert_eq!(by_name(&steps, "Train")["properties"]["Outputs"]["from"], source_id);
+    assert!(by_name(&steps, "Prepare")["reused_from"].is_object());
+    assert_eq!(by_name(&steps, "Evaluate")["skip_reason"], "NotSelected");
+    assert_eq!(runs_of(dir.path(), "Prepare"), 1);
+    assert_eq!(
+        runs_of(dir.path(), "Train"),
+        3,
+        "the source, the failed attempt, the retry"
+    );
+}
+
 #[sqlx::test]
 async fn rules_1_and_2_unknown_names_and_closure(db: PgPool) {
     let app = TestApp::spawn(db).await;
