@@ -73,7 +73,7 @@ pub async fn complete_attempt(
     outcome: StepOutcome,
     log: Option<&str>,
 ) -> StoreResult<Applied> {
-    Ok(complete(pool, id, attempt, outcome, log, None).await?.0)
+    Ok(complete(pool, id, attempt, outcome, log, None, true).await?.0)
 }
 
 /// A worker that reports a step and has room for another.
@@ -85,7 +85,9 @@ pub struct NextClaim {
 
 /// `complete_attempt`, and when it makes steps of the execution runnable,
 /// claims one of them for `next` in the same transaction: a chain moves on
-/// with one commit per step.
+/// with one commit per step. `leaf` is the claim's word on whether the
+/// step's success schedules nothing; when it does schedule something, the
+/// lock-free leaf statement is not tried (it could not apply).
 pub async fn complete_and_claim(
     pool: &PgPool,
     id: Uuid,
@@ -93,8 +95,9 @@ pub async fn complete_and_claim(
     outcome: StepOutcome,
     log: Option<&str>,
     next: NextClaim,
+    leaf: bool,
 ) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
-    complete(pool, id, attempt, outcome, log, Some(next)).await
+    complete(pool, id, attempt, outcome, log, Some(next), leaf).await
 }
 
 async fn complete(
@@ -104,12 +107,16 @@ async fn complete(
     outcome: StepOutcome,
     log: Option<&str>,
     next: Option<NextClaim>,
+    may_be_leaf: bool,
 ) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
-    if let StepOutcome::Succeeded {
-        properties,
-        metadata,
-        exit_code,
-    } = &outcome
+    if let (
+        true,
+        StepOutcome::Succeeded {
+            properties,
+            metadata,
+            exit_code,
+        },
+    ) = (may_be_leaf, &outcome)
     {
         let success = steps::Success {
             id,

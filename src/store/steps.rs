@@ -417,6 +417,8 @@ pub struct ClaimedStep {
     pub bypass_cache: bool,
     /// The property documents of its dependencies, by step name.
     pub upstream: Value,
+    /// Its success schedules nothing: no dependents, not a Condition.
+    pub leaf: bool,
 }
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
@@ -458,7 +460,8 @@ async fn claim_with<'c>(
              first_started_at = coalesce(s.first_started_at, now()), available_at = null \
            from picked where s.id = picked.id \
            returning s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.attempt, s.arguments, \
-             s.cache_config, s.dependencies, s.position), \
+             s.cache_config, s.dependencies, s.position, \
+             cardinality(s.dependents) = 0 and s.step_type <> 'Condition' as leaf), \
          attempts as ( \
            insert into step_attempts (step_run_id, attempt, status, worker_id) \
            select id, attempt, 'Executing', $2 from claimed), \
@@ -467,7 +470,7 @@ async fn claim_with<'c>(
            select execution_id, step_name, 'Executing', jsonb_build_object('attempt', attempt) from claimed \
            order by position) \
          select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
-           c.cache_config, c.dependencies, e.parameters, p.name as pipeline_name, \
+           c.cache_config, c.dependencies, c.leaf, e.parameters, p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \

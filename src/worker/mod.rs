@@ -260,7 +260,16 @@ impl WorkerPool {
         };
         loop {
             let reported = if take_next {
-                engine::complete_and_claim(&self.inner.db, step.id, step.attempt, outcome.clone(), log, next).await
+                engine::complete_and_claim(
+                    &self.inner.db,
+                    step.id,
+                    step.attempt,
+                    outcome.clone(),
+                    log,
+                    next,
+                    step.leaf,
+                )
+                .await
             } else {
                 engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome.clone(), log)
                     .await
