@@ -156,6 +156,8 @@ async fn complete(
     };
     let mut work_queued = false;
     let mut queued_count = 0;
+    // Recording a success notifies the execution's listeners itself.
+    let mut listeners_notified = false;
     match outcome {
         StepOutcome::Succeeded {
             properties,
@@ -171,6 +173,7 @@ async fn complete(
                 log,
             };
             steps::succeed(&mut tx, &success).await?;
+            listeners_notified = true;
             if execution.status == "Executing" {
                 if step.step_type == "Condition" {
                     let outcome = properties.get("Outcome").and_then(Value::as_bool).unwrap_or(false);
@@ -276,7 +279,9 @@ async fn complete(
     };
     // Other workers are woken only for work this one did not take.
     let wake_others = work_queued && (claimed.is_none() || queued_count > 1);
-    steps::notify(&mut tx, execution_id, wake_others).await?;
+    if wake_others || !listeners_notified {
+        steps::notify(&mut tx, execution_id, wake_others).await?;
+    }
     tx.commit().await?;
     let applied = if work_queued {
         Applied::AppliedQueued
