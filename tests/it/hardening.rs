@@ -15,7 +15,7 @@ use crate::{
     helpers::{count_run, definition_with, runs_of, wait_until, Resp, TestApp},
     openapi::check_response,
     pipelines::pass_definition,
-    procs::{database_url, WorkerProcess},
+    procs::{database_url, StepwiseProcess},
 };
 
 /// Asserts a 4xx in the one error shape `{"error":{"code","message","details"}}`
@@ -601,7 +601,7 @@ async fn three_worker_processes_and_the_app_run_2000_steps_exactly_once(db: PgPo
     ];
     let mut workers = Vec::new();
     for _ in 0..3 {
-        workers.push(WorkerProcess::start(&url, app.data_dir.path(), &env).await);
+        workers.push(StepwiseProcess::start(&url, app.data_dir.path(), &env).await);
     }
     // Five pipelines of 400 independent Command steps: 2,000 steps in all,
     // each counting its runs in a directory of its pipeline.
@@ -686,7 +686,7 @@ async fn a_worker_process_killed_with_four_steps_running_loses_nothing_committed
         ("STEPWISE_WORKER__CONCURRENCY", "4"),
         ("STEPWISE_DATABASE__MAX_CONNECTIONS", "6"),
     ];
-    let mut doomed = WorkerProcess::start(&url, app.data_dir.path(), &env).await;
+    let mut doomed = StepwiseProcess::start(&url, app.data_dir.path(), &env).await;
     let id = app.start("crash4", json!({})).await;
     let pid_files: Vec<_> = ["L1", "L2", "L3", "L4"]
         .iter()
@@ -704,7 +704,7 @@ async fn a_worker_process_killed_with_four_steps_running_loses_nothing_committed
     assert_eq!(first_before["status"], "Succeeded");
 
     // Another worker process is up before the first one dies.
-    let mut survivor = WorkerProcess::start(&url, app.data_dir.path(), &env).await;
+    let mut survivor = StepwiseProcess::start(&url, app.data_dir.path(), &env).await;
     doomed.kill().await;
     // The orphaned step processes are in their own groups; end them like a
     // reboot would.
@@ -739,5 +739,109 @@ async fn a_worker_process_killed_with_four_steps_running_loses_nothing_committed
             .await
             .unwrap();
     assert_eq!(doomed_attempts, 4, "exactly the four lost attempts are faults");
+    survivor.kill().await;
+}
+
+/// `stepwise serve` (the API and a worker pool in one process) is killed
+/// with a step running. A new `serve` over the same database and data
+/// directory finishes the execution: the step that had committed is not run
+/// again, the lost attempt is failed as a service fault and retried.
+#[sqlx::test]
+async fn a_serve_process_killed_mid_execution_loses_nothing_committed(db: PgPool) {
+    let url = database_url(&db).await;
+    let data = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let env = [("STEPWISE_WORKER__LEASE_SECONDS", "2")];
+    let http = reqwest::Client::new();
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "First", "Type": "Command", "Arguments": {"Shell": format!(
+                "{}; echo '{{\"value\": 42}}' > \"$STEPWISE_OUTPUTS\"", count_run(dir.path())
+            )}},
+            {"Name": "Long", "Type": "Command", "DependsOn": ["First"], "Arguments": {"Shell": format!(
+                "{}; if [ \"$STEPWISE_ATTEMPT\" = 1 ]; then echo $$ > {d}/long.pid; sleep 30; fi; echo '{{}}' > \"$STEPWISE_OUTPUTS\"",
+                count_run(dir.path())
+            )}},
+            {"Name": "Last", "Type": "Pass", "DependsOn": ["Long"],
+             "Arguments": {"v": {"Get": "Steps.First.Outputs.value"}}}
+        ]),
+    );
+
+    let mut doomed = StepwiseProcess::serve(&url, data.path(), &env).await;
+    let api = doomed.base_url.clone().unwrap();
+    let created = http
+        .post(format!("{api}/v1/pipelines"))
+        .json(&json!({"name": "crash-serve", "definition": definition}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let started: Value = http
+        .post(format!("{api}/v1/pipelines/crash-serve/executions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let pid_file = dir.path().join("long.pid");
+    wait_until(Duration::from_secs(60), || async {
+        std::fs::read_to_string(&pid_file)
+            .is_ok_and(|s| s.ends_with('\n'))
+            .then_some(())
+    })
+    .await
+    .expect("the doomed server is running the long step");
+    let step = |api: String, name: &'static str| {
+        let http = http.clone();
+        let id = id.clone();
+        async move {
+            let resp = http
+                .get(format!("{api}/v1/executions/{id}/steps/{name}"))
+                .send()
+                .await
+                .unwrap();
+            resp.json::<Value>().await.unwrap()
+        }
+    };
+    let first_before = step(api.clone(), "First").await;
+    assert_eq!(first_before["status"], "Succeeded");
+
+    doomed.kill().await;
+    let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+    let _ = nix::sys::signal::killpg(nix::unistd::Pid::from_raw(pid), nix::sys::signal::Signal::SIGKILL);
+
+    let mut survivor = StepwiseProcess::serve(&url, data.path(), &env).await;
+    let api = survivor.base_url.clone().unwrap();
+    let execution = wait_until(Duration::from_secs(120), || async {
+        let resp = http
+            .get(format!("{api}/v1/executions/{id}?wait_seconds=20"))
+            .send()
+            .await
+            .unwrap();
+        let execution: Value = resp.json().await.unwrap();
+        (execution["status"] != "Executing").then_some(execution)
+    })
+    .await
+    .expect("the execution ends under the new server");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let long = step(api.clone(), "Long").await;
+    assert_eq!(long["attempt_count"], 2, "{long}");
+    assert_eq!(long["attempts"][0]["error_type"], "Step.SERVICE_FAULT", "{long}");
+    assert_eq!(long["attempts"][1]["status"], "Succeeded", "{long}");
+    let first = step(api.clone(), "First").await;
+    assert_eq!(first["attempt_count"], 1, "{first}");
+    assert_eq!(first["ended_at"], first_before["ended_at"]);
+    assert_eq!(
+        runs_of(dir.path(), "First"),
+        1,
+        "committed before the crash, not run again"
+    );
+    assert_eq!(runs_of(dir.path(), "Long"), 2);
+    assert_eq!(step(api, "Last").await["properties"]["Outputs"]["v"], 42);
     survivor.kill().await;
 }

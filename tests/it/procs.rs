@@ -1,5 +1,6 @@
-//! `stepwise worker` processes started by a test: the real binary over the
-//! test's database and data directory, killed when dropped.
+//! `stepwise worker` and `stepwise serve` processes started by a test: the
+//! real binary over the test's database and data directory, killed when
+//! dropped.
 
 use std::time::Duration;
 
@@ -24,19 +25,34 @@ pub async fn database_url(db: &PgPool) -> String {
     )
 }
 
-/// A running `stepwise worker` process. Its log (stderr) is drained all the
-/// time so the process never blocks on a full pipe.
-pub struct WorkerProcess {
+/// A running `stepwise worker` or `stepwise serve` process. Its log (stderr)
+/// is drained all the time so the process never blocks on a full pipe.
+pub struct StepwiseProcess {
     pub child: Child,
+    /// The API's base URL (`serve` only).
+    pub base_url: Option<String>,
 }
 
-impl WorkerProcess {
+impl StepwiseProcess {
     /// Starts a worker process and waits until its pool has started (the
     /// "worker pool started" log line), so it takes part from then on.
-    pub async fn start(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> WorkerProcess {
+    pub async fn start(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
+        Self::spawn(&["worker"], url, data_dir, env).await
+    }
+
+    /// Starts `stepwise serve` (the API and a worker pool) on a free port and
+    /// waits until both are up.
+    pub async fn serve(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
+        let mut process = Self::spawn(&["serve", "--listen", "127.0.0.1:0"], url, data_dir, env).await;
+        assert!(process.base_url.is_some(), "serve logged its address");
+        process.base_url.as_mut().unwrap().insert_str(0, "http://");
+        process
+    }
+
+    async fn spawn(args: &[&str], url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
         command
-            .arg("worker")
+            .args(args)
             .env("STEPWISE_DATABASE_URL", url)
             .env("STEPWISE_DATA_DIR", data_dir)
             .env("RUST_LOG", "stepwise=info")
@@ -50,11 +66,19 @@ impl WorkerProcess {
         let mut child = command.spawn().expect("the stepwise binary starts");
         let stderr = child.stderr.take().unwrap();
         let (started_tx, mut started_rx) = watch::channel(false);
+        let (address_tx, address_rx) = watch::channel(None::<String>);
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 if line.contains("worker pool started") {
                     let _ = started_tx.send(true);
+                }
+                if line.contains("stepwise API listening") {
+                    let address = line
+                        .split("address=")
+                        .nth(1)
+                        .and_then(|rest| rest.split_whitespace().next());
+                    let _ = address_tx.send(address.map(str::to_string));
                 }
                 if std::env::var_os("STEPWISE_TEST_WORKER_LOGS").is_some() {
                     eprintln!("[worker] {line}");
@@ -65,7 +89,9 @@ impl WorkerProcess {
             .await
             .expect("the worker process started its pool in time")
             .expect("the worker process logged its start");
-        WorkerProcess { child }
+        // serve logs its address before it starts its workers.
+        let base_url = address_rx.borrow().clone();
+        StepwiseProcess { child, base_url }
     }
 
     /// SIGKILL: no drain, no report.
