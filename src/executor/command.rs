@@ -76,26 +76,30 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         }
     };
 
+    let mut env: Vec<(String, String)> = ctx
+        .config
+        .worker
+        .pass_through_env
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+        .collect();
+    env.extend(args.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let child_path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
     let mut command = match (&args.command, &args.shell) {
         (Some(argv), _) if !argv.is_empty() => {
-            let mut c = tokio::process::Command::new(&argv[0]);
-            c.args(&argv[1..]);
+            let mut c = tokio::process::Command::new(program_path(&argv[0], child_path));
+            c.arg0(&argv[0]).args(&argv[1..]);
             c
         }
         (_, Some(script)) => {
-            let mut c = tokio::process::Command::new("sh");
-            c.arg("-c").arg(script);
+            let mut c = tokio::process::Command::new(program_path("sh", child_path));
+            c.arg0("sh").arg("-c").arg(script);
             c
         }
         _ => return (StepOutcome::failed(super::INPUT_ERROR, "Command is empty"), None),
     };
     command.env_clear();
-    for name in &ctx.config.worker.pass_through_env {
-        if let Ok(value) = std::env::var(name) {
-            command.env(name, value);
-        }
-    }
-    command.envs(&args.env);
+    command.envs(env);
     command
         .env("STEPWISE_OUTPUTS", &dirs.outputs)
         .env("STEPWISE_ARTIFACTS", &dirs.artifacts)
@@ -176,6 +180,21 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         Ended::Exited(status) => exit_outcome(status, &dirs, ctx.config.worker.max_outputs_bytes).await,
     };
     (outcome, log)
+}
+
+/// The program to spawn: a bare name is looked up on the PATH the child
+/// will have, as `execvp` in the child would. Spawning by path lets the
+/// standard library use `posix_spawn` (a vfork) instead of `fork`, whose
+/// page-table copy grows with this process's memory and cost milliseconds
+/// per step; a bare name with a changed environment always forks. A name
+/// not found stays bare, so the spawn reports the error as before.
+fn program_path(program: &str, child_path: Option<&str>) -> PathBuf {
+    if program.contains('/') {
+        return PathBuf::from(program);
+    }
+    // execvp's search path when PATH is unset.
+    let search = child_path.unwrap_or("/bin:/usr/bin");
+    which::which_in(program, Some(search), "/").unwrap_or_else(|_| PathBuf::from(program))
 }
 
 async fn sleep_or_forever(timeout: Option<Duration>) {
@@ -279,4 +298,37 @@ pub async fn read_log(path: &Path) -> Option<String> {
     }
     file.read_to_end(&mut buf).await.ok()?;
     Some(String::from_utf8_lossy(&buf).into_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::program_path;
+
+    #[test]
+    fn a_bare_name_is_found_on_the_childs_path_not_ours() {
+        let dir = tempfile::tempdir().unwrap();
+        let tool = dir.path().join("stepwise-test-tool");
+        std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+        std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let child_path = format!("/nonexistent:{}", dir.path().display());
+        assert_eq!(program_path("stepwise-test-tool", Some(&child_path)), tool);
+        // Not on our PATH, and not found without the child's.
+        assert_eq!(
+            program_path("stepwise-test-tool", None),
+            std::path::PathBuf::from("stepwise-test-tool")
+        );
+    }
+
+    #[test]
+    fn paths_stay_as_given_and_unset_path_searches_bin() {
+        assert_eq!(
+            program_path("./run.sh", Some("/usr/bin")),
+            std::path::PathBuf::from("./run.sh")
+        );
+        assert_eq!(program_path("/bin/echo", None), std::path::PathBuf::from("/bin/echo"));
+        let sh = program_path("sh", None);
+        assert!(sh.is_absolute() && sh.ends_with("sh"), "{}", sh.display());
+    }
 }
