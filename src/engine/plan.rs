@@ -22,7 +22,7 @@ use crate::{
         expr::{evaluate, ExecutionVar, Resolver},
         Issue,
     },
-    executor::artifacts_path,
+    executor::cache::{expired, missing_artifacts},
     ids::Arns,
     store::{cache, pipelines, steps, StoreError},
 };
@@ -206,14 +206,7 @@ async fn cache_hit_now(
         .and_then(|c| c.expire_after)
         .map(|e| e.earliest_valid(Utc::now()));
     for entry in cache::entries_with_key(conn, pipeline.id, &step.name, &key.key, 20).await? {
-        let fresh = earliest.is_none_or(|e| entry.ended_at.is_some_and(|t| t >= e));
-        let artifacts_ok = entry
-            .properties
-            .as_ref()
-            .and_then(|p| p.get("ArtifactsUri"))
-            .and_then(Value::as_str)
-            .is_none_or(|uri| artifacts_path(uri).exists());
-        if fresh && artifacts_ok {
+        if !expired(&entry, earliest) && missing_artifacts(&entry).is_none() {
             return Ok(Some(arns.execution(&entry.pipeline_name, entry.execution_id)));
         }
     }

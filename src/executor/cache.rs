@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, path::PathBuf};
 
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::{artifacts_path, StepContext, INPUT_ERROR};
@@ -78,11 +78,11 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
     let mut conn = ctx.db.acquire().await?;
     let earliest = config.expire_after.map(|e| e.earliest_valid(Utc::now()));
     let candidates = cache::entries_with_key(&mut conn, step.pipeline_id, &step.step_name, &key.key, 20).await?;
-    let mut expired: Option<&Entry> = None;
+    let mut expired_entry: Option<&Entry> = None;
     let mut artifacts_gone: Option<(&Entry, String)> = None;
     for entry in &candidates {
-        if earliest.is_some_and(|earliest| entry.ended_at.is_some_and(|t| t < earliest)) {
-            expired.get_or_insert(entry);
+        if expired(entry, earliest) {
+            expired_entry.get_or_insert(entry);
             continue;
         }
         if let Some(missing) = missing_artifacts(entry) {
@@ -108,7 +108,7 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
             "the entry from execution {} has lost its artifacts ({path})",
             entry.execution_id
         )
-    } else if let Some(entry) = expired {
+    } else if let Some(entry) = expired_entry {
         format!(
             "the entry from execution {} (ended {}) is older than ExpireAfter",
             entry.execution_id,
@@ -131,8 +131,14 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
     Ok(Decision::Run)
 }
 
+/// Whether an entry ended before `earliest`, the oldest end `ExpireAfter`
+/// allows (none: it never expires).
+pub fn expired(entry: &Entry, earliest: Option<DateTime<Utc>>) -> bool {
+    earliest.is_some_and(|earliest| entry.ended_at.is_some_and(|t| t < earliest))
+}
+
 /// The artifacts directory an entry refers to, when it no longer exists.
-fn missing_artifacts(entry: &Entry) -> Option<String> {
+pub fn missing_artifacts(entry: &Entry) -> Option<String> {
     let uri = entry.properties.as_ref()?.get("ArtifactsUri")?.as_str()?;
     let path = artifacts_path(uri);
     (!path.exists()).then(|| path.display().to_string())

@@ -6,10 +6,7 @@
 pub mod cache;
 pub mod command;
 
-use std::{
-    collections::HashMap,
-    path::{Path, PathBuf},
-};
+use std::path::{Path, PathBuf};
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
@@ -37,7 +34,6 @@ pub const INPUT_ERROR: &str = "Step.INPUT_ERROR";
 pub struct StepContext<'a> {
     pub db: &'a sqlx::PgPool,
     pub step: &'a ClaimedStep,
-    pub upstream: HashMap<String, Value>,
     pub arns: &'a Arns,
     pub config: &'a Config,
 }
@@ -69,11 +65,12 @@ impl Resolver for StepContext<'_> {
     }
 
     fn step_properties(&self, step: &str) -> Option<Value> {
-        self.upstream.get(step).cloned()
+        self.step.upstream.get(step).cloned()
     }
 
     fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String> {
         let properties = self
+            .step
             .upstream
             .get(step)
             .ok_or_else(|| format!("step {step:?} has no properties in this execution"))?;

@@ -86,9 +86,14 @@ pub struct NewStepRun {
     pub branch_if: Option<bool>,
 }
 
+/// One field of every row, as an array to bind and `unnest`.
+fn column<R, T>(rows: &[R], f: impl Fn(&R) -> T) -> Vec<T> {
+    rows.iter().map(f).collect()
+}
+
 /// One column of the reused steps; null rather than empty when there are none.
 fn reused<T>(steps: &[ReusedStep], f: impl Fn(&ReusedStep) -> T) -> Option<Vec<T>> {
-    (!steps.is_empty()).then(|| steps.iter().map(f).collect())
+    (!steps.is_empty()).then(|| column(steps, f))
 }
 
 /// Inserts the execution row (status Executing).
@@ -128,9 +133,6 @@ pub async fn insert_step_runs(
     pipeline_id: Uuid,
     steps: &[NewStepRun],
 ) -> StoreResult<()> {
-    fn column<T>(steps: &[NewStepRun], f: impl Fn(&NewStepRun) -> T) -> Vec<T> {
-        steps.iter().map(f).collect()
-    }
     sqlx::query(
         "insert into step_runs (id, execution_id, pipeline_id, step_name, step_type, position, status, skip_reason, \
            arguments, retry_policies, cache_config, dependencies, dependents, remaining_deps, branch_of, branch_if, \

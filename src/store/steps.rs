@@ -98,14 +98,6 @@ pub async fn lock_with_execution(conn: &mut PgConnection, id: Uuid) -> StoreResu
     .await?)
 }
 
-pub async fn get_in(conn: &mut PgConnection, id: Uuid) -> StoreResult<StepRunRow> {
-    sqlx::query_as::<_, StepRunRow>(&format!("select {STEP_COLUMNS} from step_runs s where s.id = $1"))
-        .bind(id)
-        .fetch_optional(conn)
-        .await?
-        .ok_or_else(|| StoreError::NotFound(format!("step run {id} does not exist")))
-}
-
 pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> StoreResult<Option<StepRunRow>> {
     Ok(sqlx::query_as::<_, StepRunRow>(&format!(
         "select {STEP_COLUMNS} from step_runs s where s.callback_token = $1"
@@ -474,14 +466,9 @@ async fn claim_with<'c>(
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
-           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from ( \
-              select d.step_name, d.properties from step_runs d \
-              where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
-                and d.properties is not null \
-              union all \
-              select r.name, coalesce(o.properties, '{}'::jsonb) \
-              from unnest(e.reused_step_names, e.reused_step_runs) r(name, run) \
-              join step_runs o on o.id = r.run where r.name = any(c.dependencies)) d) as upstream \
+           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from execution_steps d \
+             where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
+               and d.properties is not null) as upstream \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
     .bind(limit)

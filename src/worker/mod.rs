@@ -322,11 +322,6 @@ impl WorkerPool {
         let ctx = StepContext {
             db: &inner.db,
             step,
-            upstream: step
-                .upstream
-                .as_object()
-                .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                .unwrap_or_default(),
             arns: &inner.arns,
             config: &inner.config,
         };
