@@ -173,13 +173,14 @@ async fn logs(
         )));
     }
     let stored = store::steps::attempt_log(&state.db, row.id, attempt).await?;
-    let text = match stored {
-        Some(Some(text)) => text,
+    let bytes = match stored {
+        Some(Some(bytes)) => bytes,
         // Still running, or ended without a log: read the local file if any.
         _ => {
             let dirs = AttemptDirs::new(&state.config.data_dir, execution.id, &step, attempt);
             read_log(&dirs.log).await.unwrap_or_default()
         }
     };
-    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], text).into_response())
+    // The bytes as the process wrote them (NULs and invalid UTF-8 included).
+    Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
 }

@@ -71,7 +71,7 @@ pub async fn complete_attempt(
     id: Uuid,
     attempt: i32,
     outcome: StepOutcome,
-    log: Option<&str>,
+    log: Option<&[u8]>,
 ) -> StoreResult<Applied> {
     Ok(complete(pool, id, attempt, outcome, log, None, true).await?.0)
 }
@@ -93,7 +93,7 @@ pub async fn complete_and_claim(
     id: Uuid,
     attempt: i32,
     outcome: StepOutcome,
-    log: Option<&str>,
+    log: Option<&[u8]>,
     next: NextClaim,
     leaf: bool,
 ) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {
@@ -105,7 +105,7 @@ async fn complete(
     id: Uuid,
     attempt: i32,
     outcome: StepOutcome,
-    log: Option<&str>,
+    log: Option<&[u8]>,
     next: Option<NextClaim>,
     may_be_leaf: bool,
 ) -> StoreResult<(Applied, Option<steps::ClaimedStep>)> {

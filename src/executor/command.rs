@@ -59,7 +59,7 @@ enum Ended {
     Stopped,
 }
 
-pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationToken) -> (StepOutcome, Option<String>) {
+pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationToken) -> (StepOutcome, Option<Vec<u8>>) {
     let step = ctx.step;
     let dirs = AttemptDirs::new(&ctx.config.data_dir, step.execution_id, &step.step_name, step.attempt);
     for dir in [&dirs.work, &dirs.artifacts] {
@@ -287,8 +287,9 @@ async fn read_outputs(path: &Path, max_bytes: u64) -> Result<Value, String> {
     }
 }
 
-/// The captured log, keeping the last `MAX_LOG_BYTES`.
-pub async fn read_log(path: &Path) -> Option<String> {
+/// The captured log as the bytes the process wrote, keeping the last
+/// `MAX_LOG_BYTES`.
+pub async fn read_log(path: &Path) -> Option<Vec<u8>> {
     let mut file = tokio::fs::File::open(path).await.ok()?;
     let len = file.metadata().await.ok()?.len();
     let mut buf = Vec::new();
@@ -297,7 +298,7 @@ pub async fn read_log(path: &Path) -> Option<String> {
         file.seek(std::io::SeekFrom::Start(len - MAX_LOG_BYTES)).await.ok()?;
     }
     file.read_to_end(&mut buf).await.ok()?;
-    Some(String::from_utf8_lossy(&buf).into_owned())
+    Some(buf)
 }
 
 #[cfg(test)]

@@ -101,7 +101,7 @@ pub fn artifacts_uri(dir: &Path) -> String {
 pub enum Run {
     Done {
         outcome: StepOutcome,
-        log: Option<String>,
+        log: Option<Vec<u8>>,
     },
     /// A Callback step now waits for its token.
     WaitForCallback {

@@ -130,7 +130,7 @@ pub struct Success<'a> {
     pub properties: &'a Value,
     pub metadata: &'a Value,
     pub exit_code: Option<i32>,
-    pub log: Option<&'a str>,
+    pub log: Option<&'a [u8]>,
 }
 
 /// The step, its attempt, its event and the notification in one statement,
@@ -568,9 +568,9 @@ pub async fn attempts(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Vec<Attem
 }
 
 /// The captured log of an attempt, if it has ended.
-pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<String>>> {
+pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<Vec<u8>>>> {
     Ok(
-        sqlx::query_scalar::<_, Option<String>>(
+        sqlx::query_scalar::<_, Option<Vec<u8>>>(
             "select log from step_attempts where step_run_id = $1 and attempt = $2",
         )
         .bind(step_run_id)
@@ -585,7 +585,7 @@ pub struct AttemptEnd<'a> {
     pub error_type: Option<&'a str>,
     pub failure_reason: Option<&'a str>,
     pub exit_code: Option<i32>,
-    pub log: Option<&'a str>,
+    pub log: Option<&'a [u8]>,
 }
 
 pub async fn end_attempt(conn: &mut PgConnection, id: Uuid, attempt: i32, end: &AttemptEnd<'_>) -> StoreResult<()> {

@@ -249,7 +249,7 @@ impl WorkerPool {
         &self,
         step: &ClaimedStep,
         outcome: StepOutcome,
-        log: Option<&str>,
+        log: Option<&[u8]>,
         take_next: bool,
     ) -> anyhow::Result<Option<ClaimedStep>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
