@@ -194,9 +194,12 @@ pub struct ExecutionState {
 
 /// The execution row, locked for the rest of the transaction. Every
 /// transition of an execution takes this lock first, which serialises the
-/// scheduling decisions of one execution across workers.
+/// scheduling decisions of one execution across workers. `for no key
+/// update`, not `for update`: inserting an event or an attempt checks its
+/// foreign key with a key-share lock on this row, which must not wait for
+/// (and so deadlock with) a transition holding it.
 pub async fn lock(conn: &mut PgConnection, id: Uuid) -> StoreResult<ExecutionRow> {
-    sqlx::query("select 1 from executions where id = $1 for update")
+    sqlx::query("select 1 from executions where id = $1 for no key update")
         .bind(id)
         .execute(&mut *conn)
         .await?;

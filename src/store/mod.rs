@@ -6,6 +6,7 @@ pub mod cache;
 pub mod executions;
 pub mod pipelines;
 pub mod steps;
+pub mod transitions;
 
 use std::time::Duration;
 
@@ -29,6 +30,20 @@ pub type StoreResult<T> = Result<T, StoreError>;
 /// Whether `e` is a unique-constraint violation (SQLSTATE 23505).
 pub fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("23505"))
+}
+
+/// Whether `e` is a deadlock (40P01) or serialization failure (40001) that
+/// PostgreSQL resolved by aborting this transaction: running the whole
+/// transaction again is the remedy.
+pub fn is_retryable_conflict(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(db) if matches!(db.code().as_deref(), Some("40P01" | "40001")))
+}
+
+/// Whether `e` may pass by itself: the database unreachable for now, or a
+/// conflict that aborted the transaction. Anything else (a value the
+/// database refuses, a constraint) fails the same way when tried again.
+pub fn is_transient(e: &sqlx::Error) -> bool {
+    is_unavailable(e) || is_retryable_conflict(e)
 }
 
 /// Whether `e` means the database cannot be reached right now (connection

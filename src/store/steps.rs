@@ -47,7 +47,8 @@ pub struct StepRunRow {
     pub artifacts_dir: Option<String>,
 }
 
-const STEP_COLUMNS: &str = "s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.position, s.status, \
+pub(super) const STEP_COLUMNS: &str =
+    "s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.position, s.status, \
     s.skip_reason, s.arguments, s.retry_policies, s.cache_config, s.dependencies, s.dependents, s.branch_of, \
     s.branch_if, s.attempt, s.lease_owner, s.callback_token, s.callback_deadline, s.failure_reason, s.error_type, \
     s.properties, s.metadata, s.first_started_at, s.started_at, s.ended_at, s.cache_key, s.cache_components, \
@@ -76,98 +77,12 @@ pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> Store
     .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
 }
 
-/// A step run with the state of its execution, whose row is locked.
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct LockedStep {
-    pub execution_status: String,
-    pub execution_max_parallel_steps: Option<i32>,
-    #[sqlx(flatten)]
-    pub step: StepRunRow,
-}
-
-/// Reads a step run and locks its execution in one statement: every
-/// transition of an execution takes this lock first (see
-/// `executions::lock`). `None` when the step run does not exist.
-pub async fn lock_with_execution(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<LockedStep>> {
-    Ok(sqlx::query_as::<_, LockedStep>(&format!(
-        "select e.status as execution_status, e.max_parallel_steps as execution_max_parallel_steps, {STEP_COLUMNS} \
-         from step_runs s join executions e on e.id = s.execution_id where s.id = $1 for update of e"
-    ))
-    .bind(id)
-    .fetch_optional(conn)
-    .await?)
-}
-
 pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> StoreResult<Option<StepRunRow>> {
     Ok(sqlx::query_as::<_, StepRunRow>(&format!(
         "select {STEP_COLUMNS} from step_runs s where s.callback_token = $1"
     ))
     .bind(token)
     .fetch_optional(conn)
-    .await?)
-}
-
-/// Records the success of a leaf step (no dependents, not a Condition) of an
-/// execution without a `max_parallel_steps` bound, fenced by attempt, in one
-/// statement and without the execution lock: such a success schedules
-/// nothing, so steps of a wide execution complete side by side instead of
-/// queueing on its row. Returns the execution when it applied; `None` sends
-/// the caller down the locked path (a stale attempt, or a step whose
-/// success schedules something).
-pub async fn succeed_leaf(pool: &PgPool, success: &Success<'_>) -> StoreResult<Option<Uuid>> {
-    record_success(pool, success, true).await
-}
-
-/// Records a success under the execution lock the caller holds (any step).
-pub async fn succeed(conn: &mut PgConnection, success: &Success<'_>) -> StoreResult<()> {
-    record_success(conn, success, false).await.map(|_| ())
-}
-
-/// What a successful attempt reports.
-pub struct Success<'a> {
-    pub id: Uuid,
-    pub attempt: i32,
-    pub properties: &'a Value,
-    pub metadata: &'a Value,
-    pub exit_code: Option<i32>,
-    pub log: Option<&'a [u8]>,
-}
-
-/// The step, its attempt, its event and the notification in one statement,
-/// fenced by attempt; with `leaf_only`, only for a step whose success
-/// schedules nothing (see `succeed_leaf`).
-async fn record_success<'c>(
-    executor: impl sqlx::PgExecutor<'c>,
-    success: &Success<'_>,
-    leaf_only: bool,
-) -> StoreResult<Option<Uuid>> {
-    Ok(sqlx::query_scalar(
-        "with done as ( \
-           update step_runs s set status = 'Succeeded', properties = $2, metadata = s.metadata || $3, \
-             ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
-             failure_reason = null, error_type = null, \
-             cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false) \
-           where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
-             and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
-               and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
-           returning s.execution_id, s.step_name), \
-         attempt_end as ( \
-           update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
-             ended_at = now() where step_run_id = $1 and attempt = $4 and exists (select 1 from done)), \
-         event as ( \
-           insert into execution_events (execution_id, step_name, status) \
-           select execution_id, step_name, 'Succeeded' from done) \
-         select d.execution_id from done d, \
-           lateral (select pg_notify('stepwise_execution', d.execution_id::text)) n",
-    )
-    .bind(success.id)
-    .bind(success.properties)
-    .bind(success.metadata)
-    .bind(success.attempt)
-    .bind(success.exit_code)
-    .bind(success.log)
-    .bind(leaf_only)
-    .fetch_optional(executor)
     .await?)
 }
 
@@ -325,45 +240,6 @@ pub async fn any_failed(conn: &mut PgConnection, execution_id: Uuid) -> StoreRes
     .await?)
 }
 
-pub async fn set_execution_status(
-    conn: &mut PgConnection,
-    execution_id: Uuid,
-    status: &str,
-    terminal: bool,
-) -> StoreResult<()> {
-    sqlx::query("update executions set status = $2, ended_at = case when $3 then now() else null end where id = $1")
-        .bind(execution_id)
-        .bind(status)
-        .bind(terminal)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query("insert into execution_events (execution_id, status) values ($1, $2)")
-        .bind(execution_id)
-        .bind(status)
-        .execute(&mut *conn)
-        .await?;
-    Ok(())
-}
-
-/// Records the execution's failure reason unless an earlier failure did.
-pub async fn set_failure_reason(
-    conn: &mut PgConnection,
-    execution_id: Uuid,
-    reason: &str,
-    by_fail_step: bool,
-) -> StoreResult<()> {
-    sqlx::query(
-        "update executions set failure_reason = coalesce(failure_reason, $2), \
-         failed_by_fail_step = failed_by_fail_step or $3 where id = $1",
-    )
-    .bind(execution_id)
-    .bind(reason)
-    .bind(by_fail_step)
-    .execute(conn)
-    .await?;
-    Ok(())
-}
-
 /// Wakes listeners: workers when steps were queued, and followers of the
 /// execution (events, long polls). Delivered when the transaction commits.
 pub async fn notify(conn: &mut PgConnection, execution_id: Uuid, work_queued: bool) -> StoreResult<()> {
@@ -375,6 +251,16 @@ pub async fn notify(conn: &mut PgConnection, execution_id: Uuid, work_queued: bo
     .bind(work_queued)
     .execute(conn)
     .await?;
+    Ok(())
+}
+
+/// Tells every process's workers to end the running steps of a stopped
+/// execution. Delivered when the transaction commits.
+pub async fn notify_stop(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<()> {
+    sqlx::query("select pg_notify('stepwise_stop', $1::text)")
+        .bind(execution_id)
+        .execute(conn)
+        .await?;
     Ok(())
 }
 
@@ -479,24 +365,12 @@ async fn claim_with<'c>(
     .await?)
 }
 
-/// Renews the leases of this worker's steps. Returns `(id, attempt, status)`
-/// of those still held; a step missing from the answer was lost.
-pub async fn heartbeat(
-    pool: &PgPool,
-    worker_id: Uuid,
-    running: &[Uuid],
-    lease_seconds: f64,
-) -> StoreResult<Vec<(Uuid, i32, String)>> {
-    Ok(sqlx::query_as::<_, (Uuid, i32, String)>(
-        "update step_runs set lease_expires_at = now() + make_interval(secs => $3) \
-         where id = any($2) and lease_owner = $1 and status in ('Executing', 'Stopping') \
-           and lease_expires_at is not null \
-         returning id, attempt, status",
+/// Seconds until the next queued step becomes due (negative: overdue).
+pub async fn next_available_in(pool: &PgPool) -> StoreResult<Option<f64>> {
+    Ok(sqlx::query_scalar(
+        "select extract(epoch from min(available_at) - now())::float8 from step_runs where status = 'Starting'",
     )
-    .bind(worker_id)
-    .bind(running)
-    .bind(lease_seconds)
-    .fetch_all(pool)
+    .fetch_one(pool)
     .await?)
 }
 
@@ -520,29 +394,6 @@ pub async fn expired_callbacks(pool: &PgPool, limit: i64) -> StoreResult<Vec<(Uu
     .bind(limit)
     .fetch_all(pool)
     .await?)
-}
-
-/// Gives back steps claimed by a worker that is shutting down, so another
-/// worker can take them at once instead of waiting for the lease to expire.
-pub async fn release(conn: &mut PgConnection, id: Uuid, attempt: i32) -> StoreResult<bool> {
-    let released = sqlx::query(
-        "update step_runs set status = 'Starting', available_at = now(), lease_owner = null, \
-         lease_expires_at = null, attempt = attempt - 1 where id = $1 and attempt = $2 and status = 'Executing'",
-    )
-    .bind(id)
-    .bind(attempt)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected()
-        == 1;
-    if released {
-        sqlx::query("delete from step_attempts where step_run_id = $1 and attempt = $2")
-            .bind(id)
-            .bind(attempt)
-            .execute(conn)
-            .await?;
-    }
-    Ok(released)
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -569,38 +420,11 @@ pub async fn attempts(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Vec<Attem
 
 /// The captured log of an attempt, if it has ended.
 pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<Vec<u8>>>> {
-    Ok(
-        sqlx::query_scalar::<_, Option<Vec<u8>>>(
-            "select log from step_attempts where step_run_id = $1 and attempt = $2",
-        )
-        .bind(step_run_id)
-        .bind(attempt)
-        .fetch_optional(pool)
-        .await?,
+    Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(
+        "select log from step_attempts where step_run_id = $1 and attempt = $2",
     )
-}
-
-pub struct AttemptEnd<'a> {
-    pub status: &'a str,
-    pub error_type: Option<&'a str>,
-    pub failure_reason: Option<&'a str>,
-    pub exit_code: Option<i32>,
-    pub log: Option<&'a [u8]>,
-}
-
-pub async fn end_attempt(conn: &mut PgConnection, id: Uuid, attempt: i32, end: &AttemptEnd<'_>) -> StoreResult<()> {
-    sqlx::query(
-        "update step_attempts set status = $3, error_type = $4, failure_reason = $5, exit_code = $6, \
-         log = coalesce($7, log), ended_at = now() where step_run_id = $1 and attempt = $2",
-    )
-    .bind(id)
+    .bind(step_run_id)
     .bind(attempt)
-    .bind(end.status)
-    .bind(end.error_type)
-    .bind(end.failure_reason)
-    .bind(end.exit_code)
-    .bind(end.log)
-    .execute(conn)
-    .await?;
-    Ok(())
+    .fetch_optional(pool)
+    .await?)
 }

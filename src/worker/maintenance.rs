@@ -1,6 +1,8 @@
 //! Periodic work every process does: rescue steps whose worker was lost
-//! (expired lease) and time out Callback steps. Concurrent runs in several
-//! processes are safe because every completion is fenced by attempt.
+//! (expired lease), time out Callback steps, and end executions whose steps
+//! have all ended but whose finish check was lost. Concurrent runs in
+//! several processes are safe because every completion is fenced by attempt
+//! and every finish is checked again under the execution's lock.
 
 use std::time::Duration;
 
@@ -16,6 +18,11 @@ pub async fn run(db: PgPool, every: Duration, shutdown: CancellationToken) {
         }
         if let Err(e) = engine::expire_callbacks(&db).await {
             tracing::warn!(error = %e, "expiring callbacks failed");
+        }
+        match engine::repair_open_executions(&db).await {
+            Ok(0) => {}
+            Ok(repaired) => tracing::warn!(repaired, "ended executions left open by a lost finish check"),
+            Err(e) => tracing::warn!(error = %e, "repairing open executions failed"),
         }
         tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -25,13 +25,16 @@ use crate::{
     executor::{self, Run, StepContext},
     ids::Arns,
     notify::{self, Notifier},
-    store::steps::{self, ClaimedStep},
+    store::{
+        self,
+        steps::{self, ClaimedStep},
+        transitions, StoreError,
+    },
 };
 
 /// A step this process is running.
 struct Running {
     execution_id: Uuid,
-    attempt: i32,
     /// Fires to end the step's process: stop requested or lease lost.
     stop: CancellationToken,
 }
@@ -47,7 +50,9 @@ struct Inner {
     arns: Arns,
     notifier: Notifier,
     worker_id: Uuid,
-    running: Mutex<HashMap<Uuid, Running>>,
+    /// Keyed by step run and attempt: this process may hold a new attempt
+    /// of a step whose old attempt (rescued from it) is still ending here.
+    running: Mutex<HashMap<(Uuid, i32), Running>>,
     /// Cancelled at the end of the shutdown grace period: running steps are
     /// ended and released rather than reported.
     abandon: CancellationToken,
@@ -102,6 +107,13 @@ impl WorkerPool {
                 )
                 .await
                 {
+                    Ok(claimed) if shutdown.is_cancelled() => {
+                        // The signal came while the claim was in flight: nothing starts after it.
+                        for step in &claimed {
+                            self.release(step, None).await;
+                        }
+                        break;
+                    }
                     Ok(claimed) => {
                         claimed_all = claimed.len() == free;
                         claimed_none = claimed.is_empty();
@@ -116,7 +128,13 @@ impl WorkerPool {
                                 // chains run without a round trip through the loop.
                                 let mut next = Some(step);
                                 while let Some(step) = next.take() {
-                                    next = pool.execute(step, !shutdown.is_cancelled()).await;
+                                    next = pool.execute(step, &shutdown).await;
+                                    if let Some(step) = next.as_ref().filter(|_| shutdown.is_cancelled()) {
+                                        // Claimed with a report just as the signal came:
+                                        // handed back, never started.
+                                        pool.release(step, None).await;
+                                        next = None;
+                                    }
                                 }
                                 drop(permit);
                                 wake.notify_one();
@@ -151,12 +169,7 @@ impl WorkerPool {
     /// How long to sleep when there is nothing to claim: until the next
     /// delayed retry becomes due, at most the poll interval.
     async fn next_wake(&self, poll: Duration) -> Duration {
-        let next: Option<f64> = sqlx::query_scalar(
-            "select extract(epoch from min(available_at) - now())::float8 from step_runs where status = 'Starting'",
-        )
-        .fetch_one(&self.inner.db)
-        .await
-        .unwrap_or(None);
+        let next = steps::next_available_in(&self.inner.db).await.unwrap_or(None);
         match next {
             Some(secs) if secs <= 0.0 => Duration::from_millis(5),
             Some(secs) => Duration::from_secs_f64(secs).min(poll),
@@ -207,31 +220,29 @@ impl WorkerPool {
             // Only the attempts running now are renewed and judged: a step
             // claimed while the query is in flight is not mistaken for lost,
             // and a step whose report failed is not kept alive by its lease.
-            let snapshot: Vec<(Uuid, i32)> = self
-                .inner
-                .running
-                .lock()
-                .unwrap()
-                .iter()
-                .map(|(id, r)| (*id, r.attempt))
-                .collect();
+            let snapshot: Vec<(Uuid, i32)> = self.inner.running.lock().unwrap().keys().copied().collect();
             if snapshot.is_empty() {
                 continue;
             }
-            let ids: Vec<Uuid> = snapshot.iter().map(|(id, _)| *id).collect();
-            match steps::heartbeat(&self.inner.db, self.inner.worker_id, &ids, lease).await {
-                Ok(held) => {
-                    let held: HashMap<Uuid, (i32, String)> = held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
+            let mut ids: Vec<Uuid> = snapshot.iter().map(|(id, _)| *id).collect();
+            ids.sort_unstable();
+            ids.dedup();
+            match transitions::heartbeat(&self.inner.db, self.inner.worker_id, &ids, lease).await {
+                Ok(beat) => {
+                    let held: HashMap<Uuid, (i32, String)> =
+                        beat.held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
                     let running = self.inner.running.lock().unwrap();
-                    for (id, attempt) in &snapshot {
-                        let Some(running) = running.get(id).filter(|r| r.attempt == *attempt) else {
+                    for key in &snapshot {
+                        let Some(running) = running.get(key) else {
                             continue;
                         };
-                        match held.get(id) {
-                            Some((attempt, status)) if *attempt == running.attempt && status == "Executing" => {}
-                            Some((attempt, _)) if *attempt == running.attempt => running.stop.cancel(),
+                        match held.get(&key.0) {
+                            Some((attempt, status)) if *attempt == key.1 && status == "Executing" => {}
+                            Some((attempt, _)) if *attempt == key.1 => running.stop.cancel(),
+                            // Locked by a transition right now: judged next time.
+                            None if beat.busy.contains(&key.0) => {}
                             _ => {
-                                tracing::warn!(step_run.id = %id, "lease lost; ending the step");
+                                tracing::warn!(step_run.id = %key.0, attempt = key.1, "lease lost; ending the step");
                                 running.stop.cancel();
                             }
                         }
@@ -242,15 +253,19 @@ impl WorkerPool {
         }
     }
 
-    /// Reports an attempt, retrying while the database is unreachable: the
+    /// Reports an attempt, retrying while the failure is transient (the
+    /// database unreachable, a conflict that aborted the transaction): the
     /// step stays in the running set meanwhile, so its lease is renewed once
-    /// the database is back and its result is not lost to a blip.
+    /// the database is back and its result is not lost to a blip. A success
+    /// the database refuses to store is not a blip: the step fails at once,
+    /// naming the problem. A step made runnable is claimed with the report
+    /// unless shutdown has begun.
     async fn report(
         &self,
         step: &ClaimedStep,
-        outcome: StepOutcome,
+        mut outcome: StepOutcome,
         log: Option<&[u8]>,
-        take_next: bool,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<ClaimedStep>> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
         let mut delay = Duration::from_millis(200);
@@ -259,50 +274,70 @@ impl WorkerPool {
             lease_seconds: self.inner.config.worker.lease_seconds as f64,
         };
         loop {
-            let reported = if take_next {
-                engine::complete_and_claim(
-                    &self.inner.db,
-                    step.id,
-                    step.attempt,
-                    outcome.clone(),
-                    log,
-                    next,
-                    step.leaf,
-                )
-                .await
-            } else {
-                engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome.clone(), log)
+            let db = &self.inner.db;
+            let reported = if shutdown.is_cancelled() {
+                engine::complete_attempt(db, step.id, step.attempt, outcome.clone(), log)
                     .await
                     .map(|applied| (applied, None))
+            } else {
+                engine::complete_and_claim(db, step.id, step.attempt, outcome.clone(), log, next, step.leaf).await
             };
             match reported {
                 Ok((_, claimed)) => return Ok(claimed),
-                Err(crate::store::StoreError::Database(e)) if tokio::time::Instant::now() + delay < deadline => {
+                Err(StoreError::Database(e))
+                    if store::is_transient(&e) && tokio::time::Instant::now() + delay < deadline =>
+                {
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "reporting a step failed; retrying");
                     tokio::time::sleep(delay).await;
                     delay = (delay * 2).min(Duration::from_secs(5));
+                }
+                Err(StoreError::Database(e))
+                    if !store::is_transient(&e) && matches!(outcome, StepOutcome::Succeeded { .. }) =>
+                {
+                    tracing::warn!(error = %e, "the database refused a step's result; failing the step");
+                    outcome = StepOutcome::failed(
+                        "Command.FAILED",
+                        format!("the step's outputs could not be stored: {}", store_message(&e)),
+                    );
                 }
                 Err(e) => return Err(e.into()),
             }
         }
     }
 
-    /// Runs one claimed attempt and reports it. With `take_next`, returns a
-    /// step that reporting made runnable, claimed for this worker.
-    async fn execute(&self, step: ClaimedStep, take_next: bool) -> Option<ClaimedStep> {
+    /// Hands a claimed attempt back at shutdown (recorded as interrupted).
+    async fn release(&self, step: &ClaimedStep, log: Option<&[u8]>) {
+        let released = async {
+            let mut conn = self.inner.db.acquire().await?;
+            transitions::release(&mut conn, step.id, step.attempt, self.inner.worker_id, log).await
+        };
+        match released.await {
+            Ok(true) => {
+                tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt, "released at shutdown")
+            }
+            Ok(false) => {}
+            Err(e) => {
+                tracing::warn!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "releasing a step failed; its lease will expire and it will be rescued")
+            }
+        }
+    }
+
+    /// Runs one claimed attempt and reports it. Returns a step that
+    /// reporting made runnable, claimed for this worker (not after shutdown).
+    async fn execute(&self, step: ClaimedStep, shutdown: &CancellationToken) -> Option<ClaimedStep> {
         let inner = &self.inner;
         let stop = CancellationToken::new();
+        let key = (step.id, step.attempt);
         inner.running.lock().unwrap().insert(
-            step.id,
+            key,
             Running {
                 execution_id: step.execution_id,
-                attempt: step.attempt,
                 stop: stop.clone(),
             },
         );
         let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
-        let result = self.run_claimed(&step, stop, take_next).instrument(span).await;
-        inner.running.lock().unwrap().remove(&step.id);
+        let result = self.run_claimed(&step, stop, shutdown).instrument(span).await;
+        inner.running.lock().unwrap().remove(&key);
         match result {
             Ok(next) => next,
             Err(e) => {
@@ -316,7 +351,7 @@ impl WorkerPool {
         &self,
         step: &ClaimedStep,
         stop: CancellationToken,
-        take_next: bool,
+        shutdown: &CancellationToken,
     ) -> anyhow::Result<Option<ClaimedStep>> {
         let inner = &self.inner;
         let ctx = StepContext {
@@ -329,16 +364,10 @@ impl WorkerPool {
             Run::Done { outcome, log } => {
                 if inner.abandon.is_cancelled() && !matches!(outcome, StepOutcome::Succeeded { .. }) {
                     // Shutdown ended it: hand it to another worker instead of failing it.
-                    let mut conn = inner.db.acquire().await?;
-                    if steps::release(&mut conn, step.id, step.attempt).await? {
-                        sqlx::query("select pg_notify('stepwise_work', '')")
-                            .execute(&mut *conn)
-                            .await?;
-                        tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, "released at shutdown");
-                    }
+                    self.release(step, log.as_deref()).await;
                     return Ok(None);
                 }
-                return self.report(step, outcome, log.as_deref(), take_next).await;
+                return self.report(step, outcome, log.as_deref(), shutdown).await;
             }
             Run::WaitForCallback {
                 token,
@@ -377,5 +406,13 @@ impl WorkerPool {
             engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await?;
         }
         Ok(())
+    }
+}
+
+/// What PostgreSQL said, without the driver's wrapping.
+fn store_message(e: &sqlx::Error) -> String {
+    match e {
+        sqlx::Error::Database(db) => db.message().to_string(),
+        other => other.to_string(),
     }
 }

@@ -6,6 +6,7 @@ mod cache;
 mod callbacks;
 mod errors;
 mod executions;
+mod fences;
 mod hardening;
 mod helpers;
 mod openapi;

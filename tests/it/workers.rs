@@ -154,23 +154,35 @@ async fn shutdown_lets_running_steps_finish(db: PgPool) {
 
 #[sqlx::test]
 async fn shutdown_releases_steps_that_outlive_the_grace_period(db: PgPool) {
-    let app = TestApp::spawn_with(db, |c| {
+    // One data directory for both processes, as on a shared volume.
+    let data = tempfile::tempdir().unwrap();
+    let data_dir = data.path().to_path_buf();
+    let app = TestApp::spawn_with(db.clone(), |c| {
+        c.data_dir = data_dir.clone();
         c.worker.shutdown_grace_seconds = 0;
         c.worker.kill_grace_seconds = 1;
     })
     .await;
     let dir = tempfile::tempdir().unwrap();
-    let marker = dir.path().join("running");
+    // The first attempt leaves a partial artifact and a stale outputs file,
+    // then is interrupted; the next must see neither.
+    let script = format!(
+        "echo \"attempt $STEPWISE_ATTEMPT\"; ls \"$STEPWISE_ARTIFACTS\" > {d}/seen-$STEPWISE_ATTEMPT; \
+         if [ \"$STEPWISE_ATTEMPT\" = 1 ]; then touch \"$STEPWISE_ARTIFACTS/partial\"; \
+           echo '{{\"by\": 1}}' > \"$STEPWISE_OUTPUTS\"; touch {d}/running; sleep 60; fi; \
+         echo \"{{\\\"by\\\": $STEPWISE_ATTEMPT}}\" > \"$STEPWISE_OUTPUTS\"",
+        d = dir.path().display()
+    );
     let definition = definition_with(
         json!([]),
-        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 60", marker.display())}}]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": script}}]),
     );
     app.create_pipeline("release", definition).await;
     let id = app.start("release", json!({})).await;
+    let marker = dir.path().join("running");
     wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
         .await
         .expect("the step started");
-    let db = app.db.clone();
     app.stop().await;
     let (status, attempt): (String, i32) =
         sqlx::query_as("select status, attempt from step_runs where execution_id = $1::uuid")
@@ -179,7 +191,53 @@ async fn shutdown_releases_steps_that_outlive_the_grace_period(db: PgPool) {
             .await
             .unwrap();
     assert_eq!(status, "Starting", "released for another worker");
-    assert_eq!(attempt, 0, "a released attempt does not count");
+    assert_eq!(attempt, 1, "the interrupted attempt keeps its number");
+    let (attempt_status, error_type, reason): (String, String, String) = sqlx::query_as(
+        "select a.status, a.error_type, a.failure_reason from step_attempts a \
+                        join step_runs s on s.id = a.step_run_id where s.execution_id = $1::uuid and a.attempt = 1",
+    )
+    .bind(&id)
+    .fetch_one(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        (attempt_status.as_str(), error_type.as_str()),
+        ("Failed", "Step.SERVICE_FAULT")
+    );
+    assert!(reason.contains("interrupted by shutdown"), "{reason}");
+
+    // Another process takes it as attempt 2, in directories of its own.
+    let app = TestApp::spawn_with(db, |c| c.data_dir = data_dir).await;
+    let body = app.wait_terminal(&id).await;
+    assert_eq!(body["status"], "Succeeded", "{body}");
+    let step = app.step(&id, "Long").await;
+    assert_eq!(step["attempt_count"], 2);
+    assert_eq!(
+        step["properties"]["Outputs"]["by"], 2,
+        "not the interrupted attempt's outputs"
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("seen-2")).unwrap(),
+        "",
+        "no partial artifacts"
+    );
+    let attempts: Vec<&str> = step["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["status"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        attempts,
+        vec!["Failed", "Succeeded"],
+        "the interrupted attempt stays in the history"
+    );
+    let first_log = app.get(&format!("/v1/executions/{id}/steps/Long/logs?attempt=1")).await;
+    assert_eq!(
+        first_log.text.trim(),
+        "attempt 1",
+        "the interrupted attempt keeps its own log"
+    );
 }
 
 #[sqlx::test]

@@ -1,0 +1,139 @@
+//! Transitions asked for from outside the workers: stop and retry of an
+//! execution (SPEC 3.4), and the two halves of a Callback step (the wait
+//! begins; a client reports its result by token).
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use super::{complete_attempt, finish_if_done, retrying, Applied, StepOutcome};
+use crate::store::{
+    executions::{self, ExecutionRow},
+    steps, transitions, StoreError, StoreResult,
+};
+
+/// Stops a running execution (SPEC 3.4). Unstarted steps are skipped,
+/// waiting callbacks cancelled, running processes signalled by their workers.
+pub async fn stop_execution(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRow> {
+    retrying(|| stop_once(pool, execution_id)).await
+}
+
+async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRow> {
+    let mut tx = pool.begin().await?;
+    let execution = executions::lock(&mut tx, execution_id).await?;
+    if execution.is_terminal() {
+        return Err(StoreError::Conflict(format!(
+            "execution {execution_id} has already ended ({}); only a running execution can be stopped",
+            execution.status
+        )));
+    }
+    if execution.status == "Executing" {
+        transitions::set_execution_status(&mut tx, execution_id, "Stopping", false).await?;
+        steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
+        transitions::stop_running_steps(&mut tx, execution_id).await?;
+    }
+    let execution = executions::get(&mut tx, execution_id).await?;
+    finish_if_done(&mut tx, &execution).await?;
+    steps::notify_stop(&mut tx, execution_id).await?;
+    let execution = executions::get(&mut tx, execution_id).await?;
+    tx.commit().await?;
+    Ok(execution)
+}
+
+/// Retries a Failed or Stopped execution in place (SPEC 3.4): failed,
+/// stopped and not-run steps are reset and scheduled, each with a fresh
+/// retry budget; succeeded ones kept.
+pub async fn retry_execution(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRow> {
+    retrying(|| retry_once(pool, execution_id)).await
+}
+
+async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRow> {
+    let mut tx = pool.begin().await?;
+    let execution = executions::lock(&mut tx, execution_id).await?;
+    if !matches!(execution.status.as_str(), "Failed" | "Stopped") {
+        return Err(StoreError::Conflict(format!(
+            "execution {execution_id} is {}; only a Failed or Stopped execution can be retried",
+            execution.status
+        )));
+    }
+    if execution.failed_by_fail_step {
+        return Err(StoreError::Conflict(format!(
+            "execution {execution_id} was failed by a Fail step ({}); retrying would fail the same way",
+            execution.failure_reason.as_deref().unwrap_or("")
+        )));
+    }
+    // Steps below a branch that was not taken stay skipped.
+    let blocked = transitions::reset_for_retry(&mut tx, execution_id).await?;
+    steps::skip_with_descendants(&mut tx, execution_id, &blocked, "UpstreamNotRun").await?;
+    transitions::set_execution_status(&mut tx, execution_id, "Executing", false).await?;
+    let queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
+    let execution = executions::get(&mut tx, execution_id).await?;
+    finish_if_done(&mut tx, &execution).await?;
+    steps::notify(&mut tx, execution_id, queued > 0).await?;
+    let execution = executions::get(&mut tx, execution_id).await?;
+    tx.commit().await?;
+    Ok(execution)
+}
+
+/// A Callback step starts waiting: its token is recorded and its lease
+/// dropped (a wait holds no worker). Returns false when the attempt is stale.
+pub async fn begin_callback(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    token: Uuid,
+    timeout_seconds: Option<u64>,
+) -> StoreResult<bool> {
+    let mut tx = pool.begin().await?;
+    let timeout = timeout_seconds.map(|s| s as f64);
+    let Some((execution_id, step_name)) = transitions::begin_callback(&mut tx, id, attempt, token, timeout).await?
+    else {
+        return Ok(false);
+    };
+    let detail = json!({"waiting_for_callback": true});
+    executions::record_event(&mut tx, execution_id, Some(&step_name), "Executing", Some(detail)).await?;
+    steps::notify(&mut tx, execution_id, false).await?;
+    tx.commit().await?;
+    Ok(true)
+}
+
+/// A client reported the result of a Callback step by its token. Unknown
+/// tokens are not found; used or cancelled ones conflict, and so does a
+/// report that lost a race with a stop or a time-out.
+pub async fn complete_callback(pool: &PgPool, token: Uuid, outcome: CallbackReport) -> StoreResult<()> {
+    let step = {
+        let mut conn = pool.acquire().await?;
+        steps::find_by_callback_token(&mut conn, token).await?
+    };
+    let Some(step) = step else {
+        return Err(StoreError::NotFound(format!(
+            "no callback is waiting for token {token}"
+        )));
+    };
+    let used = || {
+        StoreError::Conflict(format!(
+            "the token of step {:?} was already used or cancelled",
+            step.step_name
+        ))
+    };
+    if step.status != "Executing" {
+        return Err(used());
+    }
+    let outcome = match outcome {
+        CallbackReport::Success(outputs) => StepOutcome::Succeeded {
+            properties: json!({ "OutputParameters": outputs }),
+            metadata: json!({}),
+            exit_code: None,
+        },
+        CallbackReport::Failure(reason) => StepOutcome::failed("Callback.FAILED", reason),
+    };
+    match complete_attempt(pool, step.id, step.attempt, outcome, None).await? {
+        Applied::Applied | Applied::AppliedQueued => Ok(()),
+        Applied::Stale => Err(used()),
+    }
+}
+
+pub enum CallbackReport {
+    Success(Value),
+    Failure(String),
+}
