@@ -436,3 +436,76 @@ async fn claims_leaf_successes_and_heartbeats_never_wait_for_a_held_execution(db
         .unwrap();
     assert_eq!(log, b"log\0bytes", "a log keeps every byte");
 }
+
+/// Stop and retry raced against busy workers, over and over: every answer
+/// is 200 or 409, and every execution still ends.
+#[sqlx::test]
+async fn stop_and_retry_racing_the_workers_never_answer_5xx(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 8).await;
+    let steps: Vec<Value> = (0..12)
+        .map(|i| {
+            let dependencies = if i >= 6 { json!([format!("S{}", i - 6)]) } else { json!([]) };
+            json!({"Name": format!("S{i}"), "Type": "Command", "DependsOn": dependencies, "Arguments": {"Command": ["true"]}})
+        })
+        .collect();
+    app.create_pipeline("busy", definition_with(json!([]), json!(steps)))
+        .await;
+    for _ in 0..15 {
+        let id = app.start("busy", json!({})).await;
+        for action in ["stop", "retry", "stop", "retry"] {
+            let resp = app.post(&format!("/v1/executions/{id}/{action}"), &json!({})).await;
+            assert!(
+                resp.status == 200 || resp.status == 409,
+                "{action}: {} {}",
+                resp.status,
+                resp.text
+            );
+            if action == "stop" && resp.status == 200 {
+                app.wait_terminal(&id).await;
+            }
+        }
+        let body = app.wait_terminal(&id).await;
+        assert!(
+            matches!(body["status"].as_str(), Some("Succeeded" | "Stopped")),
+            "{body}"
+        );
+    }
+}
+
+/// A step that ends after the shutdown signal is reported, but the step it
+/// makes runnable is left for another process: nothing starts after it.
+#[sqlx::test]
+async fn no_step_is_claimed_after_the_shutdown_signal(db: PgPool) {
+    let app = TestApp::spawn(db.clone()).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "A", "Type": "Command", "Arguments": {"Shell": format!("touch {d}/a; until [ -f {d}/gate ]; do sleep 0.05; done")}},
+            {"Name": "B", "Type": "Command", "DependsOn": ["A"], "Arguments": {"Shell": count_run(dir.path())}}
+        ]),
+    );
+    app.create_pipeline("chain", definition).await;
+    let id = app.start("chain", json!({})).await;
+    let started = dir.path().join("a");
+    wait_until(Duration::from_secs(30), || async { started.exists().then_some(()) })
+        .await
+        .expect("A started");
+    app.begin_shutdown();
+    std::fs::write(dir.path().join("gate"), "").unwrap();
+    app.stop().await;
+    let states: Vec<(String, String, i32)> = sqlx::query_as(
+        "select step_name, status, attempt from step_runs where execution_id = $1::uuid order by position",
+    )
+    .bind(&id)
+    .fetch_all(&db)
+    .await
+    .unwrap();
+    assert_eq!(
+        states,
+        vec![("A".into(), "Succeeded".into(), 1), ("B".into(), "Starting".into(), 0)],
+        "A is reported, B is left for another process"
+    );
+    assert_eq!(runs_of(dir.path(), "B"), 0);
+}

@@ -72,6 +72,11 @@ impl TestApp {
         }
     }
 
+    /// Signals shutdown, as SIGTERM does; `stop` then waits for the drain.
+    pub fn begin_shutdown(&self) {
+        self.shutdown.cancel();
+    }
+
     /// Stops the app and waits for it to drain.
     pub async fn stop(mut self) {
         self.shutdown.cancel();
