@@ -29,37 +29,22 @@ pub struct LockedStep {
 /// the step as it was before the transaction it waited for committed.
 /// `None` when the step run does not exist.
 pub async fn lock_with_execution(conn: &mut PgConnection, id: Uuid) -> StoreResult<Option<LockedStep>> {
-    let execution: Option<(String, Option<i32>)> = sqlx::query_as(
-        "select e.status, e.max_parallel_steps from executions e \
-         where e.id = (select execution_id from step_runs where id = $1) for no key update",
-    )
-    .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?;
-    let Some((execution_status, execution_max_parallel_steps)) = execution else {
-        return Ok(None);
-    };
-    let step: Option<(i32, StepRunRow)> = sqlx::query_as::<_, StepWithBase>(&format!(
-        "select s.attempt_base, {} from step_runs s where s.id = $1 for update",
+    // One round trip. The row lock of the outer select is taken at the top
+    // of the plan, after the materialized CTE has locked the execution, so
+    // the order holds; after waiting, the outer lock re-reads the newest
+    // version of the step row.
+    Ok(sqlx::query_as::<_, LockedStep>(&format!(
+        "with e as materialized ( \
+           select status, max_parallel_steps from executions \
+           where id = (select execution_id from step_runs where id = $1) for no key update) \
+         select e.status as execution_status, e.max_parallel_steps as execution_max_parallel_steps, \
+           s.attempt_base, {} \
+         from e, step_runs s where s.id = $1 for update of s",
         super::steps::STEP_COLUMNS
     ))
     .bind(id)
-    .fetch_optional(&mut *conn)
-    .await?
-    .map(|r| (r.attempt_base, r.step));
-    Ok(step.map(|(attempt_base, step)| LockedStep {
-        execution_status,
-        execution_max_parallel_steps,
-        attempt_base,
-        step,
-    }))
-}
-
-#[derive(sqlx::FromRow)]
-struct StepWithBase {
-    attempt_base: i32,
-    #[sqlx(flatten)]
-    step: StepRunRow,
+    .fetch_optional(conn)
+    .await?)
 }
 
 /// What a successful attempt reports.
