@@ -342,28 +342,30 @@ pub async fn set_failure_reason(
 
 /// Stop, under the execution's lock: waiting Callback steps are cancelled
 /// (their tokens stop working) and running steps go Stopping, for their
-/// workers to end.
+/// workers to end. One statement: a Callback step whose wait begins while
+/// it runs is judged on its newest row (re-read after the row lock), so it
+/// cannot slip between "cancel the waits" and "stop the rest".
 pub async fn stop_running_steps(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<()> {
-    sqlx::query(
-        "with cancelled as ( \
-           update step_runs set status = 'Stopped', ended_at = now(), callback_deadline = null, \
-             failure_reason = 'the execution was stopped', error_type = 'Step.STOPPED' \
-           where execution_id = $1 and status = 'Executing' and callback_token is not null \
-             and lease_expires_at is null returning id, attempt, step_name), \
+    // A Callback step waiting for its token (it holds no lease).
+    const WAITING: &str = "(s.callback_token is not null and s.lease_expires_at is null)";
+    sqlx::query(&format!(
+        "with changed as ( \
+           update step_runs s set \
+             status = case when {WAITING} then 'Stopped' else 'Stopping' end, \
+             ended_at = case when {WAITING} then now() else s.ended_at end, \
+             callback_deadline = case when {WAITING} then null else s.callback_deadline end, \
+             failure_reason = case when {WAITING} then 'the execution was stopped' else s.failure_reason end, \
+             error_type = case when {WAITING} then 'Step.STOPPED' else s.error_type end \
+           where s.execution_id = $1 and s.status = 'Executing' \
+           returning s.id, s.attempt, s.step_name, s.status, s.position), \
          attempts as ( \
            update step_attempts a set status = 'Stopped', ended_at = now(), \
              failure_reason = 'the execution was stopped' \
-           from cancelled c where a.step_run_id = c.id and a.attempt = c.attempt and a.ended_at is null) \
-         insert into execution_events (execution_id, step_name, status) select $1, step_name, 'Stopped' from cancelled",
-    )
-    .bind(execution_id)
-    .execute(&mut *conn)
-    .await?;
-    sqlx::query(
-        "with stopping as (update step_runs set status = 'Stopping' where execution_id = $1 and status = 'Executing' \
-         returning step_name) \
-         insert into execution_events (execution_id, step_name, status) select $1, step_name, 'Stopping' from stopping",
-    )
+           from changed c where c.status = 'Stopped' and a.step_run_id = c.id and a.attempt = c.attempt \
+             and a.ended_at is null) \
+         insert into execution_events (execution_id, step_name, status) \
+         select $1, step_name, status from changed order by position"
+    ))
     .bind(execution_id)
     .execute(conn)
     .await?;

@@ -376,10 +376,16 @@ impl WorkerPool {
                 arguments,
             } => {
                 let waiting = engine::begin_callback(&inner.db, step.id, step.attempt, token, timeout_seconds).await?;
-                if waiting {
-                    if let Some(url) = url {
-                        self.call_webhook(step, token, &url, arguments).await?;
-                    }
+                if !waiting {
+                    // Stopped (or rescued) before the wait began: say so, fenced
+                    // like any report, rather than leave the step to its lease.
+                    let message = "the execution was stopped before the callback wait began".to_string();
+                    return self
+                        .report(step, StepOutcome::Stopped { message }, None, shutdown)
+                        .await;
+                }
+                if let Some(url) = url {
+                    self.call_webhook(step, token, &url, arguments).await?;
                 }
             }
         }

@@ -509,3 +509,35 @@ async fn no_step_is_claimed_after_the_shutdown_signal(db: PgPool) {
     );
     assert_eq!(runs_of(dir.path(), "B"), 0);
 }
+
+/// A stop that meets a Callback step whose wait is beginning at that very
+/// moment cancels the wait: the step must not be left Stopping with a
+/// token, which nothing would ever end.
+#[sqlx::test]
+async fn a_stop_racing_the_start_of_a_callback_wait_cancels_it(db: PgPool) {
+    let app = app_without_workers(db).await;
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Approve", "Type": "Callback", "Arguments": {"OutputParameters": []}}]),
+    );
+    app.create_pipeline("cbstop", definition).await;
+    let execution: Uuid = app.start("cbstop", json!({})).await.parse().unwrap();
+    let claimed = steps::claim(&app.db, Uuid::now_v7(), 1, 600.0).await.unwrap();
+    let step = &claimed[0];
+    // The wait begins in a transaction that has not committed yet.
+    let mut waiting = app.db.begin().await.unwrap();
+    let begun = stepwise::store::transitions::begin_callback(&mut waiting, step.id, 1, Uuid::new_v4(), None)
+        .await
+        .unwrap();
+    assert!(begun.is_some());
+    let db = app.db.clone();
+    let stop = tokio::spawn(async move { engine::stop_execution(&db, execution).await });
+    wait_for_lock_waiters(&app.db, 1).await;
+    waiting.commit().await.unwrap();
+    stop.await.unwrap().unwrap();
+    let body = app.wait_terminal(&execution.to_string()).await;
+    assert_eq!(body["status"], "Stopped", "{body}");
+    let step = app.step(&execution.to_string(), "Approve").await;
+    assert_eq!(step["status"], "Stopped");
+    assert_eq!(step["attempts"][0]["status"], "Stopped");
+}
