@@ -59,7 +59,7 @@ const WORKERS: usize = 2;
 /// How long a fault waits for its trigger before it is skipped.
 const TRIGGER_LIMIT: Duration = Duration::from_secs(8);
 /// How long executions may take to end once the faults stopped.
-const TERMINATION_LIMIT: Duration = Duration::from_secs(90);
+const TERMINATION_LIMIT: Duration = Duration::from_secs(40);
 /// The argument of the background `sleep` some steps leave behind: a
 /// process with this command line that is still alive escaped its step.
 const BACKGROUND_SLEEP: &str = "2999";
@@ -174,7 +174,7 @@ fn generate_dag(rng: &mut Rng) -> Vec<Spec> {
             if commands.is_empty() { 0 } else { 14 },
             if with_fail_step && i > 0 { 8 } else { 0 },
         ];
-        let choice = rng.weighted(&weights);
+        let choice = if i == 0 { 0 } else { rng.weighted(&weights) };
         // Up to two dependencies among earlier top-level steps.
         let mut depends_on = Vec::new();
         let mut inputs = Vec::new();
@@ -244,7 +244,7 @@ fn generate_dag(rng: &mut Rng) -> Vec<Spec> {
 fn command_kind(rng: &mut Rng) -> Kind {
     let fail_first = rng.chance(20);
     Kind::Command {
-        sleep_ms: [100, 300, 600, 1200][rng.below(4)],
+        sleep_ms: [100, 300, 600, 1200, 2500][rng.below(5)],
         fail_first,
         retry_policy: fail_first && rng.chance(50),
         background: rng.chance(20),
@@ -345,6 +345,54 @@ fn definition(specs: &[Spec], dir: &Path) -> Value {
         .map(|s| s.name.clone())
         .collect();
     json!({"Version": "2020-12-01", "Steps": specs.iter().map(|s| step_json(s, dir, &callbacks)).collect::<Vec<_>>()})
+}
+
+/// One line per round log: `S1:Command(300ms,ff,retry,bg)<-S0` and so on.
+fn describe(specs: &[Spec]) -> String {
+    fn one(s: &Spec) -> String {
+        let kind = match &s.kind {
+            Kind::Command {
+                sleep_ms,
+                fail_first,
+                retry_policy,
+                background,
+                n,
+            } => {
+                let mut flags = vec![format!("{sleep_ms}ms"), format!("n={n}")];
+                if *fail_first {
+                    flags.push("fail-first".into());
+                }
+                if *retry_policy {
+                    flags.push("retry".into());
+                }
+                if *background {
+                    flags.push("bg".into());
+                }
+                format!("Command({})", flags.join(","))
+            }
+            Kind::Pass => "Pass".into(),
+            Kind::Callback { fail_first } => format!("Callback({})", if *fail_first { "fail-first" } else { "" }),
+            Kind::Condition {
+                left,
+                right,
+                if_steps,
+                else_steps,
+            } => format!(
+                "Condition({left}.n=={right} ? [{}] : [{}])",
+                if_steps.iter().map(one).collect::<Vec<_>>().join(" "),
+                else_steps.iter().map(one).collect::<Vec<_>>().join(" ")
+            ),
+            Kind::Fail => "Fail".into(),
+        };
+        let mut deps: Vec<String> = s.inputs.iter().map(|d| format!("{d}.v")).collect();
+        deps.extend(s.depends_on.iter().cloned());
+        if deps.is_empty() {
+            format!("{}:{kind}", s.name)
+        } else {
+            format!("{}:{kind}<-{}", s.name, deps.join(","))
+        }
+    }
+    specs.iter().map(one).collect::<Vec<_>>().join(" ")
 }
 
 /// Every step, branch steps included, by name.
@@ -739,6 +787,9 @@ struct Harness {
     terminated_at: Vec<Instant>,
     /// Every directory steps wrote to, for the final process sweep.
     effect_dirs: Vec<PathBuf>,
+    /// Workers that were ever paused: their steps' processes run on while
+    /// they are frozen, so "outlived its attempt" is not judged for them.
+    ever_paused: HashSet<Uuid>,
 }
 
 /// A callback answer the harness sent: token, attempt, what, HTTP status.
@@ -772,6 +823,8 @@ struct Round {
     /// Executions a stop answered 200 for, not retried since.
     expect_stopped: HashSet<Uuid>,
     retries_left: HashMap<Uuid, usize>,
+    /// Executions whose retries race a stop.
+    retry_with_stop: HashSet<Uuid>,
     shared: Arc<Mutex<RoundShared>>,
     log: Vec<String>,
 }
@@ -803,6 +856,7 @@ struct AttemptRow {
     attempt: i32,
     status: String,
     error_type: Option<String>,
+    worker_id: Option<Uuid>,
     started_at_us: i64,
     ended_at_us: Option<i64>,
 }
@@ -820,7 +874,7 @@ async fn step_rows(db: &PgPool, executions: &[Uuid]) -> Vec<StepRow> {
 
 async fn attempt_rows(db: &PgPool, executions: &[Uuid]) -> Vec<AttemptRow> {
     sqlx::query_as(
-        "select a.step_run_id, a.attempt, a.status, a.error_type, \
+        "select a.step_run_id, a.attempt, a.status, a.error_type, a.worker_id, \
            (extract(epoch from a.started_at) * 1000000)::int8 as started_at_us, \
            (extract(epoch from a.ended_at) * 1000000)::int8 as ended_at_us \
          from step_attempts a join step_runs s on s.id = a.step_run_id where s.execution_id = any($1) \
@@ -840,6 +894,10 @@ async fn execution_statuses(db: &PgPool, executions: &[Uuid]) -> HashMap<Uuid, (
             .await
             .expect("execution rows");
     rows.into_iter().map(|(id, s, f)| (id, (s, f))).collect()
+}
+
+fn unfinished(status: &str) -> bool {
+    matches!(status, "Pending" | "Starting" | "Executing" | "Stopping")
 }
 
 fn is_terminal(status: &str) -> bool {
@@ -870,6 +928,13 @@ impl Harness {
         let name = format!("worker{}", self.spawned);
         let worker = Proc::spawn(name, false, &self.env).await;
         self.workers.push(worker);
+    }
+
+    fn pause_worker(&mut self, index: usize) {
+        if let Some(id) = self.workers[index].worker_id {
+            self.ever_paused.insert(id);
+        }
+        self.workers[index].signal(Signal::SIGSTOP);
     }
 
     fn live_unpaused(&self) -> Vec<usize> {
@@ -912,14 +977,21 @@ impl Harness {
             let db = db.clone();
             let owners = owners.clone();
             async move {
-                step_rows(&db, executions)
-                    .await
-                    .into_iter()
+                let rows = step_rows(&db, executions).await;
+                let found = rows
+                    .iter()
                     .filter(|s| s.status == "Executing" && s.step_type == "Command")
-                    .find_map(|s| Some((*owners.get(&s.lease_owner?)?, s)))
+                    .find_map(|s| Some((*owners.get(&s.lease_owner?)?, s.clone())));
+                match found {
+                    Some(found) => Some(Some(found)),
+                    // Nothing left that could trigger it.
+                    None if !rows.iter().any(|s| unfinished(&s.status)) => Some(None),
+                    None => None,
+                }
             }
         })
         .await
+        .flatten()
     }
 
     async fn attempt_ended(&self, step_run: Uuid, attempt: i32, limit: Duration) -> bool {
@@ -995,7 +1067,33 @@ impl Harness {
                 after_process_end,
                 expire_lease,
             } => {
-                let Some((w, step)) = self.running_command(&round.executions).await else {
+                // Preferably a long step, so that a process left running is seen.
+                let long = |name: &str| matches!(round.all.get(name).map(|s| &s.kind), Some(Kind::Command { sleep_ms, .. }) if *sleep_ms >= 1200);
+                let mut found = self.running_command(&round.executions).await;
+                if !after_process_end {
+                    let db = self.db.clone();
+                    let preferred = poll(Duration::from_secs(3), || {
+                        let db = db.clone();
+                        let executions = round.executions.clone();
+                        async move {
+                            step_rows(&db, &executions)
+                                .await
+                                .into_iter()
+                                .find(|s| s.status == "Executing" && long(&s.step_name) && s.lease_owner.is_some())
+                        }
+                    })
+                    .await;
+                    if let Some(p) = preferred {
+                        if let Some(w) = self
+                            .workers
+                            .iter()
+                            .position(|w| w.worker_id == p.lease_owner && !w.paused)
+                        {
+                            found = Some((w, p));
+                        }
+                    }
+                }
+                let Some((w, step)) = found else {
                     round.log.push("kill: no trigger".into());
                     return;
                 };
@@ -1152,7 +1250,7 @@ impl Harness {
             return;
         };
         let worker_id = self.workers[w].worker_id.unwrap();
-        self.workers[w].signal(Signal::SIGSTOP);
+        self.pause_worker(w);
         let mut note = format!(
             "pause {how:?}: {} running {} attempt {}",
             worker_id, step.step_name, step.attempt
@@ -1170,7 +1268,7 @@ impl Harness {
                 let rescued = self.attempt_ended(step.id, step.attempt, Duration::from_secs(10)).await;
                 let others: Vec<usize> = if others_paused { self.live_unpaused() } else { vec![] };
                 for o in &others {
-                    self.workers[*o].signal(Signal::SIGSTOP);
+                    self.pause_worker(*o);
                 }
                 self.workers[w].signal(Signal::SIGCONT);
                 if others_paused {
@@ -1297,6 +1395,7 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
     let mut rng = Rng(seed);
     let specs = generate_dag(&mut rng);
     let faults = generate_faults(&mut rng, &specs);
+    let retry_races: Vec<bool> = faults.iter().map(|_| rng.chance(30)).collect();
     let dir = root.join(format!("round{index}"));
     std::fs::create_dir_all(&dir).unwrap();
     h.effect_dirs.push(dir.clone());
@@ -1311,6 +1410,7 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
         executions: vec![],
         expect_stopped: HashSet::new(),
         retries_left: HashMap::new(),
+        retry_with_stop: HashSet::new(),
         shared: Default::default(),
         log: vec![],
     };
@@ -1327,9 +1427,8 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
         "round {index} (seed {seed}): pipeline rejected: {body}\n{definition:#}"
     );
     eprintln!(
-        "round {index} seed {seed}: steps {} faults {:?}",
-        round.all.len(),
-        faults
+        "round {index} seed {seed}: {}\n  faults {faults:?}",
+        describe(&round.specs)
     );
 
     let fail_first: HashSet<String> = round
@@ -1354,8 +1453,11 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
         stop_answering.clone(),
     ));
 
-    for fault in &faults {
+    for (fault, retry_race) in faults.iter().zip(retry_races) {
         h.start_execution(&mut round).await;
+        if retry_race {
+            round.retry_with_stop.extend(round.executions.last().copied());
+        }
         *answered_executions.lock().unwrap() = round.executions.clone();
         h.apply(&mut round, fault).await;
     }
@@ -1389,11 +1491,28 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
                 round.retries_left.insert(id, left - 1);
                 let path = format!("/v1/executions/{id}/retry");
                 let empty = json!({});
-                let (a, b) = tokio::join!(h.api.post(&path, &empty), h.api.post(&path, &empty));
+                let stop_path = format!("/v1/executions/{id}/stop");
+                let with_stop = round.retry_with_stop.remove(&id);
+                let stop = async {
+                    if with_stop {
+                        Some(h.api.post(&stop_path, &empty).await.0)
+                    } else {
+                        None
+                    }
+                };
+                let (a, b, stop) = tokio::join!(h.api.post(&path, &empty), h.api.post(&path, &empty), stop);
                 let wins = [a.0, b.0].iter().filter(|s| **s == 200).count();
+                if stop == Some(200) {
+                    round.expect_stopped.insert(id);
+                }
+                if stop.is_some_and(|s| !matches!(s, 200 | 409)) {
+                    round.violation(h, format!("execution {id}: a stop racing a retry answered {stop:?}"));
+                }
                 round.log.push(format!(
-                    "retry {id} ({status}, by Fail step {by_fail_step}): {} {}",
-                    a.0, b.0
+                    "retry {id} ({status}, by Fail step {by_fail_step}): {} {}{}",
+                    a.0,
+                    b.0,
+                    stop.map(|s| format!(", racing stop {s}")).unwrap_or_default()
                 ));
                 if wins > 1 {
                     round.violation(h, format!("execution {id}: two concurrent retries both answered 200"));
@@ -1662,6 +1781,34 @@ async fn check_round(h: &mut Harness, round: &Round) {
         }
     }
 
+    // No escaping processes: a process whose attempt ended without success
+    // (rescued, stopped, failed) does not run on past that end, unless its
+    // worker was frozen by the harness.
+    for a in &attempts {
+        if a.status == "Succeeded" || a.worker_id.is_some_and(|w| h.ever_paused.contains(&w)) {
+            continue;
+        }
+        let (Some(ended_us), Some(row)) = (a.ended_at_us, rows.iter().find(|r| r.id == a.step_run_id)) else {
+            continue;
+        };
+        let ended_ns = ended_us as i128 * 1000;
+        if let Some((at, ok)) = effects.ends.get(&(row.execution_id, row.step_name.clone(), a.attempt)) {
+            if *at > ended_ns + 1_500_000_000 {
+                violations.push(format!(
+                    "No escaping processes: execution {} step {} attempt {} ended {} ({}) but its process ran on \
+                     and ended ({}) {:.2}s later",
+                    row.execution_id,
+                    row.step_name,
+                    a.attempt,
+                    a.status,
+                    a.error_type.clone().unwrap_or_default(),
+                    if *ok { "ok" } else { "fail" },
+                    (*at - ended_ns) as f64 / 1e9
+                ));
+            }
+        }
+    }
+
     // Fenced: a 200 callback report took effect; concurrent reports of one
     // token cannot both win.
     let answers = round.shared.lock().unwrap().answers.clone();
@@ -1852,6 +1999,7 @@ async fn invariants_hold_under_faults(db: PgPool) {
         notes: vec![],
         terminated_at: vec![],
         effect_dirs: vec![],
+        ever_paused: HashSet::new(),
     };
     assert!(h.heal().await.is_empty(), "the processes start");
 
