@@ -806,10 +806,22 @@ struct Answer {
 #[derive(Default)]
 struct RoundShared {
     /// Callback step names the answerer leaves alone (a race is set up on them).
-    reserved: HashSet<String>,
+    /// Counted: one per race still to come on that step.
+    reserved: HashMap<String, usize>,
     /// Tokens already answered by the answerer.
     answered: HashSet<Uuid>,
     answers: Vec<Answer>,
+}
+
+impl RoundShared {
+    fn unreserve(&mut self, step: &str) {
+        if let Some(count) = self.reserved.get_mut(step) {
+            *count -= 1;
+            if *count == 0 {
+                self.reserved.remove(step);
+            }
+        }
+    }
 }
 
 struct Round {
@@ -1155,7 +1167,7 @@ impl Harness {
                     .into_iter()
                     .find(|s| s.status == "Executing" && s.callback_token.is_some() && s.step_type == "Callback");
                 let reserved = round.shared.lock().unwrap().reserved.clone();
-                let callback = callback.filter(|s| !reserved.contains(&s.step_name));
+                let callback = callback.filter(|s| !reserved.contains_key(&s.step_name));
                 let stop_path = format!("/v1/executions/{execution}/stop");
                 let api = self.api.clone();
                 let empty = json!({});
@@ -1198,7 +1210,7 @@ impl Harness {
                 .await;
                 let Some(row) = waiting else {
                     round.log.push(format!("callback race on {step}: no trigger"));
-                    round.shared.lock().unwrap().reserved.remove(&step);
+                    round.shared.lock().unwrap().unreserve(&step);
                     return;
                 };
                 let success = self.report_callback(round, &row, true);
@@ -1236,7 +1248,7 @@ impl Harness {
                 if matches!(race, CallbackRace::SuccessAndStop) && other == "stop 200" {
                     round.expect_stopped.insert(row.execution_id);
                 }
-                round.shared.lock().unwrap().reserved.remove(&step);
+                round.shared.lock().unwrap().unreserve(&step);
                 round
                     .log
                     .push(format!("callback race {race:?} on {step}: success {success} / {other}"));
@@ -1373,7 +1385,7 @@ async fn answer_callbacks(
             let Some(token) = row.callback_token else { continue };
             {
                 let shared = shared.lock().unwrap();
-                if shared.reserved.contains(&row.step_name) || shared.answered.contains(&token) {
+                if shared.reserved.contains_key(&row.step_name) || shared.answered.contains(&token) {
                     continue;
                 }
             }
@@ -1441,7 +1453,7 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
     let stop_answering = tokio_util::sync::CancellationToken::new();
     for fault in &faults {
         if let Fault::Callback { step, .. } = fault {
-            round.shared.lock().unwrap().reserved.insert(step.clone());
+            *round.shared.lock().unwrap().reserved.entry(step.clone()).or_default() += 1;
         }
     }
     let answerer = tokio::spawn(answer_callbacks(
@@ -1502,8 +1514,17 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
                 };
                 let (a, b, stop) = tokio::join!(h.api.post(&path, &empty), h.api.post(&path, &empty), stop);
                 let wins = [a.0, b.0].iter().filter(|s| **s == 200).count();
-                if stop == Some(200) {
+                // A stop can only win after a retry did; with one retry won,
+                // the stop came after it and the execution must end Stopped.
+                // With two, the stop may have come between them: legitimate.
+                if stop == Some(200) && wins == 1 {
                     round.expect_stopped.insert(id);
+                }
+                if stop == Some(200) && wins == 0 {
+                    round.violation(
+                        h,
+                        format!("execution {id}: a stop of a {status} execution answered 200"),
+                    );
                 }
                 if stop.is_some_and(|s| !matches!(s, 200 | 409)) {
                     round.violation(h, format!("execution {id}: a stop racing a retry answered {stop:?}"));
@@ -1514,7 +1535,7 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
                     b.0,
                     stop.map(|s| format!(", racing stop {s}")).unwrap_or_default()
                 ));
-                if wins > 1 {
+                if wins > 1 && stop != Some(200) {
                     round.violation(h, format!("execution {id}: two concurrent retries both answered 200"));
                 }
                 if by_fail_step && wins > 0 {
