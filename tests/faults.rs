@@ -456,6 +456,9 @@ enum Fault {
         step: String,
         race: CallbackRace,
     },
+    /// SIGTERM to a worker running a (preferably long) step: it must exit 0
+    /// within its grace periods and hand the step back under a new attempt.
+    Shutdown,
 }
 
 fn generate_faults(rng: &mut Rng, specs: &[Spec]) -> Vec<Fault> {
@@ -466,7 +469,7 @@ fn generate_faults(rng: &mut Rng, specs: &[Spec]) -> Vec<Fault> {
         .collect();
     (0..rng.range(2, 4))
         .map(|_| {
-            let weights = [30, 15, 20, 15, if callbacks.is_empty() { 0 } else { 20 }];
+            let weights = [30, 15, 20, 15, if callbacks.is_empty() { 0 } else { 20 }, 10];
             match rng.weighted(&weights) {
                 0 => Fault::Pause(match rng.below(3) {
                     0 => PauseHow::ReportRacesRescue,
@@ -481,6 +484,7 @@ fn generate_faults(rng: &mut Rng, specs: &[Spec]) -> Vec<Fault> {
                 },
                 2 => Fault::Terminate { times: rng.range(1, 4) },
                 3 => Fault::Stop { twice: rng.chance(50) },
+                5 => Fault::Shutdown,
                 _ => Fault::Callback {
                     step: callbacks[rng.below(callbacks.len())].clone(),
                     race: [
@@ -1006,6 +1010,36 @@ impl Harness {
         .flatten()
     }
 
+    /// `running_command`, preferably a long step (so that a process left
+    /// running, or one a shutdown must end, is seen).
+    async fn running_long_command(&self, round: &Round) -> Option<(usize, StepRow)> {
+        let found = self.running_command(&round.executions).await?;
+        let long = |name: &str| matches!(round.all.get(name).map(|s| &s.kind), Some(Kind::Command { sleep_ms, .. }) if *sleep_ms >= 1200);
+        if long(&found.1.step_name) {
+            return Some(found);
+        }
+        let db = self.db.clone();
+        let preferred = poll(Duration::from_secs(3), || {
+            let db = db.clone();
+            let executions = round.executions.clone();
+            async move {
+                step_rows(&db, &executions)
+                    .await
+                    .into_iter()
+                    .find(|s| s.status == "Executing" && long(&s.step_name) && s.lease_owner.is_some())
+            }
+        })
+        .await;
+        let preferred = preferred.and_then(|p| {
+            let w = self
+                .workers
+                .iter()
+                .position(|w| w.worker_id == p.lease_owner && !w.paused)?;
+            Some((w, p))
+        });
+        Some(preferred.unwrap_or(found))
+    }
+
     async fn attempt_ended(&self, step_run: Uuid, attempt: i32, limit: Duration) -> bool {
         let db = self.db.clone();
         poll(limit, || {
@@ -1079,32 +1113,11 @@ impl Harness {
                 after_process_end,
                 expire_lease,
             } => {
-                // Preferably a long step, so that a process left running is seen.
-                let long = |name: &str| matches!(round.all.get(name).map(|s| &s.kind), Some(Kind::Command { sleep_ms, .. }) if *sleep_ms >= 1200);
-                let mut found = self.running_command(&round.executions).await;
-                if !after_process_end {
-                    let db = self.db.clone();
-                    let preferred = poll(Duration::from_secs(3), || {
-                        let db = db.clone();
-                        let executions = round.executions.clone();
-                        async move {
-                            step_rows(&db, &executions)
-                                .await
-                                .into_iter()
-                                .find(|s| s.status == "Executing" && long(&s.step_name) && s.lease_owner.is_some())
-                        }
-                    })
-                    .await;
-                    if let Some(p) = preferred {
-                        if let Some(w) = self
-                            .workers
-                            .iter()
-                            .position(|w| w.worker_id == p.lease_owner && !w.paused)
-                        {
-                            found = Some((w, p));
-                        }
-                    }
-                }
+                let found = if after_process_end {
+                    self.running_command(&round.executions).await
+                } else {
+                    self.running_long_command(round).await
+                };
                 let Some((w, step)) = found else {
                     round.log.push("kill: no trigger".into());
                     return;
@@ -1124,6 +1137,40 @@ impl Harness {
                 round.log.push(format!(
                     "kill: {} running {} (attempt {})",
                     id, step.step_name, step.attempt
+                ));
+            }
+            Fault::Shutdown => {
+                let Some((w, step)) = self.running_long_command(round).await else {
+                    round.log.push("shutdown: no trigger".into());
+                    return;
+                };
+                let id = self.workers[w].worker_id.unwrap();
+                self.workers[w].signal(Signal::SIGTERM);
+                // Shutdown grace 1 s, kill grace 1 s, then the release.
+                let limit = Duration::from_secs(10);
+                let exit = tokio::time::timeout(limit, self.workers[w].child.wait()).await;
+                let mut worker = self.workers.remove(w);
+                match exit {
+                    Ok(Ok(status)) if status.success() => {}
+                    Ok(ref other) => round.violation(
+                        self,
+                        format!("Shutdown: worker {id} exited with {other:?} after SIGTERM"),
+                    ),
+                    Err(_) => {
+                        round.violation(
+                            self,
+                            format!(
+                                "Shutdown: worker {id} did not exit within {}s of SIGTERM",
+                                limit.as_secs()
+                            ),
+                        );
+                        worker.kill().await;
+                    }
+                }
+                self.spawn_worker().await;
+                round.log.push(format!(
+                    "shutdown: {id} running {} (attempt {}): {exit:?}",
+                    step.step_name, step.attempt
                 ));
             }
             Fault::Terminate { times } => {
