@@ -60,6 +60,8 @@ const WORKERS: usize = 2;
 const TRIGGER_LIMIT: Duration = Duration::from_secs(8);
 /// How long executions may take to end once the faults stopped.
 const TERMINATION_LIMIT: Duration = Duration::from_secs(40);
+/// A whole round, faults, termination and checks included.
+const ROUND_LIMIT: Duration = Duration::from_secs(150);
 /// The argument of the background `sleep` some steps leave behind: a
 /// process with this command line that is still alive escaped its step.
 const BACKGROUND_SLEEP: &str = "2999";
@@ -1072,12 +1074,50 @@ impl Harness {
         .is_some()
     }
 
-    async fn expire_leases_of(&self, worker: Uuid) {
+    /// Expires `worker`'s leases in SQL. Fails (lock time-out) when a frozen
+    /// process holds the rows.
+    async fn expire_leases_of(&self, worker: Uuid) -> Result<u64, sqlx::Error> {
         sqlx::query("update step_runs set lease_expires_at = now() - interval '1 second' where lease_owner = $1")
             .bind(worker)
             .execute(&self.db)
             .await
-            .expect("leases expired");
+            .map(|r| r.rows_affected())
+    }
+
+    /// Transactions left open for more than 3 s by a process that stopped
+    /// talking (a paused worker), and what they block.
+    async fn frozen_transactions(&self) -> Vec<String> {
+        let rows: Vec<(i32, String, f64, Option<String>)> = sqlx::query_as(
+            "select b.pid, left(b.query, 140), extract(epoch from now() - b.state_change)::float8, \
+               (select string_agg(left(w.query, 100), ' | ') from pg_stat_activity w \
+                where b.pid = any(pg_blocking_pids(w.pid))) \
+             from pg_stat_activity b where b.datname = current_database() and b.state = 'idle in transaction' \
+               and now() - b.state_change > interval '3 seconds'",
+        )
+        .fetch_all(&self.db)
+        .await
+        .unwrap_or_default();
+        rows.into_iter()
+            .filter_map(|(pid, query, idle, blocked)| {
+                Some(format!(
+                    "backend {pid} idle in transaction for {idle:.1}s after `{query}` blocks `{}`",
+                    blocked?
+                ))
+            })
+            .collect()
+    }
+
+    /// Before a paused worker is resumed: nothing may be stuck behind it.
+    async fn check_frozen(&mut self, round: &Round, worker: Uuid) {
+        for frozen in self.frozen_transactions().await {
+            round.violation(
+                self,
+                format!(
+                    "Termination (liveness): while worker {worker} was paused, its open transaction blocked others \
+                     (nothing times it out, e.g. idle_in_transaction_session_timeout): {frozen}"
+                ),
+            );
+        }
     }
 
     async fn terminate_backends(&mut self) -> i64 {
@@ -1131,7 +1171,7 @@ impl Harness {
                 self.workers[w].kill().await;
                 self.workers.remove(w);
                 if expire_lease {
-                    self.expire_leases_of(id).await;
+                    self.expire_leases_of(id).await.expect("a dead worker's leases expire");
                 }
                 self.spawn_worker().await;
                 round.log.push(format!(
@@ -1317,14 +1357,18 @@ impl Harness {
         match how {
             PauseHow::ReportRacesRescue => {
                 let ended = self.process_ended(round, &step, Duration::from_secs(5)).await;
-                self.expire_leases_of(worker_id).await;
+                let expired = self.expire_leases_of(worker_id).await;
+                self.check_frozen(round, worker_id).await;
+                note.push_str(&format!(" expired {expired:?}"));
                 self.workers[w].signal(Signal::SIGCONT);
                 let rescued = stepwise::engine::rescue_expired_leases(&self.db).await;
                 note.push_str(&format!(" process ended {ended}, harness rescue {rescued:?}"));
             }
             PauseHow::RescuedFirst { others_paused } => {
-                self.expire_leases_of(worker_id).await;
+                let expired = self.expire_leases_of(worker_id).await;
                 let rescued = self.attempt_ended(step.id, step.attempt, Duration::from_secs(10)).await;
+                self.check_frozen(round, worker_id).await;
+                note.push_str(&format!(" expired {expired:?}"));
                 let others: Vec<usize> = if others_paused { self.live_unpaused() } else { vec![] };
                 for o in &others {
                     self.pause_worker(*o);
@@ -1358,6 +1402,7 @@ impl Harness {
             }
             PauseHow::NaturalExpiry => {
                 let rescued = self.attempt_ended(step.id, step.attempt, Duration::from_secs(15)).await;
+                self.check_frozen(round, worker_id).await;
                 self.workers[w].signal(Signal::SIGCONT);
                 note.push_str(&format!(" rescued {rescued}"));
             }
@@ -2025,7 +2070,13 @@ async fn invariants_hold_under_faults(db: PgPool) {
     eprintln!("fault injection: STEPWISE_FAULT_SEED={seed} STEPWISE_FAULT_ROUNDS={rounds}");
     let started = Instant::now();
 
-    let options = db.connect_options().as_ref().clone().application_name(HARNESS_APP);
+    // A lock wait of the harness ends: a paused worker may hold row locks.
+    let options = db
+        .connect_options()
+        .as_ref()
+        .clone()
+        .application_name(HARNESS_APP)
+        .options([("lock_timeout", "4s")]);
     let harness_db = PgPoolOptions::new()
         .max_connections(3)
         .connect_with(options)
@@ -2079,7 +2130,19 @@ async fn invariants_hold_under_faults(db: PgPool) {
         }
         let round_seed = seed.wrapping_add(index as u64);
         seeds.insert(index, round_seed);
-        run_round(&mut h, index, round_seed, root.path()).await;
+        // A round that hangs (the harness waiting on a lock or an answer)
+        // fails, and the next starts from healed processes.
+        let limit = ROUND_LIMIT;
+        if tokio::time::timeout(limit, run_round(&mut h, index, round_seed, root.path()))
+            .await
+            .is_err()
+        {
+            h.violations.push(format!(
+                "round {index} (seed {round_seed}): the round did not finish within {}s",
+                limit.as_secs()
+            ));
+            h.heal().await;
+        }
     }
     check_calls(&mut h, &seeds);
     check_processes(&mut h, &seeds).await;
