@@ -432,11 +432,16 @@ enum PauseHow {
 }
 
 #[derive(Debug, Clone, Copy)]
+/// What a success report of a waiting callback is raced against.
 enum CallbackRace {
-    SuccessAndFailure,
-    SuccessAndStop,
-    SuccessAndTimeout,
-    SuccessTwice,
+    /// A failure report of the same token.
+    Failure,
+    /// A stop of its execution.
+    Stop,
+    /// Its time-out (deadline set in the past, the time-out handler run).
+    Timeout,
+    /// A second success report.
+    Twice,
 }
 
 #[derive(Debug, Clone)]
@@ -490,10 +495,10 @@ fn generate_faults(rng: &mut Rng, specs: &[Spec]) -> Vec<Fault> {
                 _ => Fault::Callback {
                     step: callbacks[rng.below(callbacks.len())].clone(),
                     race: [
-                        CallbackRace::SuccessAndFailure,
-                        CallbackRace::SuccessAndStop,
-                        CallbackRace::SuccessAndTimeout,
-                        CallbackRace::SuccessTwice,
+                        CallbackRace::Failure,
+                        CallbackRace::Stop,
+                        CallbackRace::Timeout,
+                        CallbackRace::Twice,
                     ][rng.below(4)],
                 },
             }
@@ -1303,18 +1308,18 @@ impl Harness {
                 let success = self.report_callback(round, &row, true);
                 let other = async {
                     match race {
-                        CallbackRace::SuccessAndFailure => {
+                        CallbackRace::Failure => {
                             format!("{:?}", self.report_callback(round, &row, false).await)
                         }
-                        CallbackRace::SuccessTwice => format!("{:?}", self.report_callback(round, &row, true).await),
-                        CallbackRace::SuccessAndStop => {
+                        CallbackRace::Twice => format!("{:?}", self.report_callback(round, &row, true).await),
+                        CallbackRace::Stop => {
                             let (status, _) = self
                                 .api
                                 .post(&format!("/v1/executions/{}/stop", row.execution_id), &json!({}))
                                 .await;
                             format!("stop {status}")
                         }
-                        CallbackRace::SuccessAndTimeout => {
+                        CallbackRace::Timeout => {
                             sqlx::query(
                                 "update step_runs set callback_deadline = now() - interval '1 second' \
                                  where id = $1 and attempt = $2",
@@ -1332,7 +1337,7 @@ impl Harness {
                     }
                 };
                 let (success, other) = tokio::join!(success, other);
-                if matches!(race, CallbackRace::SuccessAndStop) && other == "stop 200" {
+                if matches!(race, CallbackRace::Stop) && other == "stop 200" {
                     round.expect_stopped.insert(row.execution_id);
                 }
                 round.shared.lock().unwrap().unreserve(&step);
