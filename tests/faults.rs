@@ -1669,12 +1669,27 @@ async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
                         .filter(|s| s.execution_id == *id)
                         .map(|s| format!("{}={}#{}", s.step_name, s.status, s.attempt))
                         .collect();
+                    // What the unfinished steps look like, for the report.
+                    let detail: Vec<String> = sqlx::query_scalar(
+                        "select row_to_json(x)::text from (select s.step_name, s.status, s.attempt, s.lease_owner, \
+                           s.lease_expires_at - now() as lease_left, s.callback_token, s.available_at - now() as due_in, \
+                           (select json_agg(a.*) from (select attempt, status, error_type, failure_reason, worker_id, \
+                              started_at, ended_at from step_attempts where step_run_id = s.id) a) as attempts \
+                         from step_runs s where s.execution_id = $1 \
+                           and s.status in ('Pending', 'Starting', 'Executing', 'Stopping')) x",
+                    )
+                    .bind(id)
+                    .fetch_all(&h.db)
+                    .await
+                    .unwrap_or_default();
                     round.violation(
                         h,
                         format!(
-                            "Termination: execution {id} still {status} {}s after the faults stopped; steps {}",
+                            "Termination: execution {id} still {status} {}s after the faults stopped; steps {}; \
+                             unfinished: {}",
                             TERMINATION_LIMIT.as_secs(),
-                            steps.join(" ")
+                            steps.join(" "),
+                            detail.join(" ")
                         ),
                     );
                 }
