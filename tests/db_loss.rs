@@ -1,81 +1,288 @@
-//! PostgreSQL restarted under a running `stepwise serve` process: `/readyz`
+//! The database lost under a running `stepwise serve` process: `/readyz`
 //! turns 503 while the database is down and 200 after, the service
 //! reconnects by itself and the execution in flight finishes Succeeded.
 //!
-//! Restarting the server breaks every other test running at the time, so
-//! this is its own test binary with one ignored test; `.ci/run` runs it
-//! alone: `cargo test --locked --test db_loss -- --ignored --test-threads=1`.
+//! The test never touches the machine's PostgreSQL: it starts a throwaway
+//! cluster of its own (`initdb` into a temporary directory, its own port and
+//! socket directory), kills that one, and starts it again on the same port.
+//! `initdb` and `postgres` refuse to run as root, so as root they run as the
+//! `postgres` user (`runuser -u postgres --`). The cluster is ended and its
+//! directory removed when the test ends, passing or not. So this is an
+//! ordinary test that `cargo test` runs beside every other one.
 
 use std::{
+    path::{Path, PathBuf},
     process::{Command, Stdio},
     time::{Duration, Instant},
 };
 
+use nix::{sys::signal::Signal, unistd::Pid};
 use serde_json::{json, Value};
 
-fn cluster_version() -> String {
-    let mut versions: Vec<String> = std::fs::read_dir("/etc/postgresql")
-        .expect("/etc/postgresql lists the clusters")
-        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
-        .collect();
-    versions.sort();
-    versions.into_iter().next().expect("a PostgreSQL cluster")
-}
-
-fn pg_ctlcluster(action: &str) -> std::process::Output {
-    let mut command = Command::new("pg_ctlcluster");
-    command
-        .args(["--skip-systemctl-redirect", &cluster_version(), "main", action])
-        .stdin(Stdio::null());
-    if action == "stop" {
-        command.args(["-m", "fast"]);
+/// Where `initdb` and `postgres` are: `STEPWISE_PG_BINDIR`, else
+/// `pg_config --bindir` when it has `initdb`, else the newest
+/// `/usr/lib/postgresql/*/bin` (Debian keeps them off `PATH`).
+fn pg_bindir() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("STEPWISE_PG_BINDIR") {
+        return Some(PathBuf::from(dir));
     }
-    command.output().expect("pg_ctlcluster runs")
+    let from_pg_config = Command::new("pg_config")
+        .arg("--bindir")
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| PathBuf::from(String::from_utf8_lossy(&o.stdout).trim()));
+    if let Some(dir) = from_pg_config.filter(|d| d.join("initdb").exists()) {
+        return Some(dir);
+    }
+    let mut dirs: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("bin"))
+        .filter(|d| d.join("initdb").exists())
+        .collect();
+    dirs.sort_by_key(|d| {
+        d.parent()
+            .and_then(|v| v.file_name())
+            .and_then(|v| v.to_str())
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    });
+    dirs.pop()
 }
 
-fn pg_is_ready() -> bool {
-    Command::new("pg_isready")
-        .args(["-q", "-h", "127.0.0.1", "-p", "5432"])
-        .status()
-        .is_ok_and(|s| s.success())
+/// Whether this process runs as root (`/proc/self` belongs to the
+/// effective user).
+fn running_as_root() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0)
 }
 
-/// Starts PostgreSQL again when dropped, so a failing test never leaves the
-/// machine without its database.
-struct RestartGuard;
+/// `program args...`, as the `postgres` user when we are root.
+fn pg_command(program: &Path) -> Command {
+    if running_as_root() {
+        let mut command = Command::new("runuser");
+        command.args(["-u", "postgres", "--"]).arg(program);
+        command
+    } else {
+        Command::new(program)
+    }
+}
 
-impl Drop for RestartGuard {
+fn free_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}
+
+/// A PostgreSQL cluster of the test's own. Dropping it kills the server (and
+/// every backend) and removes its directory.
+struct Cluster {
+    bindir: PathBuf,
+    /// Holds `data/` and `sock/`; removed on drop.
+    root: tempfile::TempDir,
+    port: u16,
+    /// `postgres` (or `runuser` around it) as started by us.
+    child: Option<std::process::Child>,
+}
+
+impl Cluster {
+    fn data(&self) -> PathBuf {
+        self.root.path().join("data")
+    }
+
+    fn socket_dir(&self) -> PathBuf {
+        self.root.path().join("sock")
+    }
+
+    fn url(&self, database: &str) -> String {
+        format!("postgres://postgres@127.0.0.1:{}/{database}", self.port)
+    }
+
+    /// `initdb` into a fresh temporary directory, then starts the server.
+    fn create(bindir: PathBuf) -> Cluster {
+        let root = tempfile::Builder::new()
+            .prefix("stepwise-dbloss-")
+            .tempdir()
+            .expect("a temporary directory");
+        let mut cluster = Cluster {
+            bindir,
+            root,
+            port: free_port(),
+            child: None,
+        };
+        std::fs::create_dir(cluster.socket_dir()).unwrap();
+        if running_as_root() {
+            let out = Command::new("chown")
+                .args(["-R", "postgres:postgres"])
+                .arg(cluster.root.path())
+                .output()
+                .expect("chown runs");
+            assert!(out.status.success(), "chown: {out:?}");
+        }
+        let out = pg_command(&cluster.bindir.join("initdb"))
+            .arg("-D")
+            .arg(cluster.data())
+            .args([
+                "-A",
+                "trust",
+                "-U",
+                "postgres",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
+            .stdin(Stdio::null())
+            .output()
+            .expect("initdb runs");
+        assert!(
+            out.status.success(),
+            "initdb failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        cluster.start();
+        cluster
+    }
+
+    /// Starts the server on the cluster's port and waits until it accepts
+    /// connections. After a crash the old backends may still be exiting
+    /// (their shared memory blocks a new postmaster): it tries again until
+    /// the deadline.
+    fn start(&mut self) {
+        assert!(self.child.is_none(), "the cluster is already running");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let log = std::fs::File::create(self.root.path().join("postgres.log")).unwrap();
+            let child = pg_command(&self.bindir.join("postgres"))
+                .arg("-D")
+                .arg(self.data())
+                .arg("-p")
+                .arg(self.port.to_string())
+                .arg("-k")
+                .arg(self.socket_dir())
+                .args([
+                    "-c",
+                    "listen_addresses=127.0.0.1",
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=40",
+                ])
+                .stdin(Stdio::null())
+                .stdout(log.try_clone().unwrap())
+                .stderr(log)
+                .spawn()
+                .expect("postgres starts");
+            self.child = Some(child);
+            // Ready, or the server gave up (exited).
+            while Instant::now() < deadline {
+                if self.is_ready() {
+                    return;
+                }
+                if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
+                    eprintln!("postgres exited with {status}: {}", self.log());
+                    self.child = None;
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            assert!(Instant::now() < deadline, "postgres did not start: {}", self.log());
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.root.path().join("postgres.log")).unwrap_or_default()
+    }
+
+    fn is_ready(&self) -> bool {
+        Command::new(self.bindir.join("pg_isready"))
+            .args(["-q", "-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .stdin(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    }
+
+    /// The postmaster's pid, from `postmaster.pid` (the child we hold may be
+    /// `runuser` around it).
+    fn postmaster_pid(&self) -> Option<i32> {
+        std::fs::read_to_string(self.data().join("postmaster.pid"))
+            .ok()?
+            .lines()
+            .next()?
+            .trim()
+            .parse()
+            .ok()
+    }
+
+    /// Ends the server. `Signal::SIGINT` is PostgreSQL's fast shutdown;
+    /// `Signal::SIGKILL` kills the postmaster and then every process it
+    /// started, as a machine crash would (the next start runs crash
+    /// recovery). Waits until no process of the cluster is left.
+    fn kill(&mut self, signal: Signal) {
+        let Some(mut child) = self.child.take() else { return };
+        if let Some(pid) = self.postmaster_pid() {
+            let backends = children_of(pid);
+            let _ = nix::sys::signal::kill(Pid::from_raw(pid), signal);
+            if signal == Signal::SIGKILL {
+                for backend in backends {
+                    let _ = nix::sys::signal::kill(Pid::from_raw(backend), Signal::SIGKILL);
+                }
+            }
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if alive(pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+}
+
+impl Drop for Cluster {
     fn drop(&mut self) {
-        if !pg_is_ready() {
-            let out = pg_ctlcluster("start");
-            eprintln!("restart guard: pg_ctlcluster start: {out:?}");
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !pg_is_ready() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(200));
+        // Immediate shutdown, then whatever is left is killed.
+        self.kill(Signal::SIGQUIT);
+        if let Some(pid) = self.postmaster_pid() {
+            for process in children_of(pid) {
+                let _ = nix::sys::signal::kill(Pid::from_raw(process), Signal::SIGKILL);
             }
         }
     }
 }
 
-/// Drops the test's database when dropped (after PostgreSQL is back).
-struct DropDatabase(String);
-
-impl Drop for DropDatabase {
-    fn drop(&mut self) {
-        if pg_is_ready() {
-            psql(&format!("drop database if exists {} with (force)", self.0));
-        }
+/// Whether `pid` is a live process (not a zombie).
+fn alive(pid: i32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
     }
 }
 
-fn psql(sql: &str) {
-    let out = Command::new("psql")
-        .args(["-q", "-h", "127.0.0.1", "-U", "postgres", "-d", "postgres", "-c", sql])
-        .output()
-        .expect("psql runs");
-    if !out.status.success() {
-        eprintln!("psql {sql}: {out:?}");
-    }
+/// The processes whose parent is `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|stat| {
+                    let (_, rest) = stat.rsplit_once(')')?;
+                    rest.split_whitespace().nth(1)?.parse::<i32>().ok()
+                })
+                == Some(pid)
+        })
+        .collect()
 }
 
 struct Server {
@@ -123,28 +330,39 @@ impl Server {
 }
 
 #[tokio::test]
-#[ignore = "restarts PostgreSQL; run alone by .ci/run"]
-async fn the_service_survives_a_database_restart_mid_execution() {
-    assert!(pg_is_ready(), "PostgreSQL must be running before the test");
-    let db_name = format!("stepwise_dbloss_{}", uuid::Uuid::new_v4().simple());
-    // Dropped in reverse order: PostgreSQL is started again, then the
-    // database is dropped.
-    let _database = DropDatabase(db_name.clone());
-    let _restart = RestartGuard;
-    let port = {
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        listener.local_addr().unwrap().port()
+async fn the_service_survives_a_fast_database_shutdown_mid_execution() {
+    database_loss(Signal::SIGINT).await;
+}
+
+#[tokio::test]
+async fn the_service_survives_a_database_crash_mid_execution() {
+    database_loss(Signal::SIGKILL).await;
+}
+
+async fn database_loss(signal: Signal) {
+    let Some(bindir) = pg_bindir() else {
+        // CI has PostgreSQL's binaries; a developer's machine may have only a
+        // remote server.
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "initdb not found (set STEPWISE_PG_BINDIR)"
+        );
+        eprintln!("skipped: no initdb found (set STEPWISE_PG_BINDIR to run this test)");
+        return;
     };
+    let mut cluster = tokio::task::spawn_blocking(move || Cluster::create(bindir))
+        .await
+        .unwrap();
+    let port = free_port();
     let data_dir = tempfile::tempdir().unwrap();
     let marks = tempfile::tempdir().unwrap();
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_stepwise"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .arg("--data-dir")
         .arg(data_dir.path())
-        .env(
-            "STEPWISE_DATABASE_URL",
-            format!("postgres://postgres@127.0.0.1:5432/{db_name}"),
-        )
+        .env("STEPWISE_DATABASE_URL", cluster.url("stepwise"))
+        .env("STEPWISE_DATABASE__MAX_CONNECTIONS", "10")
+        .env("STEPWISE_WORKER__CONCURRENCY", "4")
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "stepwise=info".into()),
@@ -163,7 +381,7 @@ async fn the_service_survives_a_database_restart_mid_execution() {
     server.wait_for_status("/healthz", 200, Duration::from_secs(60)).await;
     server.wait_for_status("/readyz", 200, Duration::from_secs(60)).await;
 
-    // Three Command steps; the middle one runs across the restart.
+    // Three Command steps; the middle one runs across the outage.
     let d = marks.path().display();
     let definition = json!({"Version": "2020-12-01", "Steps": [
         {"Name": "Before", "Type": "Command", "Arguments": {"Shell": format!(
@@ -181,15 +399,20 @@ async fn the_service_survives_a_database_restart_mid_execution() {
     assert_eq!(status, 201, "{body}");
     let id = body["execution_id"].as_str().unwrap().to_string();
 
-    // Wait until the middle step runs, then stop PostgreSQL under it.
+    // Wait until the middle step runs, then take the database away under it.
     let started = marks.path().join("during-started");
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while !started.exists() {
         assert!(tokio::time::Instant::now() < deadline, "the middle step never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let out = pg_ctlcluster("stop");
-    assert!(out.status.success(), "pg_ctlcluster stop: {out:?}");
+    let mut cluster = tokio::task::spawn_blocking(move || {
+        cluster.kill(signal);
+        cluster
+    })
+    .await
+    .unwrap();
+    assert!(!cluster.is_ready(), "the cluster is down");
 
     // While the database is down: not ready, still alive.
     server.wait_for_status("/readyz", 503, Duration::from_secs(60)).await;
@@ -205,8 +428,13 @@ async fn the_service_survives_a_database_restart_mid_execution() {
     assert!((500..600).contains(&down_status), "{down_status} {down_body}");
     assert!(down_body["error"]["code"].is_string(), "{down_body}");
 
-    let out = pg_ctlcluster("start");
-    assert!(out.status.success(), "pg_ctlcluster start: {out:?}");
+    // The same cluster again, on the same port.
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.start();
+        cluster
+    })
+    .await
+    .unwrap();
     server.wait_for_status("/readyz", 200, Duration::from_secs(120)).await;
 
     // The service reconnects by itself and the execution finishes.
@@ -236,6 +464,8 @@ async fn the_service_survives_a_database_restart_mid_execution() {
 
     child.start_kill().unwrap();
     child.wait().await.unwrap();
+    // The cluster is ended and removed here (and on any panic above).
+    tokio::task::spawn_blocking(move || drop(cluster)).await.unwrap();
     // Checked last so that the recovery above is proven either way.
     assert_eq!(
         down_status, 503,
