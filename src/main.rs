@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stepwise::{
     app::{self, App},
     config::{Config, LogFormat, Overrides},
+    executor::supervisor,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -55,8 +56,19 @@ enum Command {
     Bench(stepwise::bench::BenchArgs),
 }
 
+fn main() -> anyhow::Result<()> {
+    // The step supervisor is started by workers for every command step: it
+    // skips flag parsing (the step's environment may hold STEPWISE_*
+    // variables) and the async runtime, to start fast.
+    let mut args = std::env::args_os().skip(1);
+    if args.next().is_some_and(|a| a == supervisor::SUBCOMMAND) {
+        std::process::exit(supervisor::main(args));
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         print!("{}", stepwise::api::OPENAPI_YAML);
