@@ -66,7 +66,12 @@ impl AttemptDirs {
 }
 
 enum Ended {
-    Exited { code: Option<i32>, signal: Option<i32> },
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The supervisor failed or went away without saying how the command ended.
+    Lost(String),
     TimedOut,
     Stopped,
 }
@@ -114,7 +119,12 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         _ = sleep_or_forever(timeout) => Ended::TimedOut,
         _ = stop.cancelled() => Ended::Stopped,
     };
-    if !matches!(ended, Ended::Exited { .. }) {
+    if let Ended::Lost(message) = &ended {
+        // The supervisor is gone (killed?): end the group it recorded, as a
+        // last resort.
+        tracing::warn!(step.name = %step.step_name, error = %message, "lost the step supervisor; killing the step's process group");
+        let _ = killpg(group, Signal::SIGKILL);
+    } else if !matches!(ended, Ended::Exited { .. }) {
         // Closing its stdin asks the supervisor to end the group: SIGTERM,
         // then SIGKILL after the grace period.
         drop(stdin);
@@ -142,13 +152,7 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         Ended::Stopped => StepOutcome::Stopped {
             message: "the execution was stopped; the process group was ended".into(),
         },
-        Ended::Exited {
-            code: None,
-            signal: None,
-        } => StepOutcome::failed(
-            SERVICE_FAULT,
-            "the step supervisor ended without reporting how the command ended",
-        ),
+        Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
         Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
     (outcome, log)
@@ -242,10 +246,8 @@ async fn next_report(lines: &mut ReportLines) -> Report {
 fn ended_by(report: Report) -> Ended {
     match report {
         Report::Ended { code, signal } => Ended::Exited { code, signal },
-        _ => Ended::Exited {
-            code: None,
-            signal: None,
-        },
+        Report::Fault { message } => Ended::Lost(message),
+        other => Ended::Lost(format!("the step supervisor sent {other:?} after starting the command")),
     }
 }
 

@@ -349,3 +349,46 @@ pub fn check_callback_outputs(declared: &Value, given: &Map<String, Value>) -> R
         Err(problems)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_at_names_where_a_nul_sits() {
+        assert_eq!(nul_at(&json!({"a": [1, "x"], "b": {"c": "ok"}})), None);
+        assert_eq!(nul_at(&json!({"a": [1, "x\u{0}"]})).as_deref(), Some("a[1]"));
+        assert_eq!(nul_at(&json!({"b": {"c\u{0}": 1}})).as_deref(), Some("b.c\\u0000"));
+        assert_eq!(nul_at(&json!("\u{0}")).as_deref(), Some("the value"));
+    }
+
+    #[test]
+    fn outcomes_are_made_storable() {
+        let nul = StepOutcome::Succeeded {
+            properties: json!({"Outputs": {"x": "\u{0}"}}),
+            metadata: json!({}),
+            exit_code: Some(0),
+        };
+        match storable(nul, "Command") {
+            StepOutcome::Failed {
+                error_type, message, ..
+            } => {
+                assert_eq!(error_type, "Command.FAILED");
+                assert!(message.contains("Properties Outputs.x"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match storable(StepOutcome::failed("Command.FAILED", "bad \u{0} name"), "Command") {
+            StepOutcome::Failed { message, .. } => assert_eq!(message, "bad \\u0000 name"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn callback_outputs_with_a_nul_are_refused() {
+        let declared = json!({"OutputParameters": [{"OutputName": "s", "OutputType": "String"}]});
+        let given = json!({"s": "a\u{0}"});
+        let problems = check_callback_outputs(&declared, given.as_object().unwrap()).unwrap_err();
+        assert!(problems[0].contains("NUL character"), "{problems:?}");
+    }
+}

@@ -285,7 +285,9 @@ async fn hashing_a_device_or_a_fifo_fails_the_step_while_the_api_answers(db: PgP
         json!([
             {"Name": "Zero1", "Type": "Command", "Arguments": cached(json!(["/dev/zero"])), "CacheConfig": cache},
             {"Name": "Zero2", "Type": "Command", "Arguments": cached(json!(["/dev/zero"])), "CacheConfig": cache},
-            {"Name": "Fifo", "Type": "Command", "Arguments": cached(json!([fifo.to_str().unwrap()])), "CacheConfig": cache}
+            {"Name": "Fifo", "Type": "Command", "Arguments": cached(json!([fifo.to_str().unwrap()])), "CacheConfig": cache},
+            // Relative to WorkingDirectory, never to the server's directory.
+            {"Name": "Relative", "Type": "Command", "Arguments": cached(json!(["Cargo.toml"])), "CacheConfig": cache}
         ]),
     );
     app.create_pipeline("devices", definition).await;
@@ -334,4 +336,13 @@ async fn hashing_a_device_or_a_fifo_fails_the_step_while_the_api_answers(db: PgP
             "{reason}"
         );
     }
+    // The server runs in the crate's directory, where Cargo.toml exists: a
+    // relative input must still not be read from there.
+    let step = app.step(&id, "Relative").await;
+    assert_eq!(step["error_type"], "Step.INPUT_ERROR", "{step}");
+    let reason = step["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("\"Cargo.toml\" is relative and the step has no WorkingDirectory"),
+        "{reason}"
+    );
 }
