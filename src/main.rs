@@ -57,12 +57,10 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    // The step supervisor is started by workers for every command step: it
-    // skips flag parsing (the step's environment may hold STEPWISE_*
-    // variables) and the async runtime, to start fast.
-    let mut args = std::env::args_os().skip(1);
-    if args.next().is_some_and(|a| a == supervisor::SUBCOMMAND) {
-        std::process::exit(supervisor::main(args));
+    // The step supervisor, started by each worker pool: plain threads, no
+    // async runtime, no flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == supervisor::SUBCOMMAND) {
+        std::process::exit(supervisor::main());
     }
     run()
 }

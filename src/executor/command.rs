@@ -3,15 +3,14 @@
 //! to one bounded log per attempt, outputs read from `$STEPWISE_OUTPUTS`, and
 //! SIGTERM-then-SIGKILL of the whole group on timeout or stop.
 //!
-//! The process is started through the step supervisor (`stepwise supervise`,
-//! see [`super::supervisor`]): it owns the process group, kills it when the
-//! command ends (so background children do not outlive a successful step),
-//! when the worker closes its stdin (stop, timeout) and when the worker dies,
-//! and bounds the log file on disk.
+//! The process is started by the worker pool's step supervisor
+//! (`stepwise supervise`, see [`super::supervisor`]): it owns the process
+//! group, kills it when the command ends (so background children do not
+//! outlive a successful step), on stop and timeout, and when the worker
+//! dies, and bounds the log file on disk.
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
@@ -20,13 +19,12 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::{json, Value};
-use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio_util::sync::CancellationToken;
 
 use super::{
     artifacts_uri,
     log::read_log_bounded,
-    supervisor::{self, Report, SpawnError},
+    supervisor::{Report, Spawn, SpawnError},
     StepContext,
 };
 use crate::{config::Config, domain::definition::CommandArgs, engine::StepOutcome};
@@ -76,8 +74,6 @@ enum Ended {
     Stopped,
 }
 
-type ReportLines = Lines<BufReader<tokio::process::ChildStdout>>;
-
 pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationToken) -> (StepOutcome, Option<Vec<u8>>) {
     let step = ctx.step;
     let worker = &ctx.config.worker;
@@ -88,34 +84,25 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
             return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
-    let mut command = match supervised_command(ctx, args, &dirs) {
-        Ok(c) => c,
+    let request = match spawn_request(ctx, args, &dirs) {
+        Ok(r) => r,
         Err(outcome) => return (outcome, None),
     };
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            let message = format!(
-                "cannot start the step supervisor {}: {e}",
-                supervisor_program(ctx.config)
-            );
-            return (StepOutcome::failed(SERVICE_FAULT, message), None);
-        }
+    let mut supervised = match ctx.supervisor.spawn(request).await {
+        Ok(s) => s,
+        Err(message) => return (StepOutcome::failed(SERVICE_FAULT, message), None),
     };
-    let stdin = child.stdin.take();
-    let mut reports = BufReader::new(child.stdout.take().expect("piped stdout")).lines();
     let program = display_program(args);
-    let group = match next_report(&mut reports).await {
+    let group = match supervised.next_report().await {
         Report::Started { pid } => Pid::from_raw(pid),
         other => {
-            let _ = child.wait().await;
             let log = read_log_bounded(&dirs.log, worker.max_log_bytes).await;
             return (not_started(other, &program), log);
         }
     };
     let timeout = args.timeout_seconds.map(Duration::from_secs);
     let ended = tokio::select! {
-        report = next_report(&mut reports) => ended_by(report),
+        report = supervised.next_report() => ended_by(report),
         _ = sleep_or_forever(timeout) => Ended::TimedOut,
         _ = stop.cancelled() => Ended::Stopped,
     };
@@ -125,18 +112,15 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         tracing::warn!(step.name = %step.step_name, error = %message, "lost the step supervisor; killing the step's process group");
         let _ = killpg(group, Signal::SIGKILL);
     } else if !matches!(ended, Ended::Exited { .. }) {
-        // Closing its stdin asks the supervisor to end the group: SIGTERM,
-        // then SIGKILL after the grace period.
-        drop(stdin);
+        // SIGTERM to the group, SIGKILL after the grace period.
+        supervised.stop();
         let grace = Duration::from_secs(worker.kill_grace_seconds);
-        let last = tokio::time::timeout(grace + Duration::from_secs(10), next_report(&mut reports)).await;
+        let last = tokio::time::timeout(grace + Duration::from_secs(10), supervised.next_report()).await;
         if last.is_err() {
-            tracing::warn!(step.name = %step.step_name, "the step supervisor did not end the step in time; killing it");
+            tracing::warn!(step.name = %step.step_name, "the step supervisor did not end the step in time; killing its group");
             let _ = killpg(group, Signal::SIGKILL);
-            let _ = child.start_kill();
         }
     }
-    let _ = child.wait().await;
     let log = read_log_bounded(&dirs.log, worker.max_log_bytes).await;
     let outcome = match ended {
         Ended::TimedOut => StepOutcome::Failed {
@@ -158,12 +142,9 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
     (outcome, log)
 }
 
-/// The supervisor command that runs the step's program.
-fn supervised_command(
-    ctx: &StepContext<'_>,
-    args: &CommandArgs,
-    dirs: &AttemptDirs,
-) -> Result<tokio::process::Command, StepOutcome> {
+/// What the supervisor is asked to run: the program found on the child's
+/// PATH, the `STEPWISE_*` contract in its environment.
+fn spawn_request(ctx: &StepContext<'_>, args: &CommandArgs, dirs: &AttemptDirs) -> Result<Spawn, StepOutcome> {
     let step = ctx.step;
     let mut env: Vec<(String, String)> = ctx
         .config
@@ -174,49 +155,42 @@ fn supervised_command(
         .collect();
     env.extend(args.env.iter().map(|(k, v)| (k.clone(), v.clone())));
     let child_path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-    let (arg0, program, rest): (&str, PathBuf, Vec<String>) = match (&args.command, &args.shell) {
-        (Some(argv), _) if !argv.is_empty() => (&argv[0], program_path(&argv[0], child_path), argv[1..].to_vec()),
-        (_, Some(script)) => ("sh", program_path("sh", child_path), vec!["-c".into(), script.clone()]),
+    let (arg0, program, rest) = match (&args.command, &args.shell) {
+        (Some(argv), _) if !argv.is_empty() => {
+            (argv[0].clone(), program_path(&argv[0], child_path), argv[1..].to_vec())
+        }
+        (_, Some(script)) => (
+            "sh".to_string(),
+            program_path("sh", child_path),
+            vec!["-c".into(), script.clone()],
+        ),
         _ => return Err(StepOutcome::failed(super::INPUT_ERROR, "Command is empty")),
     };
-    let supervised = supervisor::Args {
+    let path = |p: &Path| p.display().to_string();
+    env.extend([
+        ("STEPWISE_OUTPUTS".to_string(), path(&dirs.outputs)),
+        ("STEPWISE_ARTIFACTS".to_string(), path(&dirs.artifacts)),
+        ("STEPWISE_EXECUTION_ARN".to_string(), ctx.execution_arn()),
+        ("STEPWISE_EXECUTION_ID".to_string(), step.execution_id.to_string()),
+        ("STEPWISE_PIPELINE_NAME".to_string(), step.pipeline_name.clone()),
+        ("STEPWISE_STEP_NAME".to_string(), step.step_name.clone()),
+        ("STEPWISE_ATTEMPT".to_string(), step.attempt.to_string()),
+    ]);
+    Ok(Spawn {
+        id: 0,
         log: dirs.log.clone(),
         max_log_bytes: ctx.config.worker.max_log_bytes,
-        grace: Duration::from_secs(ctx.config.worker.kill_grace_seconds),
+        grace_ms: ctx.config.worker.kill_grace_seconds * 1000,
         cwd: args
             .working_directory
             .as_deref()
             .map(PathBuf::from)
             .unwrap_or(dirs.work.clone()),
-        arg0: arg0.into(),
-        program: program.into(),
-        args: rest.into_iter().map(Into::into).collect(),
-    };
-    let mut command = tokio::process::Command::new(supervisor_program(ctx.config));
-    command
-        .arg0("stepwise")
-        .arg(supervisor::SUBCOMMAND)
-        .args(supervised.to_argv());
-    // The supervisor passes its environment on to the command unchanged.
-    command.env_clear();
-    command.envs(env);
-    command
-        .env("STEPWISE_OUTPUTS", &dirs.outputs)
-        .env("STEPWISE_ARTIFACTS", &dirs.artifacts)
-        .env("STEPWISE_EXECUTION_ARN", ctx.execution_arn())
-        .env("STEPWISE_EXECUTION_ID", step.execution_id.to_string())
-        .env("STEPWISE_PIPELINE_NAME", &step.pipeline_name)
-        .env("STEPWISE_STEP_NAME", &step.step_name)
-        .env("STEPWISE_ATTEMPT", step.attempt.to_string());
-    command
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        // Its own group: a Ctrl-C meant for the worker does not reach it,
-        // and it stays behind to end the step if the worker dies. Not
-        // kill_on_drop: dropping it closes its stdin, which ends the step.
-        .process_group(0);
-    Ok(command)
+        arg0,
+        program,
+        args: rest,
+        env,
+    })
 }
 
 /// The program that supervises steps: `worker.supervisor_program`, or this
@@ -226,20 +200,6 @@ pub fn supervisor_program(config: &Config) -> String {
     match config.worker.supervisor_program.as_str() {
         "" => "/proc/self/exe".to_string(),
         path => path.to_string(),
-    }
-}
-
-async fn next_report(lines: &mut ReportLines) -> Report {
-    match lines.next_line().await {
-        Ok(Some(line)) => serde_json::from_str(&line).unwrap_or_else(|e| Report::Fault {
-            message: format!("the step supervisor sent {line:?}: {e}"),
-        }),
-        Ok(None) => Report::Fault {
-            message: "the step supervisor ended without a report".into(),
-        },
-        Err(e) => Report::Fault {
-            message: format!("reading the step supervisor's report failed: {e}"),
-        },
     }
 }
 

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod command;
 pub mod inputs;
 pub mod log;
+pub mod supervised;
 pub mod supervisor;
 
 use std::path::{Path, PathBuf};
@@ -39,6 +40,8 @@ pub struct StepContext<'a> {
     pub step: &'a ClaimedStep,
     pub arns: &'a Arns,
     pub config: &'a Config,
+    /// Runs Command steps' processes (one per worker pool).
+    pub supervisor: &'a supervised::Supervisor,
 }
 
 impl StepContext<'_> {

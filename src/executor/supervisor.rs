@@ -1,41 +1,43 @@
-//! The step supervisor: `stepwise supervise ...`, a small process of our own
-//! binary between a worker and each Command step, so that no process of a
-//! step outlives its attempt, whatever happens to the worker.
+//! The step supervisor: `stepwise supervise`, one small process of our own
+//! binary beside each worker process, so that no process of a step outlives
+//! its attempt, whatever happens to the worker.
 //!
-//! The worker starts it (by path, so with `posix_spawn`) in a process group
-//! of its own, with a pipe as its stdin and another as its stdout. The
-//! supervisor becomes a child subreaper (orphans of the step are re-parented
-//! to it, not to init), starts the command in a new process group whose id
-//! it records (the command's pid) and reports on stdout, one JSON line each:
-//! [`Report::Started`] (or why it could not start), then how it ended.
+//! The worker starts it once (by path, in a process group of its own) and
+//! talks to it over two pipes, one JSON line per message: [`Request`]s on
+//! its stdin (start a step's command, stop one), [`Event`]s on its stdout
+//! (started with its pid, could not start and why, ended and how). For each
+//! command the supervisor:
 //!
-//! - The command's stdout and stderr go through a pipe the supervisor reads
-//!   into a [`BoundedLog`], so the log file never outgrows
-//!   `worker.max_log_bytes`.
-//! - When the leader exits, the supervisor sees it with `waitid(WNOWAIT)`,
-//!   so the leader is still a zombie and its pid, the group id, cannot be
-//!   reused; SIGKILLs the group (background children of a successful step
-//!   go too), reaps the leader, then kills and reaps whatever descendants
-//!   were re-parented to it (those that left the group).
-//! - When its stdin closes (the worker asks it to end the step on stop or
-//!   timeout by closing the pipe, or the worker died, even by SIGKILL), it
-//!   SIGTERMs the group, waits up to the grace period for the leader, then
-//!   SIGKILLs the group and the descendants as above.
+//! - starts it in a new process group (the group id is the recorded pid),
+//!   with stdout and stderr on a pipe it copies into a [`BoundedLog`], so the
+//!   log file never outgrows `worker.max_log_bytes`;
+//! - sees the leader exit with `waitid(WNOWAIT)`, so the leader is still a
+//!   zombie and its pid, the group id, cannot be reused, SIGKILLs the group
+//!   (background children of a successful step go too), then reaps it;
+//! - on a stop request (stop, timeout), SIGTERMs the group and SIGKILLs it
+//!   after the grace period, or at once when the leader is gone.
+//!
+//! When its stdin closes (the worker ended, or died, even by SIGKILL, since
+//! the kernel closes the pipe), it ends every group it holds the same way
+//! and exits. Being one process per worker rather than one per step, it
+//! costs nothing per step but the command's own spawn (which it does with
+//! `posix_spawn`).
 //!
 //! A parent-death signal was not used: it needs `unsafe` (`pre_exec` with
 //! `prctl`, which also forces `fork` instead of `posix_spawn`), and it only
-//! reaches the direct child, not its group.
+//! reaches the direct child, not its group. A process that leaves its group
+//! (`setsid`, a daemon) is out of reach; run untrusted code in a container.
 
 use std::{
-    ffi::OsString,
+    collections::HashMap,
     fs::{File, OpenOptions},
-    io::{Read, Write},
+    io::{BufRead, Read, Write},
     os::{fd::AsFd, unix::process::CommandExt},
     path::PathBuf,
-    process::{Command, Stdio},
+    process::{Child, Command, Stdio},
     sync::{
         atomic::{AtomicBool, Ordering},
-        mpsc, Arc,
+        Arc, Condvar, Mutex,
     },
     time::{Duration, Instant},
 };
@@ -45,8 +47,8 @@ use nix::{
     fcntl::OFlag,
     poll::{poll, PollFd, PollFlags, PollTimeout},
     sys::{
-        signal::{kill, killpg, Signal},
-        wait::{waitid, waitpid, Id, WaitPidFlag, WaitStatus},
+        signal::{killpg, Signal},
+        wait::{waitid, Id, WaitPidFlag},
     },
     unistd::{pipe2, Pid},
 };
@@ -54,11 +56,41 @@ use serde::{Deserialize, Serialize};
 
 use super::log::BoundedLog;
 
-/// The subcommand name; `main` dispatches on it before parsing flags, so a
-/// step's environment (`STEPWISE_*` variables) cannot disturb it.
+/// The subcommand name; `main` dispatches on it before parsing flags.
 pub const SUBCOMMAND: &str = "supervise";
 
-/// What the supervisor tells the worker, one JSON line each.
+/// What the worker asks.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "snake_case")]
+pub enum Request {
+    Spawn(Spawn),
+    /// SIGTERM the step's group, SIGKILL it after its grace period.
+    Stop {
+        id: u64,
+    },
+}
+
+/// One command to run, with everything it runs with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Spawn {
+    pub id: u64,
+    pub log: PathBuf,
+    pub max_log_bytes: u64,
+    pub grace_ms: u64,
+    pub cwd: PathBuf,
+    pub arg0: String,
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+}
+
+/// What the supervisor tells the worker about step `id`.
+#[derive(Debug, Serialize, Deserialize, PartialEq)]
+pub struct Event {
+    pub id: u64,
+    pub report: Report,
+}
+
 #[derive(Debug, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum Report {
@@ -68,8 +100,15 @@ pub enum Report {
     SpawnFailed { kind: SpawnError, message: String },
     /// The command ended (the leader; its group is gone too).
     Ended { code: Option<i32>, signal: Option<i32> },
-    /// The supervisor itself failed.
+    /// The supervisor failed, or is gone.
     Fault { message: String },
+}
+
+impl Report {
+    /// Whether nothing more comes for the step after this.
+    pub fn is_last(&self) -> bool {
+        !matches!(self, Report::Started { .. })
+    }
 }
 
 /// Why a command could not start: the first four are the step's own
@@ -84,138 +123,92 @@ pub enum SpawnError {
     Other,
 }
 
-/// The supervisor's arguments, positional: `LOG MAX_LOG_BYTES GRACE_MS CWD
-/// ARG0 PROGRAM [ARGS...]`. The environment is the command's.
-pub struct Args {
-    pub log: PathBuf,
-    pub max_log_bytes: u64,
-    pub grace: Duration,
-    pub cwd: PathBuf,
-    pub arg0: OsString,
-    pub program: OsString,
-    pub args: Vec<OsString>,
+type Out = Arc<Mutex<std::io::Stdout>>;
+
+/// A running command's group and grace period.
+struct Running {
+    group: Pid,
+    grace: Duration,
 }
 
-impl Args {
-    /// The arguments after the subcommand, as the worker passes them.
-    pub fn to_argv(&self) -> Vec<OsString> {
-        let mut v: Vec<OsString> = vec![
-            self.log.clone().into(),
-            self.max_log_bytes.to_string().into(),
-            self.grace.as_millis().to_string().into(),
-            self.cwd.clone().into(),
-            self.arg0.clone(),
-            self.program.clone(),
-        ];
-        v.extend(self.args.iter().cloned());
-        v
-    }
-
-    fn parse(mut argv: impl Iterator<Item = OsString>) -> Result<Args, String> {
-        let mut next = |what: &str| argv.next().ok_or_else(|| format!("missing {what}"));
-        let log = PathBuf::from(next("LOG")?);
-        let number = |s: OsString, what: &str| {
-            s.to_str()
-                .and_then(|s| s.parse::<u64>().ok())
-                .ok_or_else(|| format!("{what} is not a number"))
-        };
-        let max_log_bytes = number(next("MAX_LOG_BYTES")?, "MAX_LOG_BYTES")?;
-        let grace = Duration::from_millis(number(next("GRACE_MS")?, "GRACE_MS")?);
-        let cwd = PathBuf::from(next("CWD")?);
-        let arg0 = next("ARG0")?;
-        let program = next("PROGRAM")?;
-        Ok(Args {
-            log,
-            max_log_bytes,
-            grace,
-            cwd,
-            arg0,
-            program,
-            args: argv.collect(),
-        })
-    }
-}
+/// The running commands by step id; the condvar is notified whenever one
+/// is removed. A group is only signalled under this lock, and removed under
+/// it before its leader is reaped, so no signal can reach a reused pid.
+type Table = Arc<(Mutex<HashMap<u64, Running>>, Condvar)>;
 
 /// Entry point of `stepwise supervise`; returns the process exit code.
-pub fn main(argv: impl Iterator<Item = OsString>) -> i32 {
-    let args = match Args::parse(argv) {
-        Ok(a) => a,
-        Err(m) => {
-            eprintln!("stepwise {SUBCOMMAND}: {m} (this subcommand is started by workers, not by hand)");
-            return 2;
+pub fn main() -> i32 {
+    let out: Out = Arc::new(Mutex::new(std::io::stdout()));
+    let table: Table = Arc::default();
+    for line in std::io::stdin().lock().lines() {
+        let Ok(line) = line else { break };
+        match serde_json::from_str::<Request>(&line) {
+            Ok(Request::Spawn(spawn)) => start(spawn, &out, &table),
+            Ok(Request::Stop { id }) => stop(id, &table),
+            Err(e) => eprintln!("stepwise {SUBCOMMAND}: ignoring {line:?}: {e} (workers start this, not people)"),
         }
-    };
-    supervise(&args, &mut std::io::stdout());
+    }
+    // The worker closed the pipe, or died: end every step still running.
+    end_all(&table);
     0
 }
 
-fn send(out: &mut impl Write, report: &Report) {
-    let mut line = serde_json::to_vec(report).expect("a report serialises");
+fn send(out: &Out, id: u64, report: Report) {
+    let mut line = serde_json::to_vec(&Event { id, report }).expect("an event serialises");
     line.push(b'\n');
-    // The worker is gone if this fails; the step is ended all the same.
+    let mut out = out.lock().unwrap_or_else(|e| e.into_inner());
+    // The worker is gone if this fails; its steps are ended all the same.
     let _ = out.write_all(&line).and_then(|_| out.flush());
 }
 
-enum Event {
-    Exited,
-    StdinClosed,
-}
-
-fn supervise(args: &Args, out: &mut impl Write) {
-    // Orphans of the step become our children, so none escapes unreaped.
-    let _ = nix::sys::prctl::set_child_subreaper(true);
+fn start(spawn_req: Spawn, out: &Out, table: &Table) {
+    let id = spawn_req.id;
     let log = match OpenOptions::new()
         .create(true)
         .write(true)
         .truncate(true)
-        .open(&args.log)
+        .open(&spawn_req.log)
     {
         Ok(f) => f,
         Err(e) => {
-            let message = format!("cannot create the log file {}: {e}", args.log.display());
-            return send(out, &Report::Fault { message });
+            let message = format!("cannot create the log file {}: {e}", spawn_req.log.display());
+            return send(out, id, Report::Fault { message });
         }
     };
-    let mut child = match spawn(args) {
+    let (child, reader) = match spawn(&spawn_req) {
         Ok(c) => c,
-        Err(report) => return send(out, &report),
+        Err(report) => return send(out, id, report),
     };
-    let pid = child.0.id() as i32;
-    send(out, &Report::Started { pid });
-    let group = Pid::from_raw(pid);
+    let pid = child.id() as i32;
+    let running = Running {
+        group: Pid::from_raw(pid),
+        grace: Duration::from_millis(spawn_req.grace_ms),
+    };
+    table.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, running);
+    send(out, id, Report::Started { pid });
+    let log = BoundedLog::new(log, spawn_req.max_log_bytes);
+    let (out, table) = (out.clone(), table.clone());
+    std::thread::spawn(move || watch(id, child, reader, log, &out, &table));
+}
 
-    let (tx, rx) = mpsc::channel();
-    let stdin_tx = tx.clone();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 64];
-        let mut stdin = std::io::stdin();
-        while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
-        let _ = stdin_tx.send(Event::StdinClosed);
-    });
-    std::thread::spawn(move || {
-        // WNOWAIT: the leader stays a zombie, so the group id stays ours.
-        while waitid(Id::Pid(group), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(Errno::EINTR) {}
-        let _ = tx.send(Event::Exited);
-    });
+/// Waits for the leader, ends its group, reaps it, reports.
+fn watch(id: u64, mut child: Child, reader: File, mut log: BoundedLog, out: &Out, table: &Table) {
     let finishing = Arc::new(AtomicBool::new(false));
     let pump = {
         let finishing = finishing.clone();
-        let reader = child.1.take().expect("the pipe's read end");
-        let mut log = BoundedLog::new(log, args.max_log_bytes);
         std::thread::spawn(move || pump(reader, &mut log, &finishing))
     };
-
-    if let Ok(Event::StdinClosed) = rx.recv() {
-        let _ = killpg(group, Signal::SIGTERM);
-        if !matches!(rx.recv_timeout(args.grace), Ok(Event::Exited)) {
-            let _ = killpg(group, Signal::SIGKILL);
-            while let Ok(Event::StdinClosed) = rx.recv() {}
-        }
+    let group = Pid::from_raw(child.id() as i32);
+    // WNOWAIT: the leader stays a zombie, so the group id stays ours.
+    while waitid(Id::Pid(group), WaitPidFlag::WEXITED | WaitPidFlag::WNOWAIT) == Err(Errno::EINTR) {}
+    {
+        let (lock, cvar) = &**table;
+        let mut running = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let _ = killpg(group, Signal::SIGKILL);
+        running.remove(&id);
+        cvar.notify_all();
     }
-    // The leader has exited and is not reaped yet: end the rest of its group.
-    let _ = killpg(group, Signal::SIGKILL);
-    let status = child.0.wait();
-    kill_descendants();
+    let status = child.wait();
     finishing.store(true, Ordering::SeqCst);
     let _ = pump.join();
     let report = match status {
@@ -230,11 +223,52 @@ fn supervise(args: &Args, out: &mut impl Write) {
             message: format!("waiting for the command failed: {e}"),
         },
     };
-    send(out, &report);
+    send(out, id, report);
+}
+
+/// SIGTERM now, SIGKILL after the grace period unless the leader is gone
+/// by then (its group is SIGKILLed by [`watch`] at once when it goes).
+fn stop(id: u64, table: &Table) {
+    let (group, grace) = {
+        let running = table.0.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(r) = running.get(&id) else { return };
+        let _ = killpg(r.group, Signal::SIGTERM);
+        (r.group, r.grace)
+    };
+    let table = table.clone();
+    std::thread::spawn(move || {
+        let (lock, cvar) = &*table;
+        let still = |t: &mut HashMap<u64, Running>| t.get(&id).is_some_and(|r| r.group == group);
+        let running = lock.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut running, _) = cvar
+            .wait_timeout_while(running, grace, |t| still(t))
+            .unwrap_or_else(|e| e.into_inner());
+        if still(&mut running) {
+            let _ = killpg(group, Signal::SIGKILL);
+        }
+    });
+}
+
+/// Ends every running group: SIGTERM, SIGKILL after the longest grace
+/// period, then waits (bounded) for their leaders to be reaped.
+fn end_all(table: &Table) {
+    let (lock, cvar) = &**table;
+    let running = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let grace = running.values().map(|r| r.grace).max().unwrap_or_default();
+    for r in running.values() {
+        let _ = killpg(r.group, Signal::SIGTERM);
+    }
+    let (running, _) = cvar
+        .wait_timeout_while(running, grace, |t| !t.is_empty())
+        .unwrap_or_else(|e| e.into_inner());
+    for r in running.values() {
+        let _ = killpg(r.group, Signal::SIGKILL);
+    }
+    let _ = cvar.wait_timeout_while(running, Duration::from_secs(5), |t| !t.is_empty());
 }
 
 /// Starts the command in a new process group with its output on a pipe.
-fn spawn(args: &Args) -> Result<(std::process::Child, Option<File>), Report> {
+fn spawn(args: &Spawn) -> Result<(Child, File), Report> {
     if !args.cwd.is_dir() {
         return Err(Report::SpawnFailed {
             kind: SpawnError::WorkingDirectory,
@@ -253,6 +287,8 @@ fn spawn(args: &Args) -> Result<(std::process::Child, Option<File>), Report> {
         .arg0(&args.arg0)
         .args(&args.args)
         .current_dir(&args.cwd)
+        .env_clear()
+        .envs(args.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .stdout(Stdio::from(write))
         .stderr(Stdio::from(write2))
@@ -262,7 +298,7 @@ fn spawn(args: &Args) -> Result<(std::process::Child, Option<File>), Report> {
     // Our copies of the write end must close, or the pipe never ends.
     drop(command);
     match spawned {
-        Ok(child) => Ok((child, Some(File::from(read)))),
+        Ok(child) => Ok((child, File::from(read))),
         Err(e) => {
             let kind = match (e.kind(), e.raw_os_error()) {
                 (std::io::ErrorKind::NotFound, _) => SpawnError::NotFound,
@@ -318,84 +354,35 @@ fn pump(reader: File, log: &mut BoundedLog, finishing: &AtomicBool) {
     let _ = log.flush();
 }
 
-/// Kills and reaps every remaining child of this process: processes of the
-/// step that left its group were re-parented to us (we are a subreaper).
-fn kill_descendants() {
-    for _ in 0..100 {
-        match waitpid(Pid::from_raw(-1), Some(WaitPidFlag::WNOHANG)) {
-            Err(_) => return, // ECHILD: none left
-            Ok(WaitStatus::StillAlive) => {
-                for pid in children() {
-                    let _ = kill(pid, Signal::SIGKILL);
-                }
-                let _ = waitpid(Pid::from_raw(-1), None);
-            }
-            Ok(_) => {} // reaped one; look again
-        }
-    }
-}
-
-/// This process's children, from `/proc/self/task/*/children`.
-fn children() -> Vec<Pid> {
-    let mut out = Vec::new();
-    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return out;
-    };
-    for task in tasks.flatten() {
-        if let Ok(text) = std::fs::read_to_string(task.path().join("children")) {
-            out.extend(
-                text.split_whitespace()
-                    .filter_map(|s| s.parse().ok())
-                    .map(Pid::from_raw),
-            );
-        }
-    }
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn arguments_round_trip() {
-        let args = Args {
+    fn messages_are_one_json_line_each() {
+        let spawn = Spawn {
+            id: 3,
             log: "/d/log.txt".into(),
             max_log_bytes: 1024,
-            grace: Duration::from_millis(1500),
+            grace_ms: 1500,
             cwd: "/w".into(),
             arg0: "sh".into(),
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hi".into()],
+            env: vec![("A".into(), "1".into())],
         };
-        let parsed = Args::parse(args.to_argv().into_iter()).unwrap();
-        assert_eq!(parsed.to_argv(), args.to_argv());
-        assert!(Args::parse(vec![OsString::from("/log")].into_iter()).is_err());
-    }
-
-    #[test]
-    fn reports_are_one_json_line_each() {
-        let mut out = Vec::new();
-        send(&mut out, &Report::Started { pid: 7 });
-        send(
-            &mut out,
-            &Report::Ended {
+        let line = serde_json::to_string(&Request::Spawn(spawn.clone())).unwrap();
+        assert!(!line.contains('\n'));
+        assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), Request::Spawn(spawn));
+        let event = Event {
+            id: 3,
+            report: Report::Ended {
                 code: Some(0),
                 signal: None,
             },
-        );
-        let lines: Vec<Report> = out
-            .split(|b| *b == b'\n')
-            .filter(|l| !l.is_empty())
-            .map(|l| serde_json::from_slice(l).unwrap())
-            .collect();
-        assert_eq!(lines[0], Report::Started { pid: 7 });
-        assert_eq!(
-            lines[1],
-            Report::Ended {
-                code: Some(0),
-                signal: None
-            }
-        );
+        };
+        let line = serde_json::to_string(&event).unwrap();
+        assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
+        assert!(!Report::Started { pid: 1 }.is_last());
     }
 }

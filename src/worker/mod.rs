@@ -52,6 +52,7 @@ struct Inner {
     /// ended and released rather than reported.
     abandon: CancellationToken,
     http: reqwest::Client,
+    supervisor: executor::supervised::Supervisor,
 }
 
 impl WorkerPool {
@@ -59,6 +60,7 @@ impl WorkerPool {
         WorkerPool {
             inner: Arc::new(Inner {
                 arns: Arns::new(&config.arn),
+                supervisor: executor::supervised::Supervisor::new(executor::command::supervisor_program(&config)),
                 db,
                 config,
                 notifier,
@@ -324,6 +326,7 @@ impl WorkerPool {
             step,
             arns: &inner.arns,
             config: &inner.config,
+            supervisor: &inner.supervisor,
         };
         match executor::run(&ctx, stop).await {
             Run::Done { outcome, log } => {
