@@ -59,6 +59,10 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
     pub kill_grace_seconds: u64,
     pub max_outputs_bytes: u64,
+    pub max_log_bytes: u64,
+    pub cache_input_max_bytes: u64,
+    pub cache_input_timeout_seconds: u64,
+    pub supervisor_program: String,
     pub pass_through_env: Vec<String>,
 }
 
@@ -134,6 +138,9 @@ impl Config {
         }
         if self.worker.poll_interval_ms == 0 {
             return fail("worker.poll_interval_ms must be at least 1");
+        }
+        if self.worker.max_log_bytes < crate::executor::log::MIN_LOG_BYTES {
+            return fail("worker.max_log_bytes must be at least 256");
         }
         if self.database.max_connections == 0 {
             return fail("database.max_connections must be at least 1");

@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 use stepwise::{
     app::{self, App},
     config::{Config, LogFormat, Overrides},
+    executor::supervisor,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -55,8 +56,17 @@ enum Command {
     Bench(stepwise::bench::BenchArgs),
 }
 
+fn main() -> anyhow::Result<()> {
+    // The step supervisor, started by each worker pool: plain threads, no
+    // async runtime, no flags.
+    if std::env::args_os().nth(1).is_some_and(|a| a == supervisor::SUBCOMMAND) {
+        std::process::exit(supervisor::main());
+    }
+    run()
+}
+
 #[tokio::main]
-async fn main() -> anyhow::Result<()> {
+async fn run() -> anyhow::Result<()> {
     let cli = Cli::parse();
     if let Some(Command::Openapi) = cli.command {
         print!("{}", stepwise::api::OPENAPI_YAML);

@@ -1,13 +1,10 @@
 //! Step cache keys (SPEC 4): the canonical document of a step run's key
 //! attributes, its SHA-256, warnings about components that can never repeat,
-//! content hashes of `CacheInputs`, and the explanation of a miss against an
-//! earlier entry. Pure except for [`hash_input`], which reads the files it
-//! hashes; lookups, expiry and storage of entries belong to the store.
+//! and the explanation of a miss against an earlier entry. Pure: the content
+//! hashes of `CacheInputs` are computed by `executor::inputs`, lookups,
+//! expiry and storage of entries belong to the store.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io;
-use std::path::Path;
 
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
@@ -38,7 +35,7 @@ pub struct CacheKey {
 /// Builds the key of a step run. `resolved_args` are the step's Arguments
 /// after expression evaluation; `raw_args` the Arguments as written, used to
 /// warn about per-execution values; `input_hashes` maps each `CacheInputs`
-/// path to its [`hash_input`].
+/// path to its content hash (`executor::inputs::hash_input`).
 ///
 /// Command components: `{"Type", "Command" or "Shell", "Env",
 /// "WorkingDirectory", "CacheInputs"}` (a missing `Env` counts as `{}` and a
@@ -141,73 +138,6 @@ fn render_path(path: &[PathSegment]) -> String {
         Some(rest) => rest.to_string(),
         None => s,
     }
-}
-
-/// Content hash (hex SHA-256) of a file or a directory tree. A directory is
-/// hashed over its entries sorted by relative path: each entry contributes its
-/// kind, its relative path and its content (a file's bytes, a symlink's target
-/// text; symlinks inside the tree are not followed, so a link cycle cannot
-/// loop). Names and bytes are hashed, never timestamps or permissions, so
-/// touching a file does not change the hash. `path` itself is followed when it
-/// is a symlink: `CacheInputs` naming a link means its target's content.
-/// Errors name the path that could not be read.
-pub fn hash_input(path: &Path) -> Result<String, String> {
-    let err = |p: &Path, e: io::Error| format!("cannot read cache input {}: {e}", p.display());
-    let meta = fs::metadata(path).map_err(|e| err(path, e))?;
-    let mut outer = Sha256::new();
-    if !meta.is_dir() {
-        entry(&mut outer, b'F', b"", &file_digest(path).map_err(|e| err(path, e))?);
-        return Ok(hex::encode(outer.finalize()));
-    }
-    // Collect then sort: `read_dir` order is filesystem-dependent.
-    let mut entries: Vec<(Vec<u8>, std::path::PathBuf, fs::FileType)> = Vec::new();
-    let mut pending = vec![(Vec::new(), path.to_path_buf())];
-    while let Some((rel, dir)) = pending.pop() {
-        for item in fs::read_dir(&dir).map_err(|e| err(&dir, e))? {
-            let item = item.map_err(|e| err(&dir, e))?;
-            let full = item.path();
-            let kind = item.file_type().map_err(|e| err(&full, e))?;
-            let mut child = rel.clone();
-            if !child.is_empty() {
-                child.push(b'/');
-            }
-            child.extend_from_slice(item.file_name().as_encoded_bytes());
-            if kind.is_dir() {
-                pending.push((child.clone(), full.clone()));
-            }
-            entries.push((child, full, kind));
-        }
-    }
-    entries.sort_by(|a, b| a.0.cmp(&b.0));
-    for (rel, full, kind) in entries {
-        if kind.is_dir() {
-            entry(&mut outer, b'D', &rel, b"");
-        } else if kind.is_symlink() {
-            let target = fs::read_link(&full).map_err(|e| err(&full, e))?;
-            entry(&mut outer, b'L', &rel, target.as_os_str().as_encoded_bytes());
-        } else {
-            entry(&mut outer, b'F', &rel, &file_digest(&full).map_err(|e| err(&full, e))?);
-        }
-    }
-    Ok(hex::encode(outer.finalize()))
-}
-
-/// Feeds one length-prefixed entry to `h`, so no two different trees produce
-/// the same byte stream.
-fn entry(h: &mut Sha256, kind: u8, rel: &[u8], content: &[u8]) {
-    h.update([kind]);
-    h.update((rel.len() as u64).to_be_bytes());
-    h.update(rel);
-    h.update((content.len() as u64).to_be_bytes());
-    h.update(content);
-}
-
-/// SHA-256 of a file's bytes, streamed so large inputs are not held in memory.
-fn file_digest(path: &Path) -> io::Result<Vec<u8>> {
-    let mut f = fs::File::open(path)?;
-    let mut h = Sha256::new();
-    io::copy(&mut f, &mut h)?;
-    Ok(h.finalize().to_vec())
 }
 
 /// Explains a miss against the nearest earlier entry's components: each
@@ -384,80 +314,6 @@ mod tests {
             k.warnings
         );
         assert!(command_key(json!({"Command": ["x"]})).warnings.is_empty());
-    }
-
-    #[test]
-    fn hash_input_of_a_directory_follows_content_not_mtime() {
-        let dir = tempfile::tempdir().unwrap();
-        fs::create_dir_all(dir.path().join("sub/deeper")).unwrap();
-        fs::write(dir.path().join("a.txt"), "alpha").unwrap();
-        fs::write(dir.path().join("sub/b.txt"), "beta").unwrap();
-        let first = hash_input(dir.path()).unwrap();
-        assert_eq!(first.len(), 64);
-
-        // Rewriting the same bytes changes the mtime, not the hash.
-        let f = fs::OpenOptions::new()
-            .write(true)
-            .open(dir.path().join("a.txt"))
-            .unwrap();
-        f.set_modified(std::time::SystemTime::UNIX_EPOCH).unwrap();
-        drop(f);
-        assert_eq!(hash_input(dir.path()).unwrap(), first);
-
-        fs::write(dir.path().join("sub/b.txt"), "BETA").unwrap();
-        let changed = hash_input(dir.path()).unwrap();
-        assert_ne!(changed, first);
-        fs::write(dir.path().join("sub/b.txt"), "beta").unwrap();
-        assert_eq!(hash_input(dir.path()).unwrap(), first);
-
-        // A rename with the same content is a different tree.
-        fs::rename(dir.path().join("sub/b.txt"), dir.path().join("sub/c.txt")).unwrap();
-        assert_ne!(hash_input(dir.path()).unwrap(), first);
-        // So is a new empty directory.
-        fs::rename(dir.path().join("sub/c.txt"), dir.path().join("sub/b.txt")).unwrap();
-        fs::create_dir(dir.path().join("empty")).unwrap();
-        assert_ne!(hash_input(dir.path()).unwrap(), first);
-    }
-
-    #[test]
-    fn hash_input_of_a_file_and_of_symlinks() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("f.bin");
-        fs::write(&file, [0u8, 1, 2]).unwrap();
-        let h = hash_input(&file).unwrap();
-        let other = dir.path().join("g.bin");
-        fs::write(&other, [0u8, 1, 2]).unwrap();
-        // A file's hash is its content, whatever its name.
-        assert_eq!(hash_input(&other).unwrap(), h);
-        fs::write(&other, [0u8, 1, 3]).unwrap();
-        assert_ne!(hash_input(&other).unwrap(), h);
-
-        #[cfg(unix)]
-        {
-            let tree = dir.path().join("tree");
-            fs::create_dir(&tree).unwrap();
-            std::os::unix::fs::symlink("../f.bin", tree.join("link")).unwrap();
-            let linked = hash_input(&tree).unwrap();
-            // Inside a tree a symlink is its target text, not the target's bytes.
-            fs::write(&file, [9u8]).unwrap();
-            assert_eq!(hash_input(&tree).unwrap(), linked);
-            fs::remove_file(tree.join("link")).unwrap();
-            std::os::unix::fs::symlink("../g.bin", tree.join("link")).unwrap();
-            assert_ne!(hash_input(&tree).unwrap(), linked);
-            // A symlink named directly is followed.
-            let top = dir.path().join("top");
-            std::os::unix::fs::symlink(&file, &top).unwrap();
-            assert_eq!(hash_input(&top).unwrap(), hash_input(&file).unwrap());
-        }
-    }
-
-    #[test]
-    fn hash_input_errors_name_the_path() {
-        let dir = tempfile::tempdir().unwrap();
-        let missing = dir.path().join("nope");
-        let e = hash_input(&missing).unwrap_err();
-        assert!(e.contains(&missing.display().to_string()), "{e}");
-        assert!(e.starts_with("cannot read cache input"), "{e}");
     }
 
     #[test]

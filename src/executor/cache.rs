@@ -3,15 +3,15 @@
 //! recent entry with the same key, and record the decision with an
 //! explanation when it misses.
 
-use std::{collections::BTreeMap, path::PathBuf};
+use std::{collections::BTreeMap, time::Duration};
 
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use super::{artifacts_path, StepContext, INPUT_ERROR};
+use super::{artifacts_path, inputs, StepContext, INPUT_ERROR};
 use crate::{
     domain::{
-        cache::{compute_key, explain_difference, hash_input},
+        cache::{compute_key, explain_difference},
         definition::{CacheConfig, CommandArgs, StepKind},
     },
     engine::StepOutcome,
@@ -40,16 +40,15 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
             Ok(a) => a,
             Err(m) => return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, m))),
         };
-        let base = args.working_directory.map(PathBuf::from).unwrap_or_default();
-        for input in &args.cache_inputs {
-            match hash_input(&base.join(input)) {
-                Ok(hash) => {
-                    hashes.insert(input.clone(), hash);
-                }
-                Err(m) => {
-                    let message = format!("CacheInputs: {m}");
-                    return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, message)));
-                }
+        let limits = inputs::Limits {
+            max_bytes: ctx.config.worker.cache_input_max_bytes,
+            timeout: Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
+        };
+        match inputs::hash_inputs(args.working_directory.as_deref(), &args.cache_inputs, limits).await {
+            Ok(h) => hashes = h,
+            Err(m) => {
+                let message = format!("CacheInputs: {m}");
+                return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, message)));
             }
         }
     }

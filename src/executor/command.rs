@@ -1,11 +1,16 @@
 //! Command steps: a process in its own process group, with the
 //! `STEPWISE_*` environment contract (SPEC 2.7), stdout and stderr captured
-//! to one log per attempt, outputs read from `$STEPWISE_OUTPUTS`, and
+//! to one bounded log per attempt, outputs read from `$STEPWISE_OUTPUTS`, and
 //! SIGTERM-then-SIGKILL of the whole group on timeout or stop.
+//!
+//! The process is started by the worker pool's step supervisor
+//! (`stepwise supervise`, see [`super::supervisor`]): it owns the process
+//! group, kills it when the command ends (so background children do not
+//! outlive a successful step), on stop and timeout, and when the worker
+//! dies, and bounds the log file on disk.
 
 use std::{
     path::{Path, PathBuf},
-    process::Stdio,
     time::Duration,
 };
 
@@ -14,14 +19,19 @@ use nix::{
     unistd::Pid,
 };
 use serde_json::{json, Value};
-use tokio::{io::AsyncReadExt, process::Child};
 use tokio_util::sync::CancellationToken;
 
-use super::{artifacts_uri, StepContext};
-use crate::{domain::definition::CommandArgs, engine::StepOutcome};
+use super::{
+    artifacts_uri,
+    log::read_log_bounded,
+    supervisor::{Report, Spawn, SpawnError},
+    StepContext,
+};
+use crate::{config::Config, domain::definition::CommandArgs, engine::StepOutcome};
 
-/// Largest log kept per attempt; the tail is kept, where errors are.
-const MAX_LOG_BYTES: u64 = 1024 * 1024;
+pub use super::log::read_log;
+
+const SERVICE_FAULT: &str = "Step.SERVICE_FAULT";
 
 /// The files and directories of one attempt under the data dir.
 pub struct AttemptDirs {
@@ -54,115 +64,64 @@ impl AttemptDirs {
 }
 
 enum Ended {
-    Exited(std::process::ExitStatus),
+    Exited {
+        code: Option<i32>,
+        signal: Option<i32>,
+    },
+    /// The supervisor failed or went away without saying how the command ended.
+    Lost(String),
     TimedOut,
     Stopped,
 }
 
 pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationToken) -> (StepOutcome, Option<Vec<u8>>) {
     let step = ctx.step;
+    let worker = &ctx.config.worker;
     let dirs = AttemptDirs::new(&ctx.config.data_dir, step.execution_id, &step.step_name, step.attempt);
     for dir in [&dirs.work, &dirs.artifacts] {
-        if let Err(e) = std::fs::create_dir_all(dir) {
+        if let Err(e) = tokio::fs::create_dir_all(dir).await {
             let message = format!("cannot create {}: {e}", dir.display());
-            return (StepOutcome::failed("Step.SERVICE_FAULT", message), None);
+            return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
-    let log_file = match std::fs::File::create(&dirs.log) {
-        Ok(f) => f,
-        Err(e) => {
-            let message = format!("cannot create the log file {}: {e}", dirs.log.display());
-            return (StepOutcome::failed("Step.SERVICE_FAULT", message), None);
-        }
+    let request = match spawn_request(ctx, args, &dirs) {
+        Ok(r) => r,
+        Err(outcome) => return (outcome, None),
     };
-
-    let mut env: Vec<(String, String)> = ctx
-        .config
-        .worker
-        .pass_through_env
-        .iter()
-        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
-        .collect();
-    env.extend(args.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-    let child_path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
-    let mut command = match (&args.command, &args.shell) {
-        (Some(argv), _) if !argv.is_empty() => {
-            let mut c = tokio::process::Command::new(program_path(&argv[0], child_path));
-            c.arg0(&argv[0]).args(&argv[1..]);
-            c
-        }
-        (_, Some(script)) => {
-            let mut c = tokio::process::Command::new(program_path("sh", child_path));
-            c.arg0("sh").arg("-c").arg(script);
-            c
-        }
-        _ => return (StepOutcome::failed(super::INPUT_ERROR, "Command is empty"), None),
+    let mut supervised = match ctx.supervisor.spawn(request).await {
+        Ok(s) => s,
+        Err(message) => return (StepOutcome::failed(SERVICE_FAULT, message), None),
     };
-    command.env_clear();
-    command.envs(env);
-    command
-        .env("STEPWISE_OUTPUTS", &dirs.outputs)
-        .env("STEPWISE_ARTIFACTS", &dirs.artifacts)
-        .env("STEPWISE_EXECUTION_ARN", ctx.execution_arn())
-        .env("STEPWISE_EXECUTION_ID", step.execution_id.to_string())
-        .env("STEPWISE_PIPELINE_NAME", &step.pipeline_name)
-        .env("STEPWISE_STEP_NAME", &step.step_name)
-        .env("STEPWISE_ATTEMPT", step.attempt.to_string());
-    command.current_dir(
-        args.working_directory
-            .as_deref()
-            .map(PathBuf::from)
-            .unwrap_or(dirs.work.clone()),
-    );
-    let stderr = match log_file.try_clone() {
-        Ok(f) => f,
-        Err(e) => return (StepOutcome::failed("Step.SERVICE_FAULT", e.to_string()), None),
-    };
-    command
-        .stdin(Stdio::null())
-        .stdout(Stdio::from(log_file))
-        .stderr(Stdio::from(stderr))
-        // Its own group, so timeout and stop end every process it started.
-        .process_group(0)
-        .kill_on_drop(true);
-
-    let mut child = match command.spawn() {
-        Ok(child) => child,
-        Err(e) => {
-            let what = args
-                .command
-                .as_ref()
-                .map(|a| a[0].clone())
-                .unwrap_or_else(|| "sh".into());
-            let message = format!("could not start {what:?}: {e}");
-            return (
-                StepOutcome::failed("Step.SERVICE_FAULT", message),
-                read_log(&dirs.log).await,
-            );
+    let program = display_program(args);
+    let group = match supervised.next_report().await {
+        Report::Started { pid } => Pid::from_raw(pid),
+        other => {
+            let log = read_log_bounded(&dirs.log, worker.max_log_bytes).await;
+            return (not_started(other, &program), log);
         }
     };
     let timeout = args.timeout_seconds.map(Duration::from_secs);
     let ended = tokio::select! {
-        status = child.wait() => match status {
-            Ok(status) => Ended::Exited(status),
-            Err(e) => return (StepOutcome::failed("Step.SERVICE_FAULT", format!("waiting for the process failed: {e}")), None),
-        },
+        report = supervised.next_report() => ended_by(report),
         _ = sleep_or_forever(timeout) => Ended::TimedOut,
         _ = stop.cancelled() => Ended::Stopped,
     };
-    let grace = Duration::from_secs(ctx.config.worker.kill_grace_seconds);
-    let ended = match ended {
-        Ended::Exited(status) => {
-            // Whatever it left running in its group goes with it.
-            signal_group(&child, Signal::SIGKILL);
-            Ended::Exited(status)
+    if let Ended::Lost(message) = &ended {
+        // The supervisor is gone (killed?): end the group it recorded, as a
+        // last resort.
+        tracing::warn!(step.name = %step.step_name, error = %message, "lost the step supervisor; killing the step's process group");
+        let _ = killpg(group, Signal::SIGKILL);
+    } else if !matches!(ended, Ended::Exited { .. }) {
+        // SIGTERM to the group, SIGKILL after the grace period.
+        supervised.stop();
+        let grace = Duration::from_secs(worker.kill_grace_seconds);
+        let last = tokio::time::timeout(grace + Duration::from_secs(10), supervised.next_report()).await;
+        if last.is_err() {
+            tracing::warn!(step.name = %step.step_name, "the step supervisor did not end the step in time; killing its group");
+            let _ = killpg(group, Signal::SIGKILL);
         }
-        other => {
-            terminate(&mut child, grace).await;
-            other
-        }
-    };
-    let log = read_log(&dirs.log).await;
+    }
+    let log = read_log_bounded(&dirs.log, worker.max_log_bytes).await;
     let outcome = match ended {
         Ended::TimedOut => StepOutcome::Failed {
             error_type: "Command.TIMEOUT".into(),
@@ -177,9 +136,116 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         Ended::Stopped => StepOutcome::Stopped {
             message: "the execution was stopped; the process group was ended".into(),
         },
-        Ended::Exited(status) => exit_outcome(status, &dirs, ctx.config.worker.max_outputs_bytes).await,
+        Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
+        Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
     (outcome, log)
+}
+
+/// What the supervisor is asked to run: the program found on the child's
+/// PATH, the `STEPWISE_*` contract in its environment.
+fn spawn_request(ctx: &StepContext<'_>, args: &CommandArgs, dirs: &AttemptDirs) -> Result<Spawn, StepOutcome> {
+    let step = ctx.step;
+    let mut env: Vec<(String, String)> = ctx
+        .config
+        .worker
+        .pass_through_env
+        .iter()
+        .filter_map(|name| std::env::var(name).ok().map(|value| (name.clone(), value)))
+        .collect();
+    env.extend(args.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    let child_path = env.iter().rev().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let (arg0, program, rest) = match (&args.command, &args.shell) {
+        (Some(argv), _) if !argv.is_empty() => {
+            (argv[0].clone(), program_path(&argv[0], child_path), argv[1..].to_vec())
+        }
+        (_, Some(script)) => (
+            "sh".to_string(),
+            program_path("sh", child_path),
+            vec!["-c".into(), script.clone()],
+        ),
+        _ => return Err(StepOutcome::failed(super::INPUT_ERROR, "Command is empty")),
+    };
+    let path = |p: &Path| p.display().to_string();
+    env.extend([
+        ("STEPWISE_OUTPUTS".to_string(), path(&dirs.outputs)),
+        ("STEPWISE_ARTIFACTS".to_string(), path(&dirs.artifacts)),
+        ("STEPWISE_EXECUTION_ARN".to_string(), ctx.execution_arn()),
+        ("STEPWISE_EXECUTION_ID".to_string(), step.execution_id.to_string()),
+        ("STEPWISE_PIPELINE_NAME".to_string(), step.pipeline_name.clone()),
+        ("STEPWISE_STEP_NAME".to_string(), step.step_name.clone()),
+        ("STEPWISE_ATTEMPT".to_string(), step.attempt.to_string()),
+    ]);
+    Ok(Spawn {
+        id: 0,
+        log: dirs.log.clone(),
+        max_log_bytes: ctx.config.worker.max_log_bytes,
+        grace_ms: ctx.config.worker.kill_grace_seconds * 1000,
+        cwd: args
+            .working_directory
+            .as_deref()
+            .map(PathBuf::from)
+            .unwrap_or(dirs.work.clone()),
+        arg0,
+        program,
+        args: rest,
+        env,
+    })
+}
+
+/// The program that supervises steps: `worker.supervisor_program`, or this
+/// very binary (by `/proc/self/exe`, which still works after an upgrade
+/// replaced the file).
+pub fn supervisor_program(config: &Config) -> String {
+    match config.worker.supervisor_program.as_str() {
+        "" => "/proc/self/exe".to_string(),
+        path => path.to_string(),
+    }
+}
+
+fn ended_by(report: Report) -> Ended {
+    match report {
+        Report::Ended { code, signal } => Ended::Exited { code, signal },
+        Report::Fault { message } => Ended::Lost(message),
+        other => Ended::Lost(format!("the step supervisor sent {other:?} after starting the command")),
+    }
+}
+
+fn display_program(args: &CommandArgs) -> String {
+    match &args.command {
+        Some(argv) if !argv.is_empty() => argv[0].clone(),
+        _ => "sh".into(),
+    }
+}
+
+/// The outcome of a command that could not be started. A program that is
+/// missing, not executable or not a program, and a missing working
+/// directory, are the step's own errors (`Command.FAILED`, retried only if
+/// its policy says so); anything else (EAGAIN, ENOMEM, a broken supervisor)
+/// is the service's.
+fn not_started(report: Report, program: &str) -> StepOutcome {
+    let (kind, message) = match report {
+        Report::SpawnFailed { kind, message } => (kind, message),
+        Report::Fault { message } => return StepOutcome::failed(SERVICE_FAULT, message),
+        other => {
+            let message = format!("the step supervisor sent {other:?} before starting the command");
+            return StepOutcome::failed(SERVICE_FAULT, message);
+        }
+    };
+    let failed = |message: String| StepOutcome::Failed {
+        error_type: "Command.FAILED".into(),
+        message,
+        metadata: json!({ "command": { "exit_code": null } }),
+        exit_code: None,
+        by_fail_step: false,
+    };
+    match kind {
+        SpawnError::NotFound => failed(format!("program not found: {program}")),
+        SpawnError::PermissionDenied => failed(format!("permission denied: cannot execute {program}")),
+        SpawnError::NotExecutable => failed(format!("cannot execute {program}: {message}")),
+        SpawnError::WorkingDirectory => failed(message),
+        SpawnError::Other => StepOutcome::failed(SERVICE_FAULT, format!("could not start {program:?}: {message}")),
+    }
 }
 
 /// The program to spawn: a bare name is looked up on the PATH the child
@@ -204,30 +270,12 @@ async fn sleep_or_forever(timeout: Option<Duration>) {
     }
 }
 
-fn signal_group(child: &Child, signal: Signal) {
-    if let Some(pid) = child.id() {
-        // ESRCH (the group is already gone) is fine.
-        let _ = killpg(Pid::from_raw(pid as i32), signal);
-    }
-}
-
-/// SIGTERM to the group, SIGKILL after `grace`, then reap the child so no
-/// zombie is left.
-async fn terminate(child: &mut Child, grace: Duration) {
-    signal_group(child, Signal::SIGTERM);
-    if tokio::time::timeout(grace, child.wait()).await.is_err() {
-        signal_group(child, Signal::SIGKILL);
-        let _ = child.wait().await;
-    }
-    // Children of the leader that ignored SIGTERM.
-    if let Some(pid) = child.id() {
-        let _ = killpg(Pid::from_raw(pid as i32), Signal::SIGKILL);
-    }
-}
-
-async fn exit_outcome(status: std::process::ExitStatus, dirs: &AttemptDirs, max_outputs: u64) -> StepOutcome {
-    use std::os::unix::process::ExitStatusExt;
-    let exit_code = status.code();
+async fn exit_outcome(
+    exit_code: Option<i32>,
+    signal: Option<i32>,
+    dirs: &AttemptDirs,
+    max_outputs: u64,
+) -> StepOutcome {
     let command_failed = |message: String| StepOutcome::Failed {
         error_type: "Command.FAILED".into(),
         message,
@@ -235,8 +283,8 @@ async fn exit_outcome(status: std::process::ExitStatus, dirs: &AttemptDirs, max_
         exit_code,
         by_fail_step: false,
     };
-    if !status.success() {
-        let message = match (exit_code, status.signal()) {
+    if exit_code != Some(0) {
+        let message = match (exit_code, signal) {
             (Some(code), _) => format!("the command exited with code {code}"),
             (None, Some(signal)) => format!("the command was killed by signal {signal}"),
             _ => "the command failed".to_string(),
@@ -265,6 +313,10 @@ async fn read_outputs(path: &Path, max_bytes: u64) -> Result<Value, String> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(json!({})),
         Err(e) => return Err(format!("cannot read $STEPWISE_OUTPUTS: {e}")),
     };
+    if !metadata.is_file() {
+        // A FIFO or a device would block or never end.
+        return Err("$STEPWISE_OUTPUTS must be a regular file".into());
+    }
     if metadata.len() > max_bytes {
         return Err(format!(
             "$STEPWISE_OUTPUTS holds {} bytes, more than the limit of {max_bytes} (worker.max_outputs_bytes)",
@@ -278,27 +330,24 @@ async fn read_outputs(path: &Path, max_bytes: u64) -> Result<Value, String> {
         return Ok(json!({}));
     }
     match serde_json::from_slice::<Value>(&text) {
-        Ok(Value::Object(map)) => Ok(Value::Object(map)),
+        Ok(Value::Object(map)) => {
+            let outputs = Value::Object(map);
+            match super::nul_at(&outputs) {
+                // PostgreSQL's jsonb cannot hold U+0000: refuse it here, as
+                // the step's own error, rather than fail to store it.
+                Some(at) => Err(format!(
+                    "$STEPWISE_OUTPUTS holds a NUL character (\\u0000) in {at}, which cannot be stored; \
+                     encode binary data (base64) or write it to $STEPWISE_ARTIFACTS"
+                )),
+                None => Ok(outputs),
+            }
+        }
         Ok(other) => Err(format!(
             "$STEPWISE_OUTPUTS must hold a JSON object, got {}",
             crate::domain::type_name(&other)
         )),
         Err(e) => Err(format!("$STEPWISE_OUTPUTS is not valid JSON: {e}")),
     }
-}
-
-/// The captured log as the bytes the process wrote, keeping the last
-/// `MAX_LOG_BYTES`.
-pub async fn read_log(path: &Path) -> Option<Vec<u8>> {
-    let mut file = tokio::fs::File::open(path).await.ok()?;
-    let len = file.metadata().await.ok()?.len();
-    let mut buf = Vec::new();
-    if len > MAX_LOG_BYTES {
-        use tokio::io::AsyncSeekExt;
-        file.seek(std::io::SeekFrom::Start(len - MAX_LOG_BYTES)).await.ok()?;
-    }
-    file.read_to_end(&mut buf).await.ok()?;
-    Some(buf)
 }
 
 #[cfg(test)]

@@ -5,6 +5,10 @@
 
 pub mod cache;
 pub mod command;
+pub mod inputs;
+pub mod log;
+pub mod supervised;
+pub mod supervisor;
 
 use std::path::{Path, PathBuf};
 
@@ -36,6 +40,8 @@ pub struct StepContext<'a> {
     pub step: &'a ClaimedStep,
     pub arns: &'a Arns,
     pub config: &'a Config,
+    /// Runs Command steps' processes (one per worker pool).
+    pub supervisor: &'a supervised::Supervisor,
 }
 
 impl StepContext<'_> {
@@ -79,10 +85,73 @@ impl Resolver for StepContext<'_> {
             .and_then(Value::as_str)
             .ok_or_else(|| format!("step {step:?} has no ArtifactsUri"))?;
         let path = artifacts_path(uri).join(file);
-        let text = std::fs::read_to_string(&path)
+        let text = read_small_file(&path, self.config.worker.max_outputs_bytes)
             .map_err(|e| format!("cannot read {file:?} from the artifacts of step {step:?}: {e}"))?;
-        serde_json::from_str(&text).map_err(|e| format!("{file:?} in the artifacts of step {step:?} is not JSON: {e}"))
+        serde_json::from_slice(&text)
+            .map_err(|e| format!("{file:?} in the artifacts of step {step:?} is not JSON: {e}"))
     }
+}
+
+/// Reads a regular file of at most `max` bytes. Evaluation is synchronous,
+/// so this must not block: anything but a regular file (a FIFO, a device)
+/// is refused before it is opened, and it is opened non-blocking in case it
+/// was swapped for one in between.
+fn read_small_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+    use std::io::{Error, ErrorKind, Read};
+    use std::os::unix::fs::OpenOptionsExt;
+    let not_regular = || Error::new(ErrorKind::InvalidInput, "not a regular file");
+    if !std::fs::metadata(path)?.is_file() {
+        return Err(not_regular());
+    }
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)?;
+    let meta = file.metadata()?;
+    if !meta.is_file() {
+        return Err(not_regular());
+    }
+    if meta.len() > max {
+        let message = format!("it holds {} bytes, more than {max}", meta.len());
+        return Err(Error::new(ErrorKind::InvalidInput, message));
+    }
+    let mut buf = Vec::new();
+    file.take(max + 1).read_to_end(&mut buf)?;
+    Ok(buf)
+}
+
+/// Where a JSON value holds a NUL character (U+0000, in a string or a key),
+/// which PostgreSQL's `jsonb` and `text` refuse: `Outputs.x`, `[2]`, ...
+pub fn nul_at(value: &Value) -> Option<String> {
+    fn walk(value: &Value, path: &mut String) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                let found = walk(v, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(k, v)| {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                path.push_str(&k.replace('\0', "\\u0000"));
+                let found = k.contains('\0') || walk(v, path);
+                if !found {
+                    path.truncate(len);
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = String::new();
+    walk(value, &mut path).then(|| if path.is_empty() { "the value".into() } else { path })
 }
 
 /// The directory an `ArtifactsUri` names (a `file://` prefix is accepted).
@@ -117,12 +186,68 @@ fn done(outcome: StepOutcome) -> Run {
 }
 
 /// Runs one claimed attempt. `stop` fires when the execution is stopped or
-/// the lease is lost.
+/// the lease is lost. What it returns can always be stored: a NUL character
+/// (which PostgreSQL refuses in `jsonb` and `text`) in properties fails the
+/// step, in a message it is escaped.
 pub async fn run(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
+    match run_step(ctx, stop).await {
+        Run::Done { outcome, log } => Run::Done {
+            outcome: storable(outcome, &ctx.step.step_type),
+            log,
+        },
+        waiting => waiting,
+    }
+}
+
+fn storable(outcome: StepOutcome, step_type: &str) -> StepOutcome {
+    match outcome {
+        StepOutcome::Succeeded {
+            properties, metadata, ..
+        } if nul_at(&properties).is_some() || nul_at(&metadata).is_some() => {
+            let at = nul_at(&properties).map_or("its metadata".to_string(), |at| format!("Properties {at}"));
+            let error_type = if step_type == "Command" {
+                "Command.FAILED"
+            } else {
+                INPUT_ERROR
+            };
+            let message = format!("the step produced a NUL character (\\u0000) in {at}, which cannot be stored");
+            StepOutcome::failed(error_type, message)
+        }
+        StepOutcome::Failed {
+            error_type,
+            message,
+            metadata,
+            exit_code,
+            by_fail_step,
+        } => StepOutcome::Failed {
+            error_type,
+            message: message.replace('\0', "\\u0000"),
+            metadata: if nul_at(&metadata).is_some() {
+                json!({})
+            } else {
+                metadata
+            },
+            exit_code,
+            by_fail_step,
+        },
+        StepOutcome::Stopped { message } => StepOutcome::Stopped {
+            message: message.replace('\0', "\\u0000"),
+        },
+        other => other,
+    }
+}
+
+async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
     let arguments = match evaluate(&ctx.step.arguments, ctx) {
         Ok(v) => v,
         Err(message) => return done(StepOutcome::failed(INPUT_ERROR, message)),
     };
+    if let Some(at) = nul_at(&arguments) {
+        // Neither a process nor the database (cache components, Pass
+        // outputs) can take it.
+        let message = format!("the resolved Arguments hold a NUL character (\\u0000) in {at}");
+        return done(StepOutcome::failed(INPUT_ERROR, message));
+    }
     if let Some(kind) = StepKind::parse(&ctx.step.step_type).filter(|k| k.is_cacheable()) {
         match cache::decide(ctx, kind, &arguments).await {
             Ok(cache::Decision::Run) => {}
@@ -200,6 +325,12 @@ pub fn check_callback_outputs(declared: &Value, given: &Map<String, Value>) -> R
             default: None,
             enum_values: None,
         };
+        if let Some(at) = nul_at(value) {
+            problems.push(format!(
+                "output parameter {name:?} holds a NUL character (\\u0000) in {at}, which cannot be stored"
+            ));
+            continue;
+        }
         match crate::domain::params::coerce(&parameter, value) {
             Ok(v) => {
                 out.insert(name.clone(), v);
@@ -219,5 +350,48 @@ pub fn check_callback_outputs(declared: &Value, given: &Map<String, Value>) -> R
         Ok(Value::Object(out))
     } else {
         Err(problems)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nul_at_names_where_a_nul_sits() {
+        assert_eq!(nul_at(&json!({"a": [1, "x"], "b": {"c": "ok"}})), None);
+        assert_eq!(nul_at(&json!({"a": [1, "x\u{0}"]})).as_deref(), Some("a[1]"));
+        assert_eq!(nul_at(&json!({"b": {"c\u{0}": 1}})).as_deref(), Some("b.c\\u0000"));
+        assert_eq!(nul_at(&json!("\u{0}")).as_deref(), Some("the value"));
+    }
+
+    #[test]
+    fn outcomes_are_made_storable() {
+        let nul = StepOutcome::Succeeded {
+            properties: json!({"Outputs": {"x": "\u{0}"}}),
+            metadata: json!({}),
+            exit_code: Some(0),
+        };
+        match storable(nul, "Command") {
+            StepOutcome::Failed {
+                error_type, message, ..
+            } => {
+                assert_eq!(error_type, "Command.FAILED");
+                assert!(message.contains("Properties Outputs.x"), "{message}");
+            }
+            other => panic!("{other:?}"),
+        }
+        match storable(StepOutcome::failed("Command.FAILED", "bad \u{0} name"), "Command") {
+            StepOutcome::Failed { message, .. } => assert_eq!(message, "bad \\u0000 name"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn callback_outputs_with_a_nul_are_refused() {
+        let declared = json!({"OutputParameters": [{"OutputName": "s", "OutputType": "String"}]});
+        let given = json!({"s": "a\u{0}"});
+        let problems = check_callback_outputs(&declared, given.as_object().unwrap()).unwrap_err();
+        assert!(problems[0].contains("NUL character"), "{problems:?}");
     }
 }

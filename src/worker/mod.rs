@@ -57,6 +57,7 @@ struct Inner {
     /// ended and released rather than reported.
     abandon: CancellationToken,
     http: reqwest::Client,
+    supervisor: executor::supervised::Supervisor,
 }
 
 impl WorkerPool {
@@ -64,6 +65,7 @@ impl WorkerPool {
         WorkerPool {
             inner: Arc::new(Inner {
                 arns: Arns::new(&config.arn),
+                supervisor: executor::supervised::Supervisor::new(executor::command::supervisor_program(&config)),
                 db,
                 config,
                 notifier,
@@ -359,6 +361,7 @@ impl WorkerPool {
             step,
             arns: &inner.arns,
             config: &inner.config,
+            supervisor: &inner.supervisor,
         };
         match executor::run(&ctx, stop).await {
             Run::Done { outcome, log } => {

@@ -13,4 +13,5 @@ mod openapi;
 mod pipelines;
 mod procs;
 mod selective;
+mod step_processes;
 mod workers;

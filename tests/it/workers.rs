@@ -24,6 +24,7 @@ use crate::{
 fn spawn_pool(app: &TestApp, configure: impl FnOnce(&mut Config)) -> (CancellationToken, tokio::task::JoinHandle<()>) {
     let mut config = Config::defaults();
     config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
     configure(&mut config);
     let notifier = Notifier::new();
     let shutdown = CancellationToken::new();

@@ -1,0 +1,202 @@
+//! The log of one attempt, bounded on disk: the step supervisor writes what
+//! the process prints through a [`BoundedLog`], which keeps the first and
+//! the last bytes with a marker in between once the output outgrows
+//! `worker.max_log_bytes`. The file stays readable while the step runs (the
+//! API serves it for a running attempt); [`read_log`] reads it back.
+
+use std::{
+    collections::VecDeque,
+    fs::File,
+    io::{self, Seek, SeekFrom, Write},
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
+
+/// Room kept for the marker between head and tail.
+const MARKER_RESERVE: u64 = 64;
+/// The smallest bound honoured: a head, a marker and a tail must fit.
+pub const MIN_LOG_BYTES: u64 = 4 * MARKER_RESERVE;
+/// How often, at most, a truncated log's tail is rewritten while output flows.
+const REWRITE_EVERY: Duration = Duration::from_millis(200);
+/// What [`read_log`] keeps of a file not written through a [`BoundedLog`]
+/// (an attempt from before logs were bounded).
+const READ_CAP: u64 = 64 * 1024 * 1024;
+
+/// The text between the head and the tail of a truncated log.
+pub fn marker(omitted: u64) -> String {
+    format!("\n[... {omitted} bytes omitted ...]\n")
+}
+
+/// How a bound of `max` bytes is split: (head, tail).
+fn split(max: u64) -> (u64, u64) {
+    let max = max.max(MIN_LOG_BYTES);
+    let head = (max - MARKER_RESERVE) / 2;
+    (head, max - MARKER_RESERVE - head)
+}
+
+/// A log file that never grows past its bound. While the output fits, the
+/// file is the output; past it, the file is the head, a marker naming how
+/// many bytes were left out, and the latest tail, rewritten at most every
+/// [`REWRITE_EVERY`] and at [`BoundedLog::finish`].
+pub struct BoundedLog {
+    file: File,
+    max: u64,
+    head_cap: u64,
+    tail_cap: u64,
+    head_len: u64,
+    total: u64,
+    /// The last `tail_cap` bytes after the head.
+    tail: VecDeque<u8>,
+    dirty: bool,
+    last_rewrite: Instant,
+}
+
+impl BoundedLog {
+    pub fn new(file: File, max: u64) -> BoundedLog {
+        let (head_cap, tail_cap) = split(max);
+        BoundedLog {
+            file,
+            max: max.max(MIN_LOG_BYTES),
+            head_cap,
+            tail_cap,
+            head_len: 0,
+            total: 0,
+            tail: VecDeque::new(),
+            dirty: false,
+            last_rewrite: Instant::now(),
+        }
+    }
+
+    pub fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
+        self.total += data.len() as u64;
+        if self.head_len < self.head_cap {
+            let n = (self.head_cap - self.head_len).min(data.len() as u64) as usize;
+            self.file.write_all(&data[..n])?;
+            self.head_len += n as u64;
+            data = &data[n..];
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.tail.extend(data);
+        let excess = self.tail.len().saturating_sub(self.tail_cap as usize);
+        self.tail.drain(..excess);
+        if self.total <= self.max {
+            // Everything still fits: the file is the output as written.
+            return self.file.write_all(data);
+        }
+        self.dirty = true;
+        if self.last_rewrite.elapsed() >= REWRITE_EVERY {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
+    /// Brings the file up to date (called when output pauses and at the end).
+    pub fn flush(&mut self) -> io::Result<()> {
+        if self.dirty {
+            self.rewrite()?;
+        }
+        Ok(())
+    }
+
+    fn rewrite(&mut self) -> io::Result<()> {
+        let omitted = self.total - self.head_len - self.tail.len() as u64;
+        let marker = marker(omitted);
+        self.file.seek(SeekFrom::Start(self.head_len))?;
+        self.file.write_all(marker.as_bytes())?;
+        let (a, b) = self.tail.as_slices();
+        self.file.write_all(a)?;
+        self.file.write_all(b)?;
+        self.file
+            .set_len(self.head_len + marker.len() as u64 + self.tail.len() as u64)?;
+        self.dirty = false;
+        self.last_rewrite = Instant::now();
+        Ok(())
+    }
+}
+
+/// The captured log as the bytes the process wrote. The file is bounded
+/// when written; a larger one (written before logs were bounded) is cut to
+/// its head and tail like a bounded log.
+pub async fn read_log(path: &Path) -> Option<Vec<u8>> {
+    read_log_bounded(path, READ_CAP).await
+}
+
+/// [`read_log`] with an explicit bound.
+pub async fn read_log_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
+    let mut file = tokio::fs::File::open(path).await.ok()?;
+    let meta = file.metadata().await.ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let len = meta.len();
+    let mut buf = Vec::new();
+    if len <= max.max(MIN_LOG_BYTES) {
+        file.read_to_end(&mut buf).await.ok()?;
+        return Some(buf);
+    }
+    let (head, tail) = split(max);
+    buf.resize(head as usize, 0);
+    file.read_exact(&mut buf).await.ok()?;
+    buf.extend_from_slice(marker(len - head - tail).as_bytes());
+    file.seek(SeekFrom::Start(len - tail)).await.ok()?;
+    let mut rest = Vec::with_capacity(tail as usize);
+    file.take(tail).read_to_end(&mut rest).await.ok()?;
+    buf.extend_from_slice(&rest);
+    Some(buf)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn written(max: u64, chunks: &[&[u8]]) -> Vec<u8> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), max);
+        for chunk in chunks {
+            log.write(chunk).unwrap();
+        }
+        log.flush().unwrap();
+        std::fs::read(&path).unwrap()
+    }
+
+    #[test]
+    fn output_within_the_bound_is_kept_whole() {
+        let data: Vec<u8> = (0..1000u32).map(|i| (i % 251) as u8).collect();
+        assert_eq!(written(1000, &[&data[..10], &data[10..]]), data);
+        assert_eq!(written(4096, &[b"a\0b", b"\xff\xfe"]), b"a\0b\xff\xfe");
+    }
+
+    #[test]
+    fn output_past_the_bound_keeps_head_marker_and_tail() {
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let chunks: Vec<&[u8]> = data.chunks(777).collect();
+        let out = written(1024, &chunks);
+        assert!(out.len() as u64 <= 1024, "{}", out.len());
+        let (head, tail) = split(1024);
+        assert_eq!(&out[..head as usize], &data[..head as usize]);
+        assert!(out.ends_with(&data[data.len() - tail as usize..]));
+        let omitted = data.len() as u64 - head - tail;
+        let m = marker(omitted);
+        assert_eq!(&out[head as usize..head as usize + m.len()], m.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn read_log_cuts_an_unbounded_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let data: Vec<u8> = (0..10_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &data).unwrap();
+        assert_eq!(read_log_bounded(&path, 20_000).await.unwrap(), data);
+        let cut = read_log_bounded(&path, 1024).await.unwrap();
+        assert!(cut.len() <= 1024);
+        let (head, tail) = split(1024);
+        assert_eq!(&cut[..head as usize], &data[..head as usize]);
+        assert!(cut.ends_with(&data[data.len() - tail as usize..]));
+        assert!(read_log(&dir.path().join("missing")).await.is_none());
+    }
+}
