@@ -11,5 +11,6 @@ mod helpers;
 mod openapi;
 mod pipelines;
 mod procs;
+mod races;
 mod selective;
 mod workers;
