@@ -43,6 +43,7 @@ impl App {
             config: Arc::new(config),
             notifier: Notifier::new(),
             definitions: Default::default(),
+            stopping: CancellationToken::new(),
         };
         Ok(App { listener, state })
     }
@@ -56,15 +57,16 @@ impl App {
     }
 
     /// Serves the API and runs workers until `shutdown` is cancelled, then
-    /// drains in-flight requests and running steps.
+    /// drains in-flight requests (within `api.shutdown_grace_seconds`) and
+    /// running steps.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let state = self.state.clone();
-        tracing::info!(address = %self.local_addr(), "stepwise API listening");
+        let address = self.local_addr();
+        let mut state = self.state;
+        state.stopping = shutdown.clone();
+        tracing::info!(%address, "stepwise API listening");
         let background = spawn_background(&state.db, &state.config, &state.notifier, &shutdown);
-        let router = api::router(state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        let limits = api::server::Limits::from_config(&state.config.api);
+        api::server::serve(self.listener, api::router(state), limits, shutdown).await;
         tracing::info!("API stopped");
         background.wait().await;
         Ok(())

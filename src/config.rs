@@ -39,6 +39,9 @@ pub struct DatabaseConfig {
 pub struct ApiConfig {
     pub max_body_bytes: usize,
     pub max_wait_seconds: u64,
+    pub max_connections: usize,
+    pub idle_timeout_seconds: u64,
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -140,6 +143,12 @@ impl Config {
         }
         if self.api.max_body_bytes == 0 {
             return fail("api.max_body_bytes must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            return fail("api.max_connections must be at least 1");
+        }
+        if self.api.idle_timeout_seconds == 0 {
+            return fail("api.idle_timeout_seconds must be at least 1");
         }
         Ok(())
     }

@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod pagination;
 mod pipelines;
+pub mod server;
 mod steps;
 
 use std::sync::Arc;
@@ -38,6 +39,9 @@ pub struct AppState {
     pub arns: Arns,
     pub notifier: Notifier,
     pub definitions: Definitions,
+    /// Fires when the server begins to shut down: event streams send a
+    /// final `shutdown` event and end, long polls answer at once.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 pub fn router(state: AppState) -> Router {
