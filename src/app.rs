@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, AppState},
     config::{redact_url, Config},
+    engine::definitions::Definitions,
     ids::Arns,
     notify::Notifier,
     store,
@@ -40,9 +41,9 @@ impl App {
         let state = AppState {
             db: pool,
             arns: Arns::new(&config.arn),
+            definitions: Definitions::new(config.api.definition_cache_bytes),
             config: Arc::new(config),
             notifier: Notifier::new(),
-            definitions: Default::default(),
             stopping: CancellationToken::new(),
         };
         Ok(App { listener, state })

@@ -41,6 +41,7 @@ pub struct ApiConfig {
     pub max_wait_seconds: u64,
     pub max_connections: usize,
     pub idle_timeout_seconds: u64,
+    pub definition_cache_bytes: u64,
     pub shutdown_grace_seconds: u64,
 }
 

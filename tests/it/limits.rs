@@ -1,18 +1,22 @@
 //! Bounded resources of the API server: an idle keep-alive connection is
-//! closed after `api.idle_timeout_seconds` (a long poll is not), and beyond
+//! closed after `api.idle_timeout_seconds` (a long poll is not), beyond
 //! `api.max_connections` new connections wait for a free slot instead of
-//! being served.
+//! being served, and parsed definitions are kept up to
+//! `api.definition_cache_bytes`, however many versions are used.
 
 use std::time::Duration;
 
-use serde_json::json;
+use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::{
     io::{AsyncReadExt, AsyncWriteExt},
     net::TcpStream,
 };
 
-use crate::helpers::{definition_with, TestApp};
+use crate::{
+    helpers::{definition_with, TestApp},
+    procs::{database_url, StepwiseProcess},
+};
 
 async fn connect(app: &TestApp) -> TcpStream {
     TcpStream::connect(app.base.trim_start_matches("http://"))
@@ -113,4 +117,72 @@ async fn connections_beyond_the_cap_wait_for_a_free_slot(db: PgPool) {
         .await
         .expect("the waiting connection is served once a slot is free");
     assert_eq!(status, 200);
+}
+
+/// The resident memory of process `pid`, in MiB.
+fn rss_mib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib / 1024
+}
+
+/// Eight versions of a 10,000-step pipeline, each planned once (a plan
+/// loads the parsed definition through the cache like a start, without
+/// running anything). Each parsed version takes about 40 MiB; the cache
+/// (64 MiB by default) keeps one, so the server's memory does not grow by
+/// the 280 MiB that keeping all of them would take.
+#[sqlx::test]
+async fn parsed_definitions_are_bounded_by_bytes_not_by_versions(db: PgPool) {
+    let url = database_url(&db).await;
+    let data = tempfile::tempdir().unwrap();
+    // One malloc arena, so memory freed by one request is reused by the next
+    // instead of being counted again in another thread's arena.
+    let server = StepwiseProcess::serve(&url, data.path(), &[("MALLOC_ARENA_MAX", "1")]).await;
+    let pid = server.child.id().unwrap();
+    let base = server.base_url.clone().unwrap();
+    let client = reqwest::Client::new();
+    let steps: Vec<Value> = (0..10_000)
+        .map(|i| json!({"Name": format!("S{i:05}"), "Type": "Pass", "Arguments": {"i": i}}))
+        .collect();
+    let definition = definition_with(json!([]), Value::Array(steps));
+    let plan = |version: usize| {
+        let request = client
+            .post(format!("{base}/v1/pipelines/big/executions/plan"))
+            .json(&json!({"pipeline_version": version}));
+        async move {
+            let resp = request.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let body: Value = resp.json().await.unwrap();
+            assert_eq!(body["steps"].as_array().unwrap().len(), 10_000);
+        }
+    };
+    let resp = client
+        .post(format!("{base}/v1/pipelines"))
+        .json(&json!({"name": "big", "definition": definition}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    plan(1).await;
+    let baseline = rss_mib(pid);
+    for version in 2..=8 {
+        let resp = client
+            .put(format!("{base}/v1/pipelines/big"))
+            .json(&json!({"definition": definition}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        plan(version).await;
+    }
+    let grown = rss_mib(pid).saturating_sub(baseline);
+    eprintln!("resident memory: {baseline} MiB after one version, +{grown} MiB after eight");
+    assert!(
+        grown < 150,
+        "the server kept {grown} MiB more after seven more versions"
+    );
 }
