@@ -39,6 +39,7 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let state = AppState {
+            diagnosis: store::diagnosis::Diagnosis::new(pool.clone()),
             db: pool,
             arns: Arns::new(&config.arn),
             definitions: Definitions::new(config.api.definition_cache_bytes),
@@ -136,16 +137,21 @@ fn prepare_data_dir(mut config: Config) -> anyhow::Result<Config> {
 }
 
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
-    tracing::info!(database = %redact_url(&config.database_url), "connecting to PostgreSQL");
-    // Every running step may need a connection to report, on top of the
-    // claim loop, heartbeat, maintenance, the listener and the API.
-    let connections = config
-        .database
-        .max_connections
-        .max(config.worker.concurrency as u32 + 5);
+    tracing::info!(
+        database = %redact_url(&config.database_url),
+        max_connections = config.database.max_connections,
+        "connecting to PostgreSQL"
+    );
+    // `database.max_connections` is the cap, whatever the worker
+    // concurrency: a running step holds no connection, and a step that ends
+    // while every connection is in use waits for one to report.
+    let settings = store::PoolSettings {
+        max_connections: config.database.max_connections,
+        acquire_timeout: Duration::from_secs(config.database.acquire_timeout_seconds),
+    };
     let pool = store::connect(
         &config.database_url,
-        connections,
+        settings,
         Duration::from_secs(config.database.connect_retry_seconds),
     )
     .await?;

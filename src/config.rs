@@ -31,6 +31,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub max_connections: u32,
+    pub acquire_timeout_seconds: u64,
     pub connect_retry_seconds: u64,
 }
 
@@ -139,8 +140,11 @@ impl Config {
         if self.worker.poll_interval_ms == 0 {
             return fail("worker.poll_interval_ms must be at least 1");
         }
-        if self.database.max_connections == 0 {
-            return fail("database.max_connections must be at least 1");
+        if self.database.max_connections < 2 {
+            return fail("database.max_connections must be at least 2 (one is the LISTEN connection)");
+        }
+        if self.database.acquire_timeout_seconds == 0 {
+            return fail("database.acquire_timeout_seconds must be at least 1");
         }
         if self.api.max_body_bytes == 0 {
             return fail("api.max_body_bytes must be at least 1");

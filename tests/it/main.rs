@@ -4,6 +4,7 @@
 
 mod cache;
 mod callbacks;
+mod connections;
 mod errors;
 mod executions;
 mod hardening;
