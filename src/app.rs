@@ -63,6 +63,7 @@ impl App {
     /// running steps.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
         let address = self.local_addr();
+        warn_if_few_file_descriptors(&self.state.config);
         let mut state = self.state;
         state.stopping = shutdown.clone();
         tracing::info!(%address, "stepwise API listening");
@@ -72,6 +73,29 @@ impl App {
         tracing::info!("API stopped");
         background.wait().await;
         Ok(())
+    }
+}
+
+/// The connection caps are only as good as the open-file limit under them:
+/// says so at start when the HTTP and database connections alone could
+/// exhaust it (each step also needs a few descriptors for its pipes and log).
+fn warn_if_few_file_descriptors(config: &Config) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let needed = config.api.max_connections as u64
+        + u64::from(config.database.max_connections)
+        + 4 * config.worker.concurrency as u64
+        + 64;
+    if needed > soft {
+        tracing::warn!(
+            open_file_limit = soft,
+            api.max_connections = config.api.max_connections,
+            database.max_connections = config.database.max_connections,
+            worker.concurrency = config.worker.concurrency,
+            "the open-file limit (ulimit -n) is below what these caps may need ({needed}); raise it or lower api.max_connections"
+        );
     }
 }
 
