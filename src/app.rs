@@ -12,6 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, AppState},
     config::{redact_url, Config},
+    engine::definitions::Definitions,
     ids::Arns,
     notify::Notifier,
     store,
@@ -38,11 +39,13 @@ impl App {
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
         let state = AppState {
+            diagnosis: store::diagnosis::Diagnosis::new(pool.clone()),
             db: pool,
             arns: Arns::new(&config.arn),
+            definitions: Definitions::new(config.api.definition_cache_bytes),
             config: Arc::new(config),
             notifier: Notifier::new(),
-            definitions: Default::default(),
+            stopping: CancellationToken::new(),
         };
         Ok(App { listener, state })
     }
@@ -56,18 +59,43 @@ impl App {
     }
 
     /// Serves the API and runs workers until `shutdown` is cancelled, then
-    /// drains in-flight requests and running steps.
+    /// drains in-flight requests (within `api.shutdown_grace_seconds`) and
+    /// running steps.
     pub async fn run(self, shutdown: CancellationToken) -> anyhow::Result<()> {
-        let state = self.state.clone();
-        tracing::info!(address = %self.local_addr(), "stepwise API listening");
+        let address = self.local_addr();
+        warn_if_few_file_descriptors(&self.state.config);
+        let mut state = self.state;
+        state.stopping = shutdown.clone();
+        tracing::info!(%address, "stepwise API listening");
         let background = spawn_background(&state.db, &state.config, &state.notifier, &shutdown);
-        let router = api::router(state);
-        axum::serve(self.listener, router)
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned())
-            .await?;
+        let limits = api::server::Limits::from_config(&state.config.api);
+        api::server::serve(self.listener, api::router(state), limits, shutdown).await;
         tracing::info!("API stopped");
         background.wait().await;
         Ok(())
+    }
+}
+
+/// The connection caps are only as good as the open-file limit under them:
+/// says so at start when the HTTP and database connections alone could
+/// exhaust it (each step also needs a few descriptors for its pipes and log).
+fn warn_if_few_file_descriptors(config: &Config) {
+    use nix::sys::resource::{getrlimit, Resource};
+    let Ok((soft, _)) = getrlimit(Resource::RLIMIT_NOFILE) else {
+        return;
+    };
+    let needed = config.api.max_connections as u64
+        + u64::from(config.database.max_connections)
+        + 4 * config.worker.concurrency as u64
+        + 64;
+    if needed > soft {
+        tracing::warn!(
+            open_file_limit = soft,
+            api.max_connections = config.api.max_connections,
+            database.max_connections = config.database.max_connections,
+            worker.concurrency = config.worker.concurrency,
+            "the open-file limit (ulimit -n) is below what these caps may need ({needed}); raise it or lower api.max_connections"
+        );
     }
 }
 
@@ -133,16 +161,21 @@ fn prepare_data_dir(mut config: Config) -> anyhow::Result<Config> {
 }
 
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
-    tracing::info!(database = %redact_url(&config.database_url), "connecting to PostgreSQL");
-    // Every running step may need a connection to report, on top of the
-    // claim loop, heartbeat, maintenance, the listener and the API.
-    let connections = config
-        .database
-        .max_connections
-        .max(config.worker.concurrency as u32 + 5);
+    tracing::info!(
+        database = %redact_url(&config.database_url),
+        max_connections = config.database.max_connections,
+        "connecting to PostgreSQL"
+    );
+    // `database.max_connections` is the cap, whatever the worker
+    // concurrency: a running step holds no connection, and a step that ends
+    // while every connection is in use waits for one to report.
+    let settings = store::PoolSettings {
+        max_connections: config.database.max_connections,
+        acquire_timeout: Duration::from_secs(config.database.acquire_timeout_seconds),
+    };
     let pool = store::connect(
         &config.database_url,
-        connections,
+        settings,
         Duration::from_secs(config.database.connect_retry_seconds),
     )
     .await?;

@@ -31,6 +31,7 @@ pub struct Config {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub max_connections: u32,
+    pub acquire_timeout_seconds: u64,
     pub connect_retry_seconds: u64,
 }
 
@@ -39,6 +40,10 @@ pub struct DatabaseConfig {
 pub struct ApiConfig {
     pub max_body_bytes: usize,
     pub max_wait_seconds: u64,
+    pub max_connections: usize,
+    pub idle_timeout_seconds: u64,
+    pub definition_cache_bytes: u64,
+    pub shutdown_grace_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -142,11 +147,20 @@ impl Config {
         if self.worker.max_log_bytes < crate::executor::log::MIN_LOG_BYTES {
             return fail("worker.max_log_bytes must be at least 256");
         }
-        if self.database.max_connections == 0 {
-            return fail("database.max_connections must be at least 1");
+        if self.database.max_connections < 2 {
+            return fail("database.max_connections must be at least 2 (one is the LISTEN connection)");
+        }
+        if self.database.acquire_timeout_seconds == 0 {
+            return fail("database.acquire_timeout_seconds must be at least 1");
         }
         if self.api.max_body_bytes == 0 {
             return fail("api.max_body_bytes must be at least 1");
+        }
+        if self.api.max_connections == 0 {
+            return fail("api.max_connections must be at least 1");
+        }
+        if self.api.idle_timeout_seconds == 0 {
+            return fail("api.idle_timeout_seconds must be at least 1");
         }
         Ok(())
     }

@@ -100,19 +100,30 @@ async fn run() -> anyhow::Result<()> {
     }
 }
 
-/// One token for the whole process, cancelled on SIGTERM or SIGINT.
+/// One token for the whole process, cancelled on SIGTERM or SIGINT. A
+/// second signal while the process drains exits at once, with status 130
+/// (SIGINT) or 143 (SIGTERM) as a shell reports a process killed by it:
+/// running steps are not waited for nor handed back, their leases expire
+/// and other workers rescue them.
 fn shutdown_on_signal() -> CancellationToken {
+    use tokio::signal::unix::{signal, SignalKind};
     let token = CancellationToken::new();
     let cancel = token.clone();
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    let mut interrupt = signal(SignalKind::interrupt()).expect("SIGINT handler installs");
     tokio::spawn(async move {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("SIGTERM handler installs");
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {},
-            _ = term.recv() => {},
-        }
-        tracing::info!("shutdown requested");
+        let mut next_signal = async || -> (&str, i32) {
+            tokio::select! {
+                _ = interrupt.recv() => ("SIGINT", 130),
+                _ = term.recv() => ("SIGTERM", 143),
+            }
+        };
+        let (first, _) = next_signal().await;
+        tracing::info!(signal = first, "shutdown requested; a second signal exits at once");
         cancel.cancel();
+        let (second, status) = next_signal().await;
+        tracing::warn!(signal = second, status, "second signal: exiting now without draining");
+        std::process::exit(status);
     });
     token
 }

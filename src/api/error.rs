@@ -47,7 +47,14 @@ pub struct ApiError {
     pub code: ErrorCode,
     pub message: String,
     pub details: Vec<Issue>,
+    /// No pooled connection came free in time: `super::name_database_cause`
+    /// finds out why and rewrites the answer.
+    pool_timed_out: bool,
 }
+
+/// Marks a response answering a pool time-out whose cause is not known yet.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolTimedOut;
 
 #[derive(Serialize)]
 struct Body<'a> {
@@ -67,6 +74,7 @@ impl ApiError {
             code,
             message: message.into(),
             details: Vec::new(),
+            pool_timed_out: false,
         }
     }
 
@@ -75,6 +83,7 @@ impl ApiError {
             code: ErrorCode::ValidationError,
             message: message.into(),
             details,
+            pool_timed_out: false,
         }
     }
 
@@ -116,6 +125,15 @@ impl From<sqlx::Error> for ApiError {
     /// A database that cannot be reached is a 503 the client may retry; any
     /// other database error is ours (500).
     fn from(e: sqlx::Error) -> Self {
+        if matches!(e, sqlx::Error::PoolTimedOut) {
+            // Logged with its cause by `name_database_cause`.
+            let mut error = ApiError::new(
+                ErrorCode::Unavailable,
+                "no database connection could be had; try again shortly",
+            );
+            error.pool_timed_out = true;
+            return error;
+        }
         if crate::store::is_unavailable(&e) {
             tracing::warn!(error = %e, "database unavailable");
             ApiError::new(
@@ -137,7 +155,11 @@ impl IntoResponse for ApiError {
                 details: &self.details,
             },
         };
-        (self.code.status(), Json(body)).into_response()
+        let mut response = (self.code.status(), Json(body)).into_response();
+        if self.pool_timed_out {
+            response.extensions_mut().insert(PoolTimedOut);
+        }
+        response
     }
 }
 

@@ -312,7 +312,8 @@ struct DescribeQuery {
 }
 
 /// Describe an execution. With `wait_seconds=N`, answers when it ends or
-/// after N seconds, whichever is first.
+/// after N seconds, whichever is first; a server that shuts down answers a
+/// waiting request at once with the current state.
 async fn describe(
     State(state): State<AppState>,
     Path(reference): Path<String>,
@@ -331,9 +332,13 @@ async fn describe(
     let deadline = tokio::time::Instant::now() + Duration::from_secs(wait);
     let mut notices = state.notifier.subscribe();
     let mut row = state.find_execution(&reference).await?;
-    while !row.is_terminal() && tokio::time::Instant::now() < deadline {
+    // A shutting-down server answers with the state it has.
+    while !row.is_terminal() && tokio::time::Instant::now() < deadline && !state.stopping.is_cancelled() {
         let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-        notify::execution_changed(&mut notices, row.id, remaining.min(Duration::from_secs(1))).await;
+        tokio::select! {
+            _ = state.stopping.cancelled() => break,
+            _ = notify::execution_changed(&mut notices, row.id, remaining.min(Duration::from_secs(1))) => {}
+        }
         let mut conn = state.db.acquire().await?;
         row = store::executions::get(&mut conn, row.id).await?;
     }
@@ -418,9 +423,21 @@ fn sse_event(execution_id: Uuid, row: &EventRow) -> Event {
         .expect("event data serializes")
 }
 
+/// The final event of a stream cut short by a shutdown. It has no id, so a
+/// client that reconnects with `Last-Event-ID` resumes where it was.
+fn shutdown_event() -> Event {
+    Event::default()
+        .event("shutdown")
+        .json_data(serde_json::json!({
+            "reason": "the server is shutting down; reconnect with Last-Event-ID to resume"
+        }))
+        .expect("event data serializes")
+}
+
 /// Server-sent events of every status change of the execution and its
 /// steps, from the start (or after `Last-Event-ID`); the stream ends when
-/// the execution has ended.
+/// the execution has ended, or with a `shutdown` event when the server
+/// shuts down.
 async fn events(
     State(state): State<AppState>,
     Path(reference): Path<String>,
@@ -434,38 +451,56 @@ async fn events(
         .unwrap_or(0);
     let notices = state.notifier.subscribe();
     let execution_id = row.id;
-    let stream = stream::unfold((state, notices, after), move |(state, mut notices, after)| async move {
-        loop {
-            // Whether it had ended is read before the events, so the events
-            // that ended it are always read before the stream closes.
-            let terminal = {
-                let Ok(mut conn) = state.db.acquire().await else {
-                    return None;
-                };
-                match store::executions::get(&mut conn, execution_id).await {
-                    Ok(row) => row.is_terminal(),
-                    Err(_) => return None,
-                }
-            };
-            let rows = match store::executions::events_after(&state.db, execution_id, after).await {
-                Ok(rows) => rows,
-                Err(e) => {
-                    tracing::warn!(error = %e, "reading events failed; ending the stream");
-                    return None;
-                }
-            };
-            if let Some(last) = rows.last() {
-                let last_id = last.id;
-                let events: Vec<Result<Event, Infallible>> =
-                    rows.iter().map(|r| Ok(sse_event(execution_id, r))).collect();
-                return Some((stream::iter(events), (state, notices, last_id)));
-            }
-            if terminal {
-                return None;
-            }
-            notify::execution_changed(&mut notices, execution_id, Duration::from_secs(1)).await;
+    let stream = stream::unfold(Some((state, notices, after)), move |following| async move {
+        let (state, mut notices, after) = following?;
+        let stopping = state.stopping.clone();
+        let batch = tokio::select! {
+            biased;
+            _ = stopping.cancelled() => None,
+            batch = next_events(&state, execution_id, after, &mut notices) => Some(batch),
+        };
+        match batch {
+            None => Some((vec![Ok(shutdown_event())], None)),
+            Some(Some((events, last_id))) => Some((events, Some((state, notices, last_id)))),
+            Some(None) => None,
         }
     })
-    .flatten();
+    .flat_map(stream::iter);
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// The events after `after` with the last one's id, waiting for some; None
+/// once the execution has ended and every event was sent (or on an error).
+async fn next_events(
+    state: &AppState,
+    execution_id: Uuid,
+    after: i64,
+    notices: &mut tokio::sync::broadcast::Receiver<notify::Notice>,
+) -> Option<(Vec<Result<Event, Infallible>>, i64)> {
+    loop {
+        // Whether it had ended is read before the events, so the events
+        // that ended it are always read before the stream closes.
+        let terminal = {
+            let mut conn = state.db.acquire().await.ok()?;
+            store::executions::get(&mut conn, execution_id)
+                .await
+                .ok()?
+                .is_terminal()
+        };
+        let rows = match store::executions::events_after(&state.db, execution_id, after).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                tracing::warn!(error = %e, "reading events failed; ending the stream");
+                return None;
+            }
+        };
+        if let Some(last) = rows.last() {
+            let events = rows.iter().map(|r| Ok(sse_event(execution_id, r))).collect();
+            return Some((events, last.id));
+        }
+        if terminal {
+            return None;
+        }
+        notify::execution_changed(notices, execution_id, Duration::from_secs(1)).await;
+    }
 }

@@ -55,7 +55,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     // where the client can be told where it is.
     if bytes.windows(6).any(|w| w.eq_ignore_ascii_case(b"\\u0000")) {
         if let Ok(value) = serde_json::from_slice::<serde_json::Value>(bytes) {
-            if let Some(pointer) = find_nul(&value, String::new()) {
+            if let Some(pointer) = crate::domain::find_nul(&value) {
                 return Err(ApiError::invalid(
                     pointer.clone(),
                     format!("the NUL character (\\u0000) is not supported, found at {pointer:?}"),
@@ -84,27 +84,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             };
             Err(ApiError::invalid(pointer, message))
         }
-    }
-}
-
-/// The JSON pointer of the first string or key holding a NUL character.
-fn find_nul(value: &serde_json::Value, pointer: String) -> Option<String> {
-    use serde_json::Value;
-    match value {
-        Value::String(s) if s.contains('\0') => Some(pointer),
-        Value::Array(items) => items
-            .iter()
-            .enumerate()
-            .find_map(|(i, v)| find_nul(v, format!("{pointer}/{i}"))),
-        Value::Object(map) => map.iter().find_map(|(k, v)| {
-            let here = format!("{pointer}/{}", k.replace('~', "~0").replace('/', "~1"));
-            if k.contains('\0') {
-                Some(here)
-            } else {
-                find_nul(v, here)
-            }
-        }),
-        _ => None,
     }
 }
 

@@ -10,13 +10,15 @@ pub mod extract;
 mod health;
 mod pagination;
 mod pipelines;
+pub mod server;
 mod steps;
 
 use std::sync::Arc;
 
 use axum::{
-    extract::DefaultBodyLimit,
+    extract::{DefaultBodyLimit, Request, State},
     http::{header, Method, Uri},
+    middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::get,
     Router,
@@ -25,7 +27,9 @@ use sqlx::PgPool;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
 use self::error::{ApiError, ErrorCode};
-use crate::{config::Config, engine::definitions::Definitions, ids::Arns, notify::Notifier};
+use crate::{
+    config::Config, engine::definitions::Definitions, ids::Arns, notify::Notifier, store::diagnosis::Diagnosis,
+};
 
 /// The OpenAPI document, committed at the repository root and served as is;
 /// `tests/it/openapi.rs` checks every response of the test suite against it.
@@ -38,6 +42,11 @@ pub struct AppState {
     pub arns: Arns,
     pub notifier: Notifier,
     pub definitions: Definitions,
+    /// Fires when the server begins to shut down: event streams send a
+    /// final `shutdown` event and end, long polls answer at once.
+    pub stopping: tokio_util::sync::CancellationToken,
+    /// Names the cause when no database connection can be had.
+    pub diagnosis: Diagnosis,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -51,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .route("/openapi.yaml", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
+        .layer(middleware::from_fn_with_state(state.clone(), name_database_cause))
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {
@@ -58,6 +68,23 @@ pub fn router(state: AppState) -> Router {
             ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
         .layer(TraceLayer::new_for_http())
+}
+
+/// A 503 for a pool time-out says why no connection could be had (this
+/// server's connections all in use, the database refusing clients, or not
+/// reachable) instead of "timed out", and the cause is logged.
+async fn name_database_cause(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    if response.extensions().get::<error::PoolTimedOut>().is_none() {
+        return response;
+    }
+    match state.diagnosis.explain(&sqlx::Error::PoolTimedOut).await {
+        Some(cause) => {
+            tracing::warn!(%cause, "no database connection for a request");
+            ApiError::new(ErrorCode::Unavailable, cause.client_message()).into_response()
+        }
+        None => response,
+    }
 }
 
 /// The OpenAPI 3.0 description of this API.

@@ -59,6 +59,31 @@ pub fn pointer_push(base: &str, token: impl fmt::Display) -> String {
     out
 }
 
+/// The JSON pointer of the first string or key holding a NUL character,
+/// which PostgreSQL stores in neither `text` nor `jsonb`.
+pub fn find_nul(value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value;
+    fn walk(value: &Value, pointer: String) -> Option<String> {
+        match value {
+            Value::String(s) if s.contains('\0') => Some(pointer),
+            Value::Array(items) => items
+                .iter()
+                .enumerate()
+                .find_map(|(i, v)| walk(v, pointer_push(&pointer, i))),
+            Value::Object(map) => map.iter().find_map(|(k, v)| {
+                let here = pointer_push(&pointer, k);
+                if k.contains('\0') {
+                    Some(here)
+                } else {
+                    walk(v, here)
+                }
+            }),
+            _ => None,
+        }
+    }
+    walk(value, String::new())
+}
+
 /// The JSON type name used in messages (`Integer` and `Float` are told apart
 /// because parameters and conditions care about the difference).
 pub(crate) fn type_name(v: &serde_json::Value) -> &'static str {
@@ -82,5 +107,13 @@ mod tests {
     fn pointer_push_escapes_tokens() {
         assert_eq!(pointer_push("/Steps", 3), "/Steps/3");
         assert_eq!(pointer_push("", "a/b~c"), "/a~1b~0c");
+    }
+
+    #[test]
+    fn find_nul_names_the_value_or_key() {
+        use serde_json::json;
+        assert_eq!(find_nul(&json!({"a": [1, "x\u{0}"]})), Some("/a/1".into()));
+        assert_eq!(find_nul(&json!({"a": {"k\u{0}/": 1}})), Some("/a/k\u{0}~1".into()));
+        assert_eq!(find_nul(&json!({"a": "fine"})), None);
     }
 }

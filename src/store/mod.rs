@@ -3,6 +3,7 @@
 //! here knows about HTTP.
 
 pub mod cache;
+pub mod diagnosis;
 pub mod executions;
 pub mod pipelines;
 pub mod steps;
@@ -47,22 +48,33 @@ pub fn is_transient(e: &sqlx::Error) -> bool {
 }
 
 /// Whether `e` means the database cannot be reached right now (connection
-/// lost or refused, pool exhausted, server shutting down or starting up).
+/// lost or refused, pool exhausted, too many clients, server shutting down
+/// or starting up).
 pub fn is_unavailable(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Tls(_) => true,
         sqlx::Error::Database(db) => db
             .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "57P01" | "57P02" | "57P03")),
+            .is_some_and(|c| c.starts_with("08") || matches!(c.as_ref(), "53300" | "57P01" | "57P02" | "57P03")),
         _ => false,
     }
+}
+
+/// The pool's bounds: `database.max_connections` is the most this process
+/// ever opens (the LISTEN connection included), and a caller waits up to
+/// `acquire_timeout` for one to come free.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolSettings {
+    pub max_connections: u32,
+    pub acquire_timeout: Duration,
 }
 
 /// Connects to `url`, creating the database when it does not exist, and
 /// retrying with exponential backoff while the server cannot be reached so
 /// that a service started next to its database (compose, systemd) waits for
-/// it instead of crashing.
-pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> anyhow::Result<PgPool> {
+/// it instead of crashing. Every attempt reports the server's own answer
+/// ("connection refused", "too many clients"), not a pool time-out.
+pub async fn connect(url: &str, settings: PoolSettings, retry_for: Duration) -> anyhow::Result<PgPool> {
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {e}"))?;
@@ -70,7 +82,7 @@ pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> an
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay = Duration::from_millis(200);
     loop {
-        match try_connect(&options, max_connections).await {
+        match try_connect(&options, settings).await {
             Ok(pool) => return Ok(pool),
             Err(e) if tokio::time::Instant::now() + delay < deadline => {
                 tracing::warn!(
@@ -96,18 +108,23 @@ pub async fn connect(url: &str, max_connections: u32, retry_for: Duration) -> an
     }
 }
 
-async fn try_connect(options: &PgConnectOptions, max_connections: u32) -> anyhow::Result<PgPool> {
-    let pool_options = PgPoolOptions::new()
-        .max_connections(max_connections)
-        .acquire_timeout(Duration::from_secs(10));
-    match pool_options.clone().connect_with(options.clone()).await {
-        Ok(pool) => Ok(pool),
+/// One connection made by hand first, since a pool retries refused
+/// connections until its time-out and then names no cause; then the pool.
+async fn try_connect(options: &PgConnectOptions, settings: PoolSettings) -> anyhow::Result<PgPool> {
+    let first = match PgConnection::connect_with(options).await {
         Err(sqlx::Error::Database(db)) if db.code().as_deref() == Some("3D000") => {
             create_database(options).await?;
-            Ok(pool_options.connect_with(options.clone()).await?)
+            PgConnection::connect_with(options).await
         }
-        Err(e) => Err(e.into()),
-    }
+        other => other,
+    };
+    let first = first.map_err(|e| anyhow::anyhow!("{}", diagnosis::cause_of_connect_error(&e)))?;
+    first.close().await.ok();
+    let pool = PgPoolOptions::new()
+        .max_connections(settings.max_connections)
+        .acquire_timeout(settings.acquire_timeout)
+        .connect_lazy_with(options.clone());
+    Ok(pool)
 }
 
 async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {

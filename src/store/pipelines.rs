@@ -92,16 +92,19 @@ async fn insert_version(conn: &mut PgConnection, id: Uuid, version: i32, new: &N
 /// Appends a version. Fields not given keep the previous version's value.
 pub async fn update(pool: &PgPool, name: &str, new: NewVersion<'_>) -> StoreResult<PipelineRow> {
     let mut tx = pool.begin().await?;
-    // The row lock serialises concurrent updates so versions stay gapless.
-    let current = get_version_in(&mut tx, name, None).await?;
-    sqlx::query("select 1 from pipelines where id = $1 for update")
-        .bind(current.id)
-        .execute(&mut *tx)
-        .await?;
-    let latest: i32 = sqlx::query_scalar("select latest_version from pipelines where id = $1")
-        .bind(current.id)
-        .fetch_one(&mut *tx)
-        .await?;
+    // The pipeline row is locked first (see `delete` for the lock order):
+    // `for no key update` serialises concurrent updates, so versions stay
+    // gapless, and waits for a delete (after which the pipeline is not
+    // found) without blocking starts, which hold `for key share`.
+    let locked: Option<(Uuid, i32)> =
+        sqlx::query_as("select id, latest_version from pipelines where name = $1 for no key update")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+    let Some((id, latest)) = locked else {
+        return Err(not_found(name));
+    };
+    let current = get_version_in(&mut tx, name, Some(latest)).await?;
     let version = latest + 1;
     let merged = NewVersion {
         definition: new.definition,
@@ -109,12 +112,12 @@ pub async fn update(pool: &PgPool, name: &str, new: NewVersion<'_>) -> StoreResu
         display_name: new.display_name.or(current.display_name.as_deref()),
         max_parallel_steps: new.max_parallel_steps.or(current.max_parallel_steps),
     };
-    insert_version(&mut tx, current.id, version, &merged).await?;
+    insert_version(&mut tx, id, version, &merged).await?;
     sqlx::query(
         "update pipelines set latest_version = $2, description = $3, display_name = $4, \
          max_parallel_steps = $5, updated_at = now() where id = $1",
     )
-    .bind(current.id)
+    .bind(id)
     .bind(version)
     .bind(merged.description)
     .bind(merged.display_name)
@@ -191,6 +194,19 @@ pub async fn list_versions(pool: &PgPool, name: &str, after: Option<i32>, limit:
 
 /// Deletes a pipeline with its versions and finished executions; refused
 /// while any of its executions is still running.
+///
+/// Lock order: the pipeline row, then its executions. The pipeline row is
+/// taken `for update`, which conflicts with the `for key share` that starts
+/// and plans hold on it (`head_in`) and the `for no key update` of `update`:
+/// a start that got there first commits its execution before the delete
+/// looks (and the delete is refused), a start that comes later finds no
+/// pipeline (404), never a foreign-key violation. The executions are locked
+/// (in id order) before their statuses are read, so one that a concurrent
+/// retry has just made run again is seen running, and a retry that comes
+/// later finds it gone. `for no key update` conflicts with every status
+/// change but not with the `for key share` that a worker's foreign-key
+/// checks take on a running execution's row: a claim never waits for a
+/// delete (which is refused anyway while something runs).
 pub async fn delete(pool: &PgPool, name: &str) -> StoreResult<()> {
     let mut tx = pool.begin().await?;
     let id: Option<Uuid> = sqlx::query_scalar("select id from pipelines where name = $1 for update")
@@ -199,7 +215,8 @@ pub async fn delete(pool: &PgPool, name: &str) -> StoreResult<()> {
         .await?;
     let Some(id) = id else { return Err(not_found(name)) };
     let running: i64 = sqlx::query_scalar(
-        "select count(*) from executions where pipeline_id = $1 and status in ('Executing', 'Stopping')",
+        "select count(*) filter (where status in ('Executing', 'Stopping')) \
+         from (select status from executions where pipeline_id = $1 order by id for no key update) e",
     )
     .bind(id)
     .fetch_one(&mut *tx)
@@ -226,12 +243,16 @@ pub struct PipelineHead {
     pub max_parallel_steps: Option<i32>,
 }
 
-/// The pipeline's version `version` (or its latest), without the definition.
+/// The pipeline's version `version` (or its latest), without the definition,
+/// for a start or a plan: the pipeline row is held `for key share` until the
+/// caller's transaction ends, so the pipeline and its versions cannot be
+/// deleted under it (see `delete`); updates and other starts are not held up.
 pub async fn head_in(conn: &mut PgConnection, name: &str, version: Option<i32>) -> StoreResult<PipelineHead> {
     let head = sqlx::query_as::<_, PipelineHead>(
         "select p.id, p.name, v.version, v.max_parallel_steps from pipelines p \
          join pipeline_versions v on v.pipeline_id = p.id \
-         where p.name = $1 and v.version = coalesce($2, p.latest_version)",
+         where p.name = $1 and v.version = coalesce($2, p.latest_version) \
+         for key share of p",
     )
     .bind(name)
     .bind(version)

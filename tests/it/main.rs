@@ -4,14 +4,18 @@
 
 mod cache;
 mod callbacks;
+mod connections;
 mod errors;
 mod executions;
 mod fences;
 mod hardening;
 mod helpers;
+mod limits;
 mod openapi;
 mod pipelines;
 mod procs;
+mod races;
 mod selective;
+mod shutdown;
 mod step_processes;
 mod workers;

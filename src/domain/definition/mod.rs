@@ -157,6 +157,14 @@ pub fn parse_definition(input: &Value) -> Result<Definition, Vec<Issue>> {
             .map_err(|e| vec![Issue::new("", format!("the definition string is not valid JSON: {e}"))])?,
         other => other.clone(),
     };
+    // A NUL in an object body is refused with the request; one written as
+    // `\u0000` inside the string form only appears now.
+    if let Some(pointer) = super::find_nul(&document) {
+        return Err(vec![Issue::new(
+            pointer.clone(),
+            format!("the NUL character (\\u0000) is not supported, found at {pointer:?}"),
+        )]);
+    }
     let Some(top) = document.as_object() else {
         return Err(vec![Issue::new(
             "",
