@@ -172,6 +172,7 @@ pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {
     let settings = store::PoolSettings {
         max_connections: config.database.max_connections,
         acquire_timeout: Duration::from_secs(config.database.acquire_timeout_seconds),
+        idle_in_transaction_timeout: Duration::from_secs(config.database.idle_in_transaction_timeout_seconds),
     };
     let pool = store::connect(
         &config.database_url,

@@ -32,6 +32,7 @@ pub struct Config {
 pub struct DatabaseConfig {
     pub max_connections: u32,
     pub acquire_timeout_seconds: u64,
+    pub idle_in_transaction_timeout_seconds: u64,
     pub connect_retry_seconds: u64,
 }
 
@@ -152,6 +153,9 @@ impl Config {
         }
         if self.database.acquire_timeout_seconds == 0 {
             return fail("database.acquire_timeout_seconds must be at least 1");
+        }
+        if self.database.idle_in_transaction_timeout_seconds == 0 {
+            return fail("database.idle_in_transaction_timeout_seconds must be at least 1");
         }
         if self.api.max_body_bytes == 0 {
             return fail("api.max_body_bytes must be at least 1");

@@ -67,6 +67,10 @@ pub fn is_unavailable(e: &sqlx::Error) -> bool {
 pub struct PoolSettings {
     pub max_connections: u32,
     pub acquire_timeout: Duration,
+    /// The server ends a session that sits this long inside a transaction
+    /// (PostgreSQL's `idle_in_transaction_session_timeout`): a process
+    /// paused mid-transaction must not hold an execution's lock forever.
+    pub idle_in_transaction_timeout: Duration,
 }
 
 /// Connects to `url`, creating the database when it does not exist, and
@@ -78,7 +82,10 @@ pub async fn connect(url: &str, settings: PoolSettings, retry_for: Duration) -> 
     let options: PgConnectOptions = url
         .parse()
         .map_err(|e| anyhow::anyhow!("database_url is not a valid PostgreSQL URL: {e}"))?;
-    let options = options.log_statements(tracing::log::LevelFilter::Debug);
+    let idle = format!("{}ms", settings.idle_in_transaction_timeout.as_millis());
+    let options = options
+        .log_statements(tracing::log::LevelFilter::Debug)
+        .options([("idle_in_transaction_session_timeout", idle.as_str())]);
     let deadline = tokio::time::Instant::now() + retry_for;
     let mut delay = Duration::from_millis(200);
     loop {

@@ -218,3 +218,45 @@ async fn a_start_against_no_server_names_the_cause() {
     assert!(stderr.contains("Connection refused"), "{stderr}");
     assert!(!stderr.contains("pool timed out"), "{stderr}");
 }
+
+/// A process paused in the middle of a transaction (SIGSTOP, a frozen VM)
+/// must not hold its locks forever: the server ends such a session after
+/// `database.idle_in_transaction_timeout_seconds`, and the lock is free.
+#[sqlx::test]
+async fn a_session_idle_in_a_transaction_is_ended_and_its_locks_freed(db: PgPool) {
+    let settings = stepwise::store::PoolSettings {
+        max_connections: 2,
+        acquire_timeout: Duration::from_secs(10),
+        idle_in_transaction_timeout: Duration::from_secs(1),
+    };
+    let url = database_url(&db).await;
+    let paused = stepwise::store::connect(&url, settings, Duration::from_secs(10))
+        .await
+        .unwrap();
+    sqlx::query("create table held (id int primary key)")
+        .execute(&db)
+        .await
+        .unwrap();
+    sqlx::query("insert into held values (1)").execute(&db).await.unwrap();
+    let mut tx = paused.begin().await.unwrap();
+    sqlx::query("select 1 from held where id = 1 for update")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    // The holder now does nothing, as a paused process would. Another
+    // transaction waiting for the row gets it once the server ends the session.
+    let got = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut waiter = db.begin().await.unwrap();
+        sqlx::query("select 1 from held where id = 1 for update")
+            .execute(&mut *waiter)
+            .await
+            .unwrap();
+        waiter.commit().await.unwrap();
+    })
+    .await;
+    assert!(
+        got.is_ok(),
+        "the lock of a session idle in its transaction was never freed"
+    );
+    assert!(tx.commit().await.is_err(), "the idle session was ended by the server");
+}
