@@ -28,6 +28,27 @@ pub(super) struct Report<'a> {
     pub may_be_leaf: bool,
 }
 
+impl Report<'_> {
+    /// The success this report records, if it is one.
+    fn success(&self) -> Option<Success<'_>> {
+        match self.outcome {
+            StepOutcome::Succeeded {
+                properties,
+                metadata,
+                exit_code,
+            } => Some(Success {
+                id: self.id,
+                attempt: self.attempt,
+                properties,
+                metadata,
+                exit_code: *exit_code,
+                log: self.log,
+            }),
+            _ => None,
+        }
+    }
+}
+
 /// Applies `report`, running the whole transaction again when PostgreSQL
 /// aborted it for a deadlock or a serialization failure.
 pub(super) async fn complete(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Applied, Option<ClaimedStep>)> {
@@ -36,23 +57,7 @@ pub(super) async fn complete(pool: &PgPool, report: &Report<'_>) -> StoreResult<
 
 async fn complete_once(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Applied, Option<ClaimedStep>)> {
     let (id, attempt) = (report.id, report.attempt);
-    if let (
-        true,
-        StepOutcome::Succeeded {
-            properties,
-            metadata,
-            exit_code,
-        },
-    ) = (report.may_be_leaf, report.outcome)
-    {
-        let success = Success {
-            id,
-            attempt,
-            properties,
-            metadata,
-            exit_code: *exit_code,
-            log: report.log,
-        };
+    if let Some(success) = report.success().filter(|_| report.may_be_leaf) {
         if let Some(execution_id) = transitions::succeed_leaf(pool, &success).await? {
             finish_if_done_unlocked(pool, execution_id).await?;
             return Ok((Applied::Applied, None));
@@ -82,19 +87,8 @@ async fn complete_once(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Appli
         other => other,
     };
     let effect = match outcome {
-        StepOutcome::Succeeded {
-            properties,
-            metadata,
-            exit_code,
-        } => {
-            let success = Success {
-                id,
-                attempt,
-                properties,
-                metadata,
-                exit_code: *exit_code,
-                log: report.log,
-            };
+        StepOutcome::Succeeded { .. } => {
+            let success = report.success().expect("the outcome is a success");
             apply_success(&mut tx, &locked, &success).await?
         }
         StepOutcome::Failed { .. } => apply_failure(&mut tx, &locked, outcome, report.log).await?,

@@ -193,7 +193,9 @@ async fn finish_if_done_by_id(conn: &mut PgConnection, execution_id: Uuid) -> St
     finish_if_done(conn, &execution).await
 }
 
-/// Ends the execution when none of its steps is left to finish.
+/// Ends the execution when none of its steps is left to finish. Every
+/// caller passes the row as read in its own transaction after its last
+/// write, so its `failure_reason` is current.
 pub async fn finish_if_done(conn: &mut PgConnection, execution: &ExecutionRow) -> StoreResult<()> {
     if execution.is_terminal() || steps::has_unfinished(conn, execution.id).await? {
         return Ok(());
@@ -201,8 +203,7 @@ pub async fn finish_if_done(conn: &mut PgConnection, execution: &ExecutionRow) -
     let status = if execution.status == "Stopping" {
         "Stopped"
     } else {
-        let failure = executions::get(conn, execution.id).await?.failure_reason;
-        if failure.is_some() || steps::any_failed(conn, execution.id).await? {
+        if execution.failure_reason.is_some() || steps::any_failed(conn, execution.id).await? {
             "Failed"
         } else {
             "Succeeded"
