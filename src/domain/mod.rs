@@ -59,29 +59,58 @@ pub fn pointer_push(base: &str, token: impl fmt::Display) -> String {
     out
 }
 
-/// The JSON pointer of the first string or key holding a NUL character,
-/// which PostgreSQL stores in neither `text` nor `jsonb`.
-pub fn find_nul(value: &serde_json::Value) -> Option<String> {
-    use serde_json::Value;
-    fn walk(value: &Value, pointer: String) -> Option<String> {
-        match value {
-            Value::String(s) if s.contains('\0') => Some(pointer),
-            Value::Array(items) => items
-                .iter()
-                .enumerate()
-                .find_map(|(i, v)| walk(v, pointer_push(&pointer, i))),
-            Value::Object(map) => map.iter().find_map(|(k, v)| {
-                let here = pointer_push(&pointer, k);
-                if k.contains('\0') {
-                    Some(here)
-                } else {
-                    walk(v, here)
-                }
-            }),
-            _ => None,
+/// One step of a path into a JSON value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PathToken<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+impl fmt::Display for PathToken<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            PathToken::Key(k) => f.write_str(k),
+            PathToken::Index(i) => write!(f, "{i}"),
         }
     }
-    walk(value, String::new())
+}
+
+/// The path to the first string or key holding a NUL character, which
+/// PostgreSQL stores in neither `text` nor `jsonb` (empty: the value itself).
+pub fn nul_path(value: &serde_json::Value) -> Option<Vec<PathToken<'_>>> {
+    use serde_json::Value;
+    fn walk<'a>(value: &'a Value, path: &mut Vec<PathToken<'a>>) -> bool {
+        match value {
+            Value::String(s) => s.contains('\0'),
+            Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
+                path.push(PathToken::Index(i));
+                let found = walk(v, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            Value::Object(map) => map.iter().any(|(k, v)| {
+                path.push(PathToken::Key(k));
+                let found = k.contains('\0') || walk(v, path);
+                if !found {
+                    path.pop();
+                }
+                found
+            }),
+            _ => false,
+        }
+    }
+    let mut path = Vec::new();
+    walk(value, &mut path).then_some(path)
+}
+
+/// [`nul_path`] as a JSON pointer.
+pub fn find_nul(value: &serde_json::Value) -> Option<String> {
+    nul_path(value).map(|path| {
+        path.iter()
+            .fold(String::new(), |pointer, token| pointer_push(&pointer, token))
+    })
 }
 
 /// The JSON type name used in messages (`Integer` and `Float` are told apart

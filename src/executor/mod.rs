@@ -23,6 +23,7 @@ use crate::{
         condition::evaluate_conditions,
         definition::{CallbackArgs, CommandArgs, StepKind},
         expr::{evaluate, ExecutionVar, Resolver},
+        PathToken,
     },
     engine::StepOutcome,
     ids::Arns,
@@ -123,35 +124,23 @@ fn read_small_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
 /// Where a JSON value holds a NUL character (U+0000, in a string or a key),
 /// which PostgreSQL's `jsonb` and `text` refuse: `Outputs.x`, `[2]`, ...
 pub fn nul_at(value: &Value) -> Option<String> {
-    fn walk(value: &Value, path: &mut String) -> bool {
-        match value {
-            Value::String(s) => s.contains('\0'),
-            Value::Array(items) => items.iter().enumerate().any(|(i, v)| {
-                let len = path.len();
-                path.push_str(&format!("[{i}]"));
-                let found = walk(v, path);
-                if !found {
-                    path.truncate(len);
+    let path = crate::domain::nul_path(value)?;
+    if path.is_empty() {
+        return Some("the value".into());
+    }
+    let mut at = String::new();
+    for token in path {
+        match token {
+            PathToken::Index(i) => at.push_str(&format!("[{i}]")),
+            PathToken::Key(k) => {
+                if !at.is_empty() {
+                    at.push('.');
                 }
-                found
-            }),
-            Value::Object(map) => map.iter().any(|(k, v)| {
-                let len = path.len();
-                if !path.is_empty() {
-                    path.push('.');
-                }
-                path.push_str(&k.replace('\0', "\\u0000"));
-                let found = k.contains('\0') || walk(v, path);
-                if !found {
-                    path.truncate(len);
-                }
-                found
-            }),
-            _ => false,
+                at.push_str(&k.replace('\0', "\\u0000"));
+            }
         }
     }
-    let mut path = String::new();
-    walk(value, &mut path).then(|| if path.is_empty() { "the value".into() } else { path })
+    Some(at)
 }
 
 /// The directory an `ArtifactsUri` names (a `file://` prefix is accepted).
