@@ -38,7 +38,9 @@ impl App {
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
+        crate::engine::tokens::bootstrap(&pool, &config).await?;
         let state = AppState {
+            allowed_hosts: api::auth::AllowedHosts::from_config(&config),
             diagnosis: store::diagnosis::Diagnosis::new(pool.clone()),
             db: pool,
             arns: Arns::new(&config.arn),

@@ -35,6 +35,10 @@ pub struct BenchArgs {
     /// Base URL of the stepwise server to drive.
     #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// An API token with the operator role or above (the bench creates
+    /// pipelines, so editor).
+    #[arg(long, env = "STEPWISE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
     /// Shape of the pipeline: a chain, N independent steps, or one root,
     /// N-2 parallel middles and one sink.
     #[arg(long, value_enum, default_value_t = Shape::Chain)]
@@ -327,8 +331,18 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.shape == Shape::Diamond && args.steps < 3 {
         bail!("a diamond needs at least 3 steps");
     }
+    let mut headers = reqwest::header::HeaderMap::new();
+    if let Some(token) = &args.token {
+        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
+            .context("--token holds characters a header cannot")?;
+        value.set_sensitive(true);
+        headers.insert(reqwest::header::AUTHORIZATION, value);
+    }
     let client = Client {
-        http: reqwest::Client::builder().timeout(Duration::from_secs(120)).build()?,
+        http: reqwest::Client::builder()
+            .timeout(Duration::from_secs(120))
+            .default_headers(headers)
+            .build()?,
         base: args.url.trim_end_matches('/').to_owned(),
     };
     client

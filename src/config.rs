@@ -25,6 +25,23 @@ pub struct Config {
     pub arn: ArnConfig,
     pub worker: WorkerConfig,
     pub log: LogConfig,
+    pub auth: AuthConfig,
+}
+
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub enabled: bool,
+    pub admin_token: String,
+}
+
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("enabled", &self.enabled)
+            .field("admin_token", &if self.admin_token.is_empty() { "" } else { "***" })
+            .finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -45,6 +62,7 @@ pub struct ApiConfig {
     pub idle_timeout_seconds: u64,
     pub definition_cache_bytes: u64,
     pub shutdown_grace_seconds: u64,
+    pub allowed_hosts: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -166,6 +184,31 @@ impl Config {
         if self.api.idle_timeout_seconds == 0 {
             return fail("api.idle_timeout_seconds must be at least 1");
         }
+        self.validate_auth()
+    }
+
+    fn validate_auth(&self) -> Result<(), ConfigError> {
+        if !self.auth.enabled && !self.listen.ip().is_loopback() {
+            return Err(ConfigError(format!(
+                "auth.enabled = false is refused because listen = {} is not a loopback address: \
+                 anyone who reaches that port could run commands on this host. Turn authentication \
+                 on (STEPWISE_AUTH__ENABLED=true), or listen on 127.0.0.1 or [::1]",
+                self.listen
+            )));
+        }
+        let token = &self.auth.admin_token;
+        if !token.is_empty()
+            && (token.len() < crate::domain::auth::MIN_TOKEN_LEN
+                || token.len() > crate::domain::auth::MAX_TOKEN_LEN
+                || !token.bytes().all(|b| b.is_ascii_graphic()))
+        {
+            return Err(ConfigError(format!(
+                "auth.admin_token must be {} to {} printable characters without spaces; \
+                 `stepwise token generate` prints a good one",
+                crate::domain::auth::MIN_TOKEN_LEN,
+                crate::domain::auth::MAX_TOKEN_LEN
+            )));
+        }
         Ok(())
     }
 }
@@ -199,6 +242,7 @@ impl fmt::Debug for Config {
             .field("arn", &self.arn)
             .field("worker", &self.worker)
             .field("log", &self.log)
+            .field("auth", &self.auth)
             .finish()
     }
 }

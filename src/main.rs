@@ -54,6 +54,30 @@ enum Command {
     Openapi,
     /// Drive a running stepwise over HTTP and report throughput and latency.
     Bench(stepwise::bench::BenchArgs),
+    /// Manage API tokens, directly in the database (run it where the
+    /// service's configuration is).
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Create a token and print it (the only time it is shown).
+    Create {
+        /// A name to know it by (letters, digits, '.', '_', '-').
+        #[arg(long)]
+        name: String,
+        /// viewer, operator, editor or admin; each includes the one before.
+        #[arg(long, value_parser = ["viewer", "operator", "editor", "admin"])]
+        role: String,
+    },
+    /// List tokens: name, role, created, last used, revoked.
+    List,
+    /// Revoke the active token with this name, at once.
+    Revoke { name: String },
+    /// Print a new random token without storing it (for
+    /// STEPWISE_AUTH__ADMIN_TOKEN).
+    Generate,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +100,10 @@ async fn run() -> anyhow::Result<()> {
     if let Some(Command::Bench(args)) = &cli.command {
         return stepwise::bench::run(args).await;
     }
+    if let Some(Command::Token(TokenCommand::Generate)) = &cli.command {
+        println!("{}", stepwise::engine::tokens::generate());
+        return Ok(());
+    }
     let overrides = Overrides {
         config_file: cli.config.clone(),
         listen: cli.listen,
@@ -96,8 +124,49 @@ async fn run() -> anyhow::Result<()> {
             tracing::info!("migrations applied");
             Ok(())
         }
+        Command::Token(command) => token_command(&config, command).await,
         Command::Openapi | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
     }
+}
+
+async fn token_command(config: &Config, command: TokenCommand) -> anyhow::Result<()> {
+    use stepwise::engine::tokens;
+    let db = app::connect_and_migrate(config).await?;
+    match command {
+        TokenCommand::Create { name, role } => {
+            stepwise::domain::auth::check_token_name(&name).map_err(anyhow::Error::msg)?;
+            let role = role.parse().map_err(anyhow::Error::msg)?;
+            let (row, token) = tokens::create(&db, &name, role).await?;
+            eprintln!("created token {:?} with role {}; it is shown once:", row.name, row.role);
+            println!("{token}");
+        }
+        TokenCommand::List => {
+            let rows = tokens::list(&db).await?;
+            println!(
+                "{:<24} {:<9} {:<20} {:<20} REVOKED",
+                "NAME", "ROLE", "CREATED", "LAST USED"
+            );
+            let time = |t: Option<chrono::DateTime<chrono::Utc>>| {
+                t.map_or("-".to_string(), |t| t.format("%Y-%m-%d %H:%M:%S").to_string())
+            };
+            for row in rows {
+                println!(
+                    "{:<24} {:<9} {:<20} {:<20} {}",
+                    row.name,
+                    row.role,
+                    time(Some(row.created_at)),
+                    time(row.last_used_at),
+                    time(row.revoked_at)
+                );
+            }
+        }
+        TokenCommand::Revoke { name } => {
+            tokens::revoke(&db, &name).await?;
+            eprintln!("revoked token {name:?}");
+        }
+        TokenCommand::Generate => unreachable!("handled before configuration is loaded"),
+    }
+    Ok(())
 }
 
 /// One token for the whole process, cancelled on SIGTERM or SIGINT. A

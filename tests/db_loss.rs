@@ -10,6 +10,9 @@
 //! directory removed when the test ends, passing or not. So this is an
 //! ordinary test that `cargo test` runs beside every other one.
 
+/// The server's admin token (`auth.admin_token`).
+const TOKEN: &str = "sw_db_loss_test_token_0123456789abcdef";
+
 use std::{
     path::{Path, PathBuf},
     process::{Command, Stdio},
@@ -363,6 +366,7 @@ async fn database_loss(signal: Signal) {
         .env("STEPWISE_DATABASE_URL", cluster.url("stepwise"))
         .env("STEPWISE_DATABASE__MAX_CONNECTIONS", "10")
         .env("STEPWISE_WORKER__CONCURRENCY", "4")
+        .env("STEPWISE_AUTH__ADMIN_TOKEN", TOKEN)
         .env(
             "RUST_LOG",
             std::env::var("RUST_LOG").unwrap_or_else(|_| "stepwise=info".into()),
@@ -375,6 +379,14 @@ async fn database_loss(signal: Signal) {
         base: format!("http://127.0.0.1:{port}"),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(30))
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {TOKEN}").parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            )
             .build()
             .unwrap(),
     };

@@ -1,8 +1,9 @@
 //! The REST API: one module per resource, each exposing `router()`. This
-//! module assembles them with the cross-cutting layers: body limit, panic
-//! catching, request tracing, and the error-shaped fallbacks for unknown
-//! routes and methods.
+//! module assembles them with the cross-cutting layers: the request guard
+//! and authorization (`auth`), body limit, panic catching, request tracing,
+//! and the error-shaped fallbacks for unknown routes and methods.
 
+pub mod auth;
 mod callbacks;
 pub mod error;
 mod executions;
@@ -12,6 +13,7 @@ mod pagination;
 mod pipelines;
 pub mod server;
 mod steps;
+mod tokens;
 
 use std::sync::Arc;
 
@@ -47,6 +49,8 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Names the cause when no database connection can be had.
     pub diagnosis: Diagnosis,
+    /// The names a request's `Host` may say.
+    pub allowed_hosts: auth::AllowedHosts,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,10 +61,13 @@ pub fn router(state: AppState) -> Router {
         .merge(executions::router())
         .merge(steps::router())
         .merge(callbacks::router())
+        .merge(tokens::router())
         .route("/openapi.yaml", get(openapi))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), name_database_cause))
+        .layer(middleware::from_fn_with_state(state.clone(), auth::guard))
         .with_state(state)
         .layer(DefaultBodyLimit::max(max_body))
         .layer(CatchPanicLayer::custom(|_panic: Box<dyn std::any::Any + Send>| {

@@ -3,6 +3,7 @@
 //! durations. Nothing here performs I/O or depends on the rest of the crate, so
 //! the API, the store and the engine can all share one reading of a definition.
 
+pub mod auth;
 pub mod cache;
 pub mod condition;
 pub mod dag;

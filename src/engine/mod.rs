@@ -40,6 +40,7 @@ pub mod definitions;
 pub mod plan;
 pub mod selective;
 pub mod start;
+pub mod tokens;
 
 use std::{future::Future, time::Duration};
 

@@ -27,6 +27,9 @@ use crate::{dag::Kind, round::Round, HARNESS_APP, LEASE_SECONDS, TRIGGER_LIMIT, 
 use std::sync::Arc;
 
 // ---------------------------------------------------------------------------
+/// The admin token of the fault suite's server (`auth.admin_token`).
+pub const TOKEN: &str = "sw_fault_suite_token_0123456789abcdef";
+
 // Processes.
 
 pub struct Proc {
@@ -59,6 +62,7 @@ impl Proc {
             .env("STEPWISE_DATABASE_URL", &env.url)
             .env("STEPWISE_DATA_DIR", &env.data_dir)
             .env("STEPWISE_DATABASE__MAX_CONNECTIONS", "4")
+            .env("STEPWISE_AUTH__ADMIN_TOKEN", TOKEN)
             .env("STEPWISE_WORKER__LEASE_SECONDS", LEASE_SECONDS)
             // A paused process's open transaction is ended by the server after
             // this; `check_frozen` sees any that outlives it (3 s).

@@ -176,6 +176,14 @@ async fn start(db: PgPool, root: &Path) -> Harness {
         base: serve.base_url.clone().expect("serve's address"),
         client: reqwest::Client::builder()
             .timeout(Duration::from_secs(60))
+            .default_headers(
+                [(
+                    reqwest::header::AUTHORIZATION,
+                    format!("Bearer {}", harness::TOKEN).parse().unwrap(),
+                )]
+                .into_iter()
+                .collect(),
+            )
             .build()
             .unwrap(),
         calls: Mutex::new(vec![]),

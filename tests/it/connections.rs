@@ -38,7 +38,7 @@ async fn max_connections_is_the_cap_whatever_the_concurrency(db: PgPool) {
     ];
     let server = StepwiseProcess::serve(&url, data.path(), &env).await;
     let base = server.base_url.clone().unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed_client(std::time::Duration::from_secs(120));
     let steps: Vec<Value> = (0..200)
         .map(|i| json!({"Name": format!("S{i:03}"), "Type": "Pass", "Arguments": {"i": i}}))
         .collect();

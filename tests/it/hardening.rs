@@ -753,7 +753,7 @@ async fn a_serve_process_killed_mid_execution_loses_nothing_committed(db: PgPool
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
     let env = [("STEPWISE_WORKER__LEASE_SECONDS", "2")];
-    let http = reqwest::Client::new();
+    let http = crate::helpers::authed_client(std::time::Duration::from_secs(120));
     let definition = definition_with(
         json!([]),
         json!([

@@ -12,6 +12,28 @@ use tokio_util::sync::CancellationToken;
 
 use crate::openapi;
 
+/// The admin token of every server a test starts (`auth.admin_token`).
+pub const TEST_TOKEN: &str = "sw_test_admin_token_not_a_secret_0123456789";
+
+/// A client that sends `TEST_TOKEN` with every request.
+pub fn authed_client(timeout: Duration) -> reqwest::Client {
+    client_with_token(TEST_TOKEN, timeout)
+}
+
+/// A client that sends `token` with every request.
+pub fn client_with_token(token: &str, timeout: Duration) -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        format!("Bearer {token}").parse().expect("a token fits a header"),
+    );
+    reqwest::Client::builder()
+        .timeout(timeout)
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
 pub struct TestApp {
     pub base: String,
     pub client: reqwest::Client,
@@ -56,6 +78,7 @@ impl TestApp {
         config.data_dir = data_dir.path().to_path_buf();
         // The app runs inside this test binary: steps are supervised by the real one.
         config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+        config.auth.admin_token = TEST_TOKEN.into();
         configure(&mut config);
         let app = App::build_with_pool(config, db.clone()).await.expect("app builds");
         let base = format!("http://127.0.0.1:{}", app.port());
@@ -63,10 +86,7 @@ impl TestApp {
         let handle = tokio::spawn(app.run(shutdown.clone()));
         TestApp {
             base,
-            client: reqwest::Client::builder()
-                .timeout(Duration::from_secs(120))
-                .build()
-                .unwrap(),
+            client: authed_client(Duration::from_secs(120)),
             db,
             data_dir,
             shutdown,

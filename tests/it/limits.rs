@@ -144,7 +144,7 @@ async fn parsed_definitions_are_bounded_by_bytes_not_by_versions(db: PgPool) {
     let server = StepwiseProcess::serve(&url, data.path(), &[("MALLOC_ARENA_MAX", "1")]).await;
     let pid = server.child.id().unwrap();
     let base = server.base_url.clone().unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed_client(std::time::Duration::from_secs(120));
     let steps: Vec<Value> = (0..10_000)
         .map(|i| json!({"Name": format!("S{i:05}"), "Type": "Pass", "Arguments": {"i": i}}))
         .collect();

@@ -57,6 +57,7 @@ impl StepwiseProcess {
             .env_remove("STEPWISE_TEST_WORKER_LOGS")
             .env("STEPWISE_DATABASE_URL", url)
             .env("STEPWISE_DATA_DIR", data_dir)
+            .env("STEPWISE_AUTH__ADMIN_TOKEN", crate::helpers::TEST_TOKEN)
             .env("RUST_LOG", "stepwise=info")
             .env("NO_COLOR", "1")
             .stdout(std::process::Stdio::null())

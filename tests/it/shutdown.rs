@@ -88,7 +88,7 @@ async fn sigterm_ends_event_streams_and_long_polls_at_once(db: PgPool) {
     let data = tempfile::tempdir().unwrap();
     let mut server = StepwiseProcess::serve(&url, data.path(), &[]).await;
     let base = server.base_url.clone().unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed_client(std::time::Duration::from_secs(120));
     let id = start_waiting_execution(&client, &base).await;
     let poll = long_poll_in_progress(&db, &client, &base, &id).await;
     // The event stream is open once its first event has arrived.
@@ -141,7 +141,7 @@ async fn a_second_signal_exits_at_once(db: PgPool) {
     let env = [("STEPWISE_WORKER__SHUTDOWN_GRACE_SECONDS", "300")];
     let mut server = StepwiseProcess::serve(&url, data.path(), &env).await;
     let base = server.base_url.clone().unwrap();
-    let client = reqwest::Client::new();
+    let client = crate::helpers::authed_client(std::time::Duration::from_secs(120));
     let pid_file = marks.path().join("pid");
     let script = format!("echo $$ > {}; exec sleep 120", pid_file.display());
     let definition = definition_with(

@@ -296,10 +296,7 @@ async fn hashing_a_device_or_a_fifo_fails_the_step_while_the_api_answers(db: PgP
     let url = database_url(&app.db).await;
     let server = StepwiseProcess::serve(&url, app.data_dir.path(), &[]).await;
     let base = server.base_url.clone().unwrap();
-    let client = reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap();
+    let client = crate::helpers::authed_client(Duration::from_secs(10));
     let id = app.start("devices", json!({})).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
     let execution = loop {

@@ -1,0 +1,323 @@
+//! Who may call what. Two layers:
+//!
+//! - [`guard`], on every request whatever `auth.enabled` says: the `Host`
+//!   must be an allowed name (no DNS rebinding), an `Origin` must be this
+//!   site (no cross-site request from a web page), and a body must be
+//!   declared `application/json` (a browser cannot send that cross-site
+//!   without a preflight this server never answers).
+//! - [`authorize`], on every route: the bearer token's role against the one
+//!   [`POLICY`] table, the only place a route's role is decided.
+
+use std::{collections::HashSet, net::IpAddr, sync::Arc};
+
+use axum::{
+    extract::{MatchedPath, Request, State},
+    http::{header, HeaderMap, Method},
+    middleware::Next,
+    response::{IntoResponse, Response},
+};
+
+use super::{
+    error::{ApiError, ErrorCode},
+    AppState,
+};
+use crate::{
+    config::Config,
+    domain::auth::Role,
+    engine::tokens::{self, Principal},
+};
+
+/// What a route needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// No token: probes, this API's description, and callbacks (the token
+    /// in a callback's path is its credential).
+    Open,
+    /// A token with this role or a more powerful one.
+    Role(Role),
+}
+
+use Access::{Open, Role as Needs};
+use Role::{Admin, Editor, Operator, Viewer};
+
+/// Every route and method with what it needs. A route missing here needs
+/// an admin token, so a new route is closed until it is listed.
+pub const POLICY: &[(&str, &str, Access)] = &[
+    ("GET", "/healthz", Open),
+    ("GET", "/readyz", Open),
+    ("GET", "/openapi.yaml", Open),
+    ("POST", "/v1/callbacks/{token}/success", Open),
+    ("POST", "/v1/callbacks/{token}/failure", Open),
+    ("GET", "/v1/pipelines", Needs(Viewer)),
+    ("POST", "/v1/pipelines", Needs(Editor)),
+    ("GET", "/v1/pipelines/{name}", Needs(Viewer)),
+    ("PUT", "/v1/pipelines/{name}", Needs(Editor)),
+    ("DELETE", "/v1/pipelines/{name}", Needs(Admin)),
+    ("GET", "/v1/pipelines/{name}/versions", Needs(Viewer)),
+    ("GET", "/v1/pipelines/{name}/versions/{version}", Needs(Viewer)),
+    ("GET", "/v1/pipelines/{name}/executions", Needs(Viewer)),
+    ("POST", "/v1/pipelines/{name}/executions", Needs(Operator)),
+    ("POST", "/v1/pipelines/{name}/executions/plan", Needs(Operator)),
+    ("DELETE", "/v1/pipelines/{name}/cache", Needs(Editor)),
+    ("GET", "/v1/executions/{execution}", Needs(Viewer)),
+    ("POST", "/v1/executions/{execution}/stop", Needs(Operator)),
+    ("POST", "/v1/executions/{execution}/retry", Needs(Operator)),
+    ("GET", "/v1/executions/{execution}/parameters", Needs(Viewer)),
+    ("GET", "/v1/executions/{execution}/definition", Needs(Viewer)),
+    ("GET", "/v1/executions/{execution}/events", Needs(Viewer)),
+    ("GET", "/v1/executions/{execution}/steps", Needs(Viewer)),
+    ("GET", "/v1/executions/{execution}/steps/{step}", Needs(Viewer)),
+    ("GET", "/v1/executions/{execution}/steps/{step}/logs", Needs(Viewer)),
+    ("GET", "/v1/tokens", Needs(Admin)),
+    ("POST", "/v1/tokens", Needs(Admin)),
+    ("DELETE", "/v1/tokens/{name}", Needs(Admin)),
+];
+
+/// What `method` on the route template `route` needs.
+pub fn access(method: &Method, route: &str) -> Access {
+    POLICY
+        .iter()
+        .find(|(m, r, _)| *m == method.as_str() && *r == route)
+        .map_or(Needs(Admin), |(_, _, access)| *access)
+}
+
+/// The host names a request may name, fixed at start.
+#[derive(Debug, Clone)]
+pub struct AllowedHosts {
+    any: bool,
+    /// Lower case, IPv6 addresses in brackets, without port.
+    names: Arc<HashSet<String>>,
+    /// The configured names only: an `Origin` naming one of them is this
+    /// site seen through a proxy that rewrote `Host`.
+    configured: Arc<HashSet<String>>,
+}
+
+impl AllowedHosts {
+    pub fn from_config(config: &Config) -> AllowedHosts {
+        let configured: HashSet<String> = config
+            .api
+            .allowed_hosts
+            .iter()
+            .filter(|h| h.as_str() != "*")
+            .map(|h| normalize_host(h))
+            .collect();
+        let mut names: HashSet<String> = ["localhost", "127.0.0.1", "[::1]"].map(String::from).into();
+        let ip = config.listen.ip();
+        if !ip.is_unspecified() {
+            names.insert(normalize_host(&ip.to_string()));
+        }
+        names.extend(configured.iter().cloned());
+        AllowedHosts {
+            any: config.api.allowed_hosts.iter().any(|h| h == "*"),
+            names: Arc::new(names),
+            configured: Arc::new(configured),
+        }
+    }
+
+    fn allows(&self, host: &str) -> bool {
+        self.any || self.names.contains(host)
+    }
+}
+
+/// Lower case, without a trailing dot, IPv6 addresses in brackets.
+fn normalize_host(host: &str) -> String {
+    let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
+    match host.parse::<IpAddr>() {
+        Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
+        _ => host,
+    }
+}
+
+/// The host part of a `Host` header or an origin's authority (`name`,
+/// `name:port`, `[v6]:port`), normalized.
+fn host_of(authority: &str) -> String {
+    let host = if let Some(rest) = authority.strip_prefix('[') {
+        rest.split(']').next().map(|v6| format!("[{v6}]")).unwrap_or_default()
+    } else {
+        authority
+            .rsplit_once(':')
+            .map_or(authority, |(host, _port)| host)
+            .to_string()
+    };
+    normalize_host(&host)
+}
+
+fn forbidden(message: String) -> Response {
+    ApiError::new(ErrorCode::Forbidden, message).into_response()
+}
+
+/// The checks that protect a server on loopback from the web pages its
+/// operator visits: DNS rebinding (`Host`), cross-site requests
+/// (`Origin`) and forms posting without a preflight (`Content-Type`).
+pub async fn guard(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let headers = request.headers();
+    let path = request.uri().path();
+    // Probes come from orchestrators that name the machine as they please;
+    // they read nothing but "ok".
+    let is_probe = matches!(path, "/healthz" | "/readyz");
+    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
+        return forbidden("the request has no Host header".into());
+    };
+    if !is_probe && !state.allowed_hosts.allows(&host_of(host)) {
+        return forbidden(format!(
+            "host {:?} is not an allowed name for this server; add it to api.allowed_hosts",
+            host_of(host)
+        ));
+    }
+    if let Some(origin) = headers.get(header::ORIGIN) {
+        let origin = origin.to_str().unwrap_or("");
+        if !origin_is_this_site(origin, host, &state.allowed_hosts) {
+            return forbidden(format!(
+                "requests from the web origin {origin:?} are not allowed (only this server's own pages may call it)"
+            ));
+        }
+    }
+    if has_body(headers) && !is_json(headers) {
+        let given = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("none");
+        return ApiError::new(
+            ErrorCode::UnsupportedMediaType,
+            format!("a request body must be sent with Content-Type: application/json (the request said {given:?})"),
+        )
+        .into_response();
+    }
+    next.run(request).await
+}
+
+fn origin_is_this_site(origin: &str, host: &str, allowed: &AllowedHosts) -> bool {
+    let Some((scheme, authority)) = origin.split_once("://") else {
+        // "null" (a sandboxed frame, a file) and anything malformed.
+        return false;
+    };
+    if !matches!(scheme, "http" | "https") {
+        return false;
+    }
+    authority.eq_ignore_ascii_case(host) || allowed.configured.contains(&host_of(authority))
+}
+
+fn has_body(headers: &HeaderMap) -> bool {
+    let length = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim() != "0");
+    length || headers.contains_key(header::TRANSFER_ENCODING)
+}
+
+fn is_json(headers: &HeaderMap) -> bool {
+    let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+}
+
+/// Checks the bearer token against what the route needs, and hands the
+/// handler its [`Principal`].
+pub async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let needs = match access(request.method(), &route) {
+        Open => return next.run(request).await,
+        Needs(role) => role,
+    };
+    let principal = if state.config.auth.enabled {
+        match bearer(request.headers()) {
+            Err(message) => return ApiError::new(ErrorCode::Unauthorized, message).into_response(),
+            Ok(token) => match tokens::authenticate(&state.db, token).await {
+                Ok(Some(principal)) => principal,
+                Ok(None) => {
+                    return ApiError::new(
+                        ErrorCode::Unauthorized,
+                        "the bearer token is not valid (unknown or revoked)",
+                    )
+                    .into_response()
+                }
+                Err(e) => return ApiError::from(e).into_response(),
+            },
+        }
+    } else {
+        Principal {
+            name: "anonymous (auth.enabled = false)".into(),
+            role: Admin,
+        }
+    };
+    if principal.role < needs {
+        return forbidden(format!(
+            "{} {route} needs a token with the {needs} role or above; token {:?} has the {} role",
+            request.method(),
+            principal.name,
+            principal.role
+        ));
+    }
+    request.extensions_mut().insert(principal);
+    next.run(request).await
+}
+
+/// The token of an `Authorization: Bearer <token>` header.
+fn bearer(headers: &HeaderMap) -> Result<&str, String> {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Err("this request needs a token: send Authorization: Bearer <token>".into());
+    };
+    let value = value.to_str().unwrap_or("");
+    match value.split_once(' ') {
+        Some((scheme, token)) if scheme.eq_ignore_ascii_case("bearer") && !token.trim().is_empty() => Ok(token.trim()),
+        _ => Err("the Authorization header must read \"Bearer <token>\"".into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_are_read_without_port() {
+        assert_eq!(host_of("127.0.0.1:8080"), "127.0.0.1");
+        assert_eq!(host_of("LocalHost."), "localhost");
+        assert_eq!(host_of("[::1]:8080"), "[::1]");
+        assert_eq!(host_of("[0:0::1]"), "[::1]");
+        assert_eq!(host_of("evil.example:80"), "evil.example");
+    }
+
+    #[test]
+    fn default_hosts_are_loopback_and_the_listen_address() {
+        let mut config = Config::defaults();
+        config.listen = "10.1.2.3:8080".parse().unwrap();
+        let allowed = AllowedHosts::from_config(&config);
+        for host in ["localhost", "127.0.0.1", "[::1]", "10.1.2.3"] {
+            assert!(allowed.allows(host), "{host}");
+        }
+        assert!(!allowed.allows("attacker.example"));
+        config.api.allowed_hosts = vec!["Stepwise.Internal".into()];
+        assert!(AllowedHosts::from_config(&config).allows("stepwise.internal"));
+        config.api.allowed_hosts = vec!["*".into()];
+        assert!(AllowedHosts::from_config(&config).allows("anything"));
+    }
+
+    #[test]
+    fn origins_must_be_this_site() {
+        let allowed = AllowedHosts::from_config(&Config::defaults());
+        assert!(origin_is_this_site("http://127.0.0.1:8080", "127.0.0.1:8080", &allowed));
+        assert!(!origin_is_this_site(
+            "http://localhost:3000",
+            "127.0.0.1:8080",
+            &allowed
+        ));
+        assert!(!origin_is_this_site("null", "127.0.0.1:8080", &allowed));
+        assert!(!origin_is_this_site("https://evil.example", "127.0.0.1:8080", &allowed));
+    }
+
+    #[test]
+    fn unknown_routes_need_an_admin() {
+        assert_eq!(access(&Method::GET, "/v1/new-thing"), Needs(Admin));
+        assert_eq!(access(&Method::GET, "/healthz"), Open);
+        assert_eq!(
+            access(&Method::POST, "/v1/pipelines/{name}/executions"),
+            Needs(Operator)
+        );
+    }
+}
