@@ -91,7 +91,10 @@ port="$("$python" -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0))
 url="http://127.0.0.1:$port"
 export STEPWISE_DATABASE_URL="${STEPWISE_DATABASE_URL:-postgres://postgres@127.0.0.1:5432/stepwise_bench_compare}"
 say "starting stepwise on $url"
-RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/stepwise-data" \
+# The server's admin token, which the bench sends (STEPWISE_TOKEN).
+STEPWISE_TOKEN="$("$bin" token generate)"
+export STEPWISE_TOKEN
+STEPWISE_AUTH__ADMIN_TOKEN="$STEPWISE_TOKEN" RUST_LOG=warn "$bin" serve --listen "127.0.0.1:$port" --data-dir "$work/stepwise-data" \
   >"$work/server.log" 2>&1 &
 server_pid=$!
 for _ in $(seq 1 120); do

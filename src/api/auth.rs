@@ -122,7 +122,11 @@ impl AllowedHosts {
 /// Lower case, without a trailing dot, IPv6 addresses in brackets.
 fn normalize_host(host: &str) -> String {
     let host = host.trim().trim_end_matches('.').to_ascii_lowercase();
-    match host.parse::<IpAddr>() {
+    let bare = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(&host);
+    match bare.parse::<IpAddr>() {
         Ok(IpAddr::V6(v6)) => format!("[{v6}]"),
         _ => host,
     }

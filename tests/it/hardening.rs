@@ -12,7 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use uuid::Uuid;
 
 use crate::{
-    helpers::{count_run, definition_with, runs_of, wait_until, Resp, TestApp},
+    helpers::{count_run, definition_with, runs_of, wait_until, Resp, TestApp, TEST_TOKEN},
     openapi::check_response,
     pipelines::pass_definition,
     procs::{database_url, StepwiseProcess},
@@ -125,7 +125,7 @@ async fn oversized_bodies_on_every_body_route_are_413(db: PgPool) {
 
     // A Content-Length far over the limit: refused once the limit is passed,
     // without waiting for the rest.
-    let head = "POST /v1/pipelines HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\nconnection: close\r\n\r\n".to_string();
+    let head = format!("POST /v1/pipelines HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {TEST_TOKEN}\r\ncontent-type: application/json\r\ncontent-length: 10000000000\r\nconnection: close\r\n\r\n");
     let (status, body) = raw_http(&app, head, "x".repeat(8192).as_bytes()).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "PayloadTooLarge", "{body}");
@@ -142,7 +142,7 @@ async fn oversized_bodies_on_every_body_route_are_413(db: PgPool) {
         encoded.extend_from_slice(b"\r\n");
     }
     encoded.extend_from_slice(b"0\r\n\r\n");
-    let head = "POST /v1/pipelines HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n".to_string();
+    let head = format!("POST /v1/pipelines HTTP/1.1\r\nhost: 127.0.0.1\r\nauthorization: Bearer {TEST_TOKEN}\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\nconnection: close\r\n\r\n");
     let (status, body) = raw_http(&app, head, &encoded).await;
     assert_eq!(status, 413, "{body}");
     assert_eq!(body["error"]["code"], "PayloadTooLarge", "{body}");
@@ -275,13 +275,16 @@ async fn invalid_utf8_and_wrong_content_types_on_every_body_route(db: PgPool) {
             assert_eq!(resp.body["error"]["code"], "UnsupportedMediaType", "{}", resp.text);
         }
     }
-    // JSON with parameters, a +json suffix, or no content type (curl -d
-    // without -H) is taken as JSON.
+    // A body without a content type is what a browser may send cross-site
+    // without a preflight: refused (issue 10).
+    let body = json!({"name": "untyped", "definition": pass_definition()}).to_string();
+    let resp = send_bytes(&app, Method::POST, "/v1/pipelines", None, body.into_bytes()).await;
+    assert_error_shape("POST", "/v1/pipelines", &resp, 415);
+    // JSON with parameters or a +json suffix is taken as JSON.
     for (name, content_type) in [
         ("charset", Some("application/json; charset=utf-8")),
         ("suffix", Some("application/vnd.stepwise+json")),
         ("upper", Some("Application/JSON")),
-        ("none", None),
     ] {
         let body = json!({"name": name, "definition": pass_definition()}).to_string();
         let resp = send_bytes(&app, Method::POST, "/v1/pipelines", content_type, body.into_bytes()).await;

@@ -26,7 +26,10 @@ async fn connect(app: &TestApp) -> TcpStream {
 
 /// Sends a keep-alive request for `path`.
 async fn send_request(stream: &mut TcpStream, path: &str) {
-    let head = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
+    let head = format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\r\n",
+        crate::helpers::TEST_TOKEN
+    );
     stream.write_all(head.as_bytes()).await.unwrap();
 }
 
