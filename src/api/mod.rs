@@ -74,7 +74,18 @@ pub fn router(state: AppState) -> Router {
             tracing::error!("a request handler panicked");
             ApiError::new(ErrorCode::Internal, "internal error").into_response()
         }))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of a request's trace: method and path, with a callback's token
+/// (a credential in the path) left out.
+fn request_span(request: &Request) -> tracing::Span {
+    let path = request.uri().path();
+    let path = match path.strip_prefix("/v1/callbacks/") {
+        Some(rest) => format!("/v1/callbacks/***/{}", rest.rsplit('/').next().unwrap_or("")),
+        None => path.to_string(),
+    };
+    tracing::debug_span!("request", method = %request.method(), %path)
 }
 
 /// A 503 for a pool time-out says why no connection could be had (this

@@ -2,7 +2,7 @@
 //! cache details, and the captured log of an attempt.
 
 use axum::{
-    extract::State,
+    extract::{Extension, State},
     http::header,
     response::{IntoResponse, Response},
     routing::get,
@@ -19,6 +19,8 @@ use super::{
     AppState,
 };
 use crate::{
+    domain::auth::Role,
+    engine::tokens::Principal,
     executor::command::{read_log, AttemptDirs},
     store::{
         self,
@@ -77,7 +79,19 @@ struct StepList {
     next_token: Option<String>,
 }
 
-fn view(row: StepRunRow, with_components: bool) -> StepRun {
+/// Whether `principal` may see a waiting Callback step's token: whoever
+/// holds it can report the step's result, which is an operator's power.
+fn sees_callback_tokens(principal: &Principal) -> bool {
+    principal.role >= Role::Operator
+}
+
+fn view(row: StepRunRow, with_components: bool, callback_token: bool) -> StepRun {
+    let mut metadata = row.metadata;
+    if !callback_token {
+        if let Some(callback) = metadata.get_mut("callback").and_then(Value::as_object_mut) {
+            callback.remove("token");
+        }
+    }
     let cache = row.cache_status.as_ref().map(|status| {
         let mut cache = json!({
             "status": status,
@@ -104,7 +118,7 @@ fn view(row: StepRunRow, with_components: bool) -> StepRun {
         cache_hit: row.cache_hit,
         reused_from: row.reused_from,
         cache,
-        metadata: row.metadata,
+        metadata,
     }
 }
 
@@ -122,11 +136,16 @@ fn attempt_view(row: AttemptRow) -> Attempt {
 }
 
 /// Every step of the execution, in pipeline order.
-async fn list(State(state): State<AppState>, Path(reference): Path<String>) -> ApiResult<Json<StepList>> {
+async fn list(
+    State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
+    Path(reference): Path<String>,
+) -> ApiResult<Json<StepList>> {
     let execution = state.find_execution(&reference).await?;
     let rows = store::steps::list(&state.db, execution.id).await?;
+    let tokens = sees_callback_tokens(&principal);
     Ok(Json(StepList {
-        steps: rows.into_iter().map(|r| view(r, false)).collect(),
+        steps: rows.into_iter().map(|r| view(r, false, tokens)).collect(),
         next_token: None,
     }))
 }
@@ -134,6 +153,7 @@ async fn list(State(state): State<AppState>, Path(reference): Path<String>) -> A
 /// One step with its attempt history and cache details.
 async fn describe(
     State(state): State<AppState>,
+    Extension(principal): Extension<Principal>,
     Path((reference, step)): Path<(String, String)>,
 ) -> ApiResult<Json<StepDetail>> {
     let execution = state.find_execution(&reference).await?;
@@ -146,7 +166,7 @@ async fn describe(
     };
     Ok(Json(StepDetail {
         dependencies: row.dependencies.clone(),
-        run: view(row, true),
+        run: view(row, true, sees_callback_tokens(&principal)),
         attempts: attempts.into_iter().map(attempt_view).collect(),
     }))
 }

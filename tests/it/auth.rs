@@ -405,3 +405,41 @@ async fn the_first_token_is_logged_by_path_never_by_value(db: PgPool) {
     );
     assert!(!log.contains(&token), "the token reached the log");
 }
+
+#[sqlx::test]
+async fn a_viewer_does_not_see_callback_tokens(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Approve", "Type": "Callback", "Arguments": {}}]),
+    );
+    app.create_pipeline("gate", definition).await;
+    let id = app.start("gate", json!({})).await;
+    let step = app
+        .wait_step(&id, "Approve", |s| s["metadata"]["callback"]["token"].is_string())
+        .await;
+    let token = step["metadata"]["callback"]["token"].as_str().unwrap().to_string();
+    let viewer = client_with_token(
+        &token_with_role(&app, "watcher", "viewer").await,
+        Duration::from_secs(30),
+    );
+    for path in [
+        format!("/v1/executions/{id}/steps/Approve"),
+        format!("/v1/executions/{id}/steps"),
+    ] {
+        let resp = call(&app, &viewer, "GET", &path).await;
+        resp.expect(200);
+        assert!(
+            !resp.text.contains(&token),
+            "a viewer saw the callback token: {}",
+            resp.text
+        );
+    }
+    // An operator may answer it, so sees it.
+    let operator = client_with_token(
+        &token_with_role(&app, "approver", "operator").await,
+        Duration::from_secs(30),
+    );
+    let resp = call(&app, &operator, "GET", &format!("/v1/executions/{id}/steps/Approve")).await;
+    assert!(resp.text.contains(&token));
+}
