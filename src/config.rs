@@ -290,7 +290,10 @@ mod tests {
         figment::Jail::expect_with(|jail| {
             jail.set_env("STEPWISE_CACHE__MAX_EXPIRE_AFTER", "soon");
             let e = Config::load(&Overrides::default()).unwrap_err().to_string();
-            assert!(e.to_lowercase().contains("max_expire_after") && e.contains("ISO 8601 duration"), "{e}");
+            assert!(
+                e.to_lowercase().contains("max_expire_after") && e.contains("ISO 8601 duration"),
+                "{e}"
+            );
             jail.set_env("STEPWISE_CACHE__MAX_EXPIRE_AFTER", "PT12H");
             assert_eq!(
                 Config::load(&Overrides::default())

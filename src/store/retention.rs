@@ -24,16 +24,17 @@ use uuid::Uuid;
 use super::StoreResult;
 
 /// The condition shared by both statements; `$1` is the end cut-off and `$2`
-/// the oldest end of a cache entry still in use.
+/// the oldest end of a cache entry still in use. The two reference checks
+/// sit under one `or` so that they stay per-step-run subplans probing
+/// `executions_reused_runs` and `step_runs_cache_hit_source` for the few
+/// candidates, instead of joins over every step run.
 const REMOVABLE: &str = "e.status in ('Succeeded', 'Failed', 'Stopped') and e.ended_at < $1 \
     and not exists (select 1 from step_runs s where s.execution_id = e.id and s.cache_entry \
                     and s.ended_at >= $2) \
-    and not exists (select 1 from executions r \
-                    where r.reused_step_runs && array(select s.id from step_runs s where s.execution_id = e.id) \
-                    and r.id <> e.id) \
-    and not exists (select 1 from step_runs s join step_runs h \
-                      on (h.cache_hit ->> 'source_step_run_id')::uuid = s.id and h.cache_hit is not null \
-                    where s.execution_id = e.id and h.execution_id <> e.id)";
+    and not exists (select 1 from step_runs s where s.execution_id = e.id and ( \
+        exists (select 1 from executions r where r.reused_step_runs @> array[s.id] and r.id <> e.id) \
+        or exists (select 1 from step_runs h where (h.cache_hit ->> 'source_step_run_id')::uuid = s.id \
+                   and h.cache_hit is not null and h.execution_id <> e.id)))";
 
 /// What one batch removed.
 #[derive(Debug, Clone, Default)]
@@ -54,6 +55,12 @@ pub async fn remove_batch(
     limit: i64,
 ) -> StoreResult<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
+    // PostgreSQL has no statistics that make `uuid[] @> array[x]` look
+    // selective (it assumes 0.5 % of rows match), so inside `exists` a
+    // sequential scan of every execution looks cheaper than the GIN index:
+    // measured at 20,000 executions, 2.5 s a batch instead of 12 ms, and
+    // growing with the table. Every access here has an index.
+    sqlx::query("set local enable_seqscan = off").execute(&mut *tx).await?;
     let candidates: Vec<Uuid> = sqlx::query_scalar(&format!(
         "select e.id from executions e where {REMOVABLE} order by e.ended_at limit $3 for update of e skip locked"
     ))
