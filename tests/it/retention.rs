@@ -349,3 +349,30 @@ async fn the_server_cap_bounds_every_expire_after(db: PgPool) {
         assert!(reason.contains("cache.max_expire_after"), "{reason}");
     }
 }
+
+#[sqlx::test]
+async fn maintenance_runs_retention_every_interval(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| {
+        c.retention.executions_days = 30;
+        c.retention.interval_seconds = 1;
+        // Maintenance ticks every lease_seconds / 3 (at least 0.2 s).
+        c.worker.lease_seconds = 3;
+    })
+    .await;
+    app.create_pipeline("plain", pipeline(None)).await;
+    let old = run(&app, "plain", json!({})).await;
+    let recent = run(&app, "plain", json!({})).await;
+    age(&app, &old, 31, true).await;
+    let gone = crate::helpers::wait_until(std::time::Duration::from_secs(30), || async {
+        (!exists(&app, &old).await).then_some(())
+    })
+    .await;
+    assert!(gone.is_some(), "maintenance removed the old execution");
+    assert!(exists(&app, &recent).await);
+    let dirs = dirs_of(&app, &old);
+    let files_gone = crate::helpers::wait_until(std::time::Duration::from_secs(30), || async {
+        dirs.iter().all(|d| !d.exists()).then_some(())
+    })
+    .await;
+    assert!(files_gone.is_some(), "and its files");
+}
