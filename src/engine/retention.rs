@@ -11,11 +11,7 @@
 //! Several processes may run all of this at once: the store hands each
 //! execution to one of them, and a directory already gone is not an error.
 
-use std::{
-    io::ErrorKind,
-    path::{Path, PathBuf},
-    time::Duration,
-};
+use std::{io::ErrorKind, path::Path, time::Duration};
 
 use chrono::{DateTime, TimeDelta, Utc};
 use uuid::Uuid;
@@ -134,7 +130,7 @@ pub async fn remove_execution_dirs(data_dir: &Path, ids: &[Uuid]) -> usize {
 }
 
 /// Removes a directory tree; true when it existed and is gone.
-async fn remove_dir(dir: &PathBuf) -> bool {
+async fn remove_dir(dir: &Path) -> bool {
     match tokio::fs::remove_dir_all(dir).await {
         Ok(()) => true,
         Err(e) if e.kind() == ErrorKind::NotFound => false,
