@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use crate::{
     api::{self, AppState},
     config::{redact_url, Config},
-    engine::definitions::Definitions,
+    engine::{self, definitions::Definitions},
     ids::Arns,
     notify::Notifier,
     store,
@@ -141,9 +141,15 @@ fn spawn_background(
         tasks.push(tokio::spawn(pool.run(shutdown.clone())));
     }
     let every = Duration::from_secs_f64((config.worker.lease_seconds as f64 / 3.0).clamp(0.2, 5.0));
+    let retention = worker::maintenance::RetentionTask {
+        data_dir: config.data_dir.clone(),
+        policy: engine::retention::Policy::from_config(config),
+        every: engine::retention::interval(config),
+    };
     tasks.push(tokio::spawn(worker::maintenance::run(
         db.clone(),
         every,
+        retention,
         shutdown.clone(),
     )));
     Background {

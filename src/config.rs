@@ -11,6 +11,8 @@ use figment::{
 };
 use serde::Deserialize;
 
+use crate::domain::duration::{parse_expire_after, ExpireAfter};
+
 /// The defaults, compiled in so a bare binary runs without its source tree.
 pub const DEFAULT_TOML: &str = include_str!("../config/default.toml");
 
@@ -24,6 +26,8 @@ pub struct Config {
     pub api: ApiConfig,
     pub arn: ArnConfig,
     pub worker: WorkerConfig,
+    pub retention: RetentionConfig,
+    pub cache: CacheSettings,
     pub log: LogConfig,
     pub auth: AuthConfig,
 }
@@ -88,6 +92,37 @@ pub struct WorkerConfig {
     pub cache_input_timeout_seconds: u64,
     pub supervisor_program: String,
     pub pass_through_env: Vec<String>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Ended executions older than this many days are removed; 0 keeps all.
+    pub executions_days: u32,
+    pub interval_seconds: u64,
+}
+
+/// Longest `executions_days` accepted (100 years): beyond it the cut-off
+/// date is not representable, and "keep everything" is spelt 0.
+pub const MAX_RETENTION_DAYS: u32 = 36_500;
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Caps every step's `CacheConfig.ExpireAfter`.
+    #[serde(deserialize_with = "duration_setting")]
+    pub max_expire_after: ExpireAfter,
+}
+
+/// An ISO 8601 duration setting, parsed as `ExpireAfter` is, with the
+/// parser's own message ("invalid duration \"x\": ...").
+fn duration_setting<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<ExpireAfter, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    parse_expire_after(&text).map_err(|e| {
+        serde::de::Error::custom(format!(
+            "{e}; expected an ISO 8601 duration such as \"P30D\" or \"PT12H\""
+        ))
+    })
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -184,6 +219,12 @@ impl Config {
         if self.api.idle_timeout_seconds == 0 {
             return fail("api.idle_timeout_seconds must be at least 1");
         }
+        if self.retention.executions_days > MAX_RETENTION_DAYS {
+            return fail("retention.executions_days must be at most 36500 (100 years); 0 keeps every execution");
+        }
+        if self.retention.interval_seconds == 0 {
+            return fail("retention.interval_seconds must be at least 1");
+        }
         self.validate_auth()
     }
 
@@ -241,6 +282,8 @@ impl fmt::Debug for Config {
             .field("api", &self.api)
             .field("arn", &self.arn)
             .field("worker", &self.worker)
+            .field("retention", &self.retention)
+            .field("cache", &self.cache)
             .field("log", &self.log)
             .field("auth", &self.auth)
             .finish()
@@ -278,6 +321,35 @@ mod tests {
             assert!(!format!("{c:?}").contains("secret"));
             jail.set_env("STEPWISE_DATABASE_URL", "postgres://b@db/y");
             assert_eq!(Config::load(&overrides).unwrap().database_url, "postgres://b@db/y");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn retention_and_cache_settings_are_checked() {
+        let c = Config::defaults();
+        assert_eq!(c.retention.executions_days, 30);
+        assert_eq!(c.cache.max_expire_after, parse_expire_after("P30D").unwrap());
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEPWISE_CACHE__MAX_EXPIRE_AFTER", "soon");
+            let e = Config::load(&Overrides::default()).unwrap_err().to_string();
+            assert!(
+                e.to_lowercase().contains("max_expire_after") && e.contains("ISO 8601 duration"),
+                "{e}"
+            );
+            jail.set_env("STEPWISE_CACHE__MAX_EXPIRE_AFTER", "PT12H");
+            assert_eq!(
+                Config::load(&Overrides::default())
+                    .unwrap()
+                    .cache
+                    .max_expire_after
+                    .seconds,
+                43200
+            );
+            jail.set_env("STEPWISE_RETENTION__EXECUTIONS_DAYS", "40000");
+            let e = Config::load(&Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("retention.executions_days must be at most 36500"), "{e}");
             Ok(())
         });
     }

@@ -240,7 +240,15 @@ async fn plan(
         Err(e) => return Ok(Json(ExecutionPlan::failed(e.message, e.details))),
     };
     Ok(Json(
-        plan::plan_execution(&state.db, &state.arns, &state.definitions, &name, &request).await?,
+        plan::plan_execution(
+            &state.db,
+            &state.arns,
+            &state.definitions,
+            &name,
+            &request,
+            state.config.cache.max_expire_after,
+        )
+        .await?,
     ))
 }
 

@@ -216,9 +216,10 @@ async fn update(
     Ok(Json(state.pipeline_view(row, true)))
 }
 
-/// Delete a pipeline with its versions and executions; 409 while one runs.
+/// Delete a pipeline with its versions, executions and their files (logs,
+/// artifacts, scratch directories); 409 while one runs.
 async fn delete(State(state): State<AppState>, Path(name): Path<String>) -> ApiResult<StatusCode> {
-    store::pipelines::delete(&state.db, &name).await?;
+    crate::engine::retention::delete_pipeline(&state.db, &state.config.data_dir, &name).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

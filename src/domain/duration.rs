@@ -31,6 +31,15 @@ impl ExpireAfter {
     }
 }
 
+/// The oldest end a cache entry may have to be served at `now`: its step's
+/// `ExpireAfter` capped by the server-wide `cache.max_expire_after` (a step
+/// without `ExpireAfter` gets the cap). The one rule the run-time lookup and
+/// the plan share; retention keeps every entry younger than the cap.
+pub fn cache_valid_since(expire_after: Option<ExpireAfter>, cap: ExpireAfter, now: DateTime<Utc>) -> DateTime<Utc> {
+    let capped = cap.earliest_valid(now);
+    expire_after.map_or(capped, |e| e.earliest_valid(now).max(capped))
+}
+
 /// Parses an ISO-8601-like duration the way SageMaker accepts it:
 /// `P30D`, `30d`, `PT1H`, `T12H`, `P4DT12H`, `P1Y`, `P2W`, `PT30M`, `P30M`.
 pub fn parse_expire_after(s: &str) -> Result<ExpireAfter, String> {
@@ -144,6 +153,23 @@ mod tests {
             assert!(err.contains(&format!("{input:?}")), "{err}");
             assert!(err.contains(why), "{input}: {err}");
         }
+    }
+
+    #[test]
+    fn the_cap_bounds_every_expiry() {
+        let now = Utc.with_ymd_and_hms(2026, 3, 31, 12, 0, 0).unwrap();
+        let cap = ea(0, 30, 0);
+        // A longer ExpireAfter is cut to the cap; a shorter one stays.
+        assert_eq!(
+            cache_valid_since(Some(ea(0, 365, 0)), cap, now),
+            cap.earliest_valid(now)
+        );
+        assert_eq!(
+            cache_valid_since(Some(ea(0, 0, 3600)), cap, now),
+            ea(0, 0, 3600).earliest_valid(now)
+        );
+        // No ExpireAfter: the cap.
+        assert_eq!(cache_valid_since(None, cap, now), cap.earliest_valid(now));
     }
 
     #[test]

@@ -38,6 +38,7 @@ mod complete;
 pub mod control;
 pub mod definitions;
 pub mod plan;
+pub mod retention;
 pub mod selective;
 pub mod start;
 pub mod tokens;

@@ -19,6 +19,7 @@ use crate::{
     domain::{
         cache::compute_key,
         definition::Step,
+        duration::{cache_valid_since, ExpireAfter},
         expr::{evaluate, ExecutionVar, Resolver},
         Issue,
     },
@@ -63,6 +64,7 @@ pub async fn plan_execution(
     definitions: &Definitions,
     pipeline_name: &str,
     req: &StartRequest,
+    cache_cap: ExpireAfter,
 ) -> Result<ExecutionPlan, StoreError> {
     // A transaction that is never committed: nothing a plan does is kept.
     let mut tx = pool.begin().await?;
@@ -103,7 +105,12 @@ pub async fn plan_execution(
                     CacheMode::Refresh | CacheMode::Off => false,
                 };
                 let hit = if looks_up {
-                    cache_hit_now(&mut tx, arns, &pipeline, step, &prepared.parameters, &prepared.plans).await?
+                    let known = Known {
+                        parameters: &prepared.parameters,
+                        plans: &prepared.plans,
+                        cache_cap,
+                    };
+                    cache_hit_now(&mut tx, arns, &pipeline, step, &known).await?
                 } else {
                     None
                 };
@@ -162,14 +169,22 @@ impl Resolver for KnownNow<'_> {
     }
 }
 
+/// What a plan knows before the execution exists.
+struct Known<'a> {
+    parameters: &'a serde_json::Map<String, Value>,
+    plans: &'a HashMap<String, StepPlan>,
+    /// `cache.max_expire_after`.
+    cache_cap: ExpireAfter,
+}
+
 async fn cache_hit_now(
     conn: &mut PgConnection,
     arns: &Arns,
     pipeline: &pipelines::PipelineHead,
     step: &Step,
-    parameters: &serde_json::Map<String, Value>,
-    plans: &HashMap<String, StepPlan>,
+    known: &Known<'_>,
 ) -> Result<Option<String>, StoreError> {
+    let (parameters, plans, cache_cap) = (known.parameters, known.plans, known.cache_cap);
     if !step.caching_enabled() {
         return Ok(None);
     }
@@ -201,10 +216,8 @@ async fn cache_hit_now(
         return Ok(None);
     };
     let key = compute_key(step.kind, &step.arguments, &resolved, &Default::default());
-    let earliest = step
-        .cache
-        .and_then(|c| c.expire_after)
-        .map(|e| e.earliest_valid(Utc::now()));
+    let expire_after = step.cache.and_then(|c| c.expire_after);
+    let earliest = cache_valid_since(expire_after, cache_cap, Utc::now());
     for entry in cache::entries_with_key(conn, pipeline.id, &step.name, &key.key, 20).await? {
         if !expired(&entry, earliest) && missing_artifacts(&entry).is_none() {
             return Ok(Some(arns.execution(&entry.pipeline_name, entry.execution_id)));

@@ -20,7 +20,7 @@ use crate::{
     store::{
         executions::{self, ExecutionRow},
         pipelines::PipelineHead,
-        StoreError,
+        retention, StoreError,
     },
 };
 
@@ -260,14 +260,14 @@ async fn load_source(
     let parsed = arns
         .parse_execution(reference)
         .map_err(|m| invalid(SOURCE_EXECUTION_PATH, format!("source_execution: {m}")))?;
+    // Held until the start commits, so retention cannot remove the source
+    // while its runs are being reused.
+    if !retention::source_for_share(conn, parsed.id).await? {
+        return Err(missing_source(conn, pipeline, reference, parsed.id).await?);
+    }
     let execution = match executions::get(conn, parsed.id).await {
         Ok(e) => e,
-        Err(StoreError::NotFound(_)) => {
-            return Err(invalid(
-                SOURCE_EXECUTION_PATH,
-                format!("source execution {reference} does not exist"),
-            ))
-        }
+        Err(StoreError::NotFound(_)) => return Err(missing_source(conn, pipeline, reference, parsed.id).await?),
         Err(e) => return Err(e.into()),
     };
     let named_other = parsed.pipeline.as_deref().is_some_and(|p| p != execution.pipeline_name);
@@ -304,6 +304,26 @@ async fn load_source(
         execution,
         runs: runs.into_iter().map(|r| (r.step_name.clone(), r)).collect(),
     })
+}
+
+/// The error for a source that does not exist: removed by retention (its
+/// tombstone says when and under which setting), or never was.
+async fn missing_source(
+    conn: &mut PgConnection,
+    pipeline: &PipelineHead,
+    reference: &str,
+    id: Uuid,
+) -> Result<StartError, StoreError> {
+    let message = match retention::tombstone(conn, id).await? {
+        Some(t) if t.pipeline_id == pipeline.id => format!(
+            "source execution {reference} was removed by retention on {} (retention.executions_days = {}); \
+             choose a newer source execution",
+            t.removed_at.format("%Y-%m-%d"),
+            t.executions_days
+        ),
+        _ => format!("source execution {reference} does not exist"),
+    };
+    Ok(invalid(SOURCE_EXECUTION_PATH, message))
 }
 
 /// Rule 5: the most recent ended execution in which every step of U succeeded.

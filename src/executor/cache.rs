@@ -13,6 +13,7 @@ use crate::{
     domain::{
         cache::{compute_key, explain_difference},
         definition::{CacheConfig, CommandArgs, StepKind},
+        duration::cache_valid_since,
     },
     engine::StepOutcome,
     store::{
@@ -75,7 +76,7 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
     }
 
     let mut conn = ctx.db.acquire().await?;
-    let earliest = config.expire_after.map(|e| e.earliest_valid(Utc::now()));
+    let earliest = cache_valid_since(config.expire_after, ctx.config.cache.max_expire_after, Utc::now());
     let candidates = cache::entries_with_key(&mut conn, step.pipeline_id, &step.step_name, &key.key, 20).await?;
     let mut expired_entry: Option<&Entry> = None;
     let mut artifacts_gone: Option<(&Entry, String)> = None;
@@ -109,7 +110,7 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
         )
     } else if let Some(entry) = expired_entry {
         format!(
-            "the entry from execution {} (ended {}) is older than ExpireAfter",
+            "the entry from execution {} (ended {}) is older than ExpireAfter (at most cache.max_expire_after)",
             entry.execution_id,
             entry.ended_at.map(|t| t.to_rfc3339()).unwrap_or_default()
         )
@@ -130,10 +131,10 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
     Ok(Decision::Run)
 }
 
-/// Whether an entry ended before `earliest`, the oldest end `ExpireAfter`
-/// allows (none: it never expires).
-pub fn expired(entry: &Entry, earliest: Option<DateTime<Utc>>) -> bool {
-    earliest.is_some_and(|earliest| entry.ended_at.is_some_and(|t| t < earliest))
+/// Whether an entry ended before `earliest`, the oldest end its step's
+/// `ExpireAfter` and the server's cap allow (`cache_valid_since`).
+pub fn expired(entry: &Entry, earliest: DateTime<Utc>) -> bool {
+    entry.ended_at.is_some_and(|t| t < earliest)
 }
 
 /// The artifacts directory an entry refers to, when it no longer exists.

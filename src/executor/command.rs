@@ -139,7 +139,28 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
         Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
+    remove_scratch(&dirs).await;
     (outcome, log)
+}
+
+/// Once the process group has ended, its scratch working directory and its
+/// outputs file have served their purpose (outputs are read, artifacts live
+/// elsewhere): removing them now keeps a step that fills its working
+/// directory from growing the disk with every run. The log file stays (the
+/// API reads it when the database has no log for the attempt) until
+/// retention removes the execution.
+async fn remove_scratch(dirs: &AttemptDirs) {
+    for result in [
+        tokio::fs::remove_dir_all(&dirs.work).await,
+        tokio::fs::remove_file(&dirs.outputs).await,
+    ] {
+        match result {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                tracing::warn!(directory = %dirs.run.display(), error = %e, "could not remove a step's scratch files");
+            }
+            _ => {}
+        }
+    }
 }
 
 /// What the supervisor is asked to run: the program found on the child's

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod diagnosis;
 pub mod executions;
 pub mod pipelines;
+pub mod retention;
 pub mod steps;
 pub mod tokens;
 pub mod transitions;

@@ -192,8 +192,10 @@ pub async fn list_versions(pool: &PgPool, name: &str, after: Option<i32>, limit:
     .await?)
 }
 
-/// Deletes a pipeline with its versions and finished executions; refused
-/// while any of its executions is still running.
+/// Deletes a pipeline with its versions, finished executions and their
+/// tombstones; refused while any of its executions is still running.
+/// Returns the ids of the executions deleted, whose files the caller
+/// removes once this has committed.
 ///
 /// Lock order: the pipeline row, then its executions. The pipeline row is
 /// taken `for update`, which conflicts with the `for key share` that starts
@@ -207,31 +209,39 @@ pub async fn list_versions(pool: &PgPool, name: &str, after: Option<i32>, limit:
 /// change but not with the `for key share` that a worker's foreign-key
 /// checks take on a running execution's row: a claim never waits for a
 /// delete (which is refused anyway while something runs).
-pub async fn delete(pool: &PgPool, name: &str) -> StoreResult<()> {
+pub async fn delete(pool: &PgPool, name: &str) -> StoreResult<Vec<Uuid>> {
     let mut tx = pool.begin().await?;
     let id: Option<Uuid> = sqlx::query_scalar("select id from pipelines where name = $1 for update")
         .bind(name)
         .fetch_optional(&mut *tx)
         .await?;
     let Some(id) = id else { return Err(not_found(name)) };
-    let running: i64 = sqlx::query_scalar(
-        "select count(*) filter (where status in ('Executing', 'Stopping')) \
-         from (select status from executions where pipeline_id = $1 order by id for no key update) e",
-    )
-    .bind(id)
-    .fetch_one(&mut *tx)
-    .await?;
+    let executions: Vec<(Uuid, String)> =
+        sqlx::query_as("select id, status from executions where pipeline_id = $1 order by id for no key update")
+            .bind(id)
+            .fetch_all(&mut *tx)
+            .await?;
+    let running = executions
+        .iter()
+        .filter(|(_, status)| matches!(status.as_str(), "Executing" | "Stopping"))
+        .count();
     if running > 0 {
         return Err(StoreError::Conflict(format!(
             "pipeline {name:?} has {running} running execution(s); stop them or wait for them to finish"
         )));
     }
+    // Retention may have removed some of them meanwhile: their tombstones
+    // are read after the lock above, so none is left behind.
+    sqlx::query("delete from execution_tombstones where pipeline_id = $1")
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query("delete from pipelines where id = $1")
         .bind(id)
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(())
+    Ok(executions.into_iter().map(|(id, _)| id).collect())
 }
 
 /// A pipeline version without its definition document.

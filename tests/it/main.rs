@@ -16,6 +16,7 @@ mod openapi;
 mod pipelines;
 mod procs;
 mod races;
+mod retention;
 mod selective;
 mod shutdown;
 mod step_processes;
