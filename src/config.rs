@@ -25,6 +25,22 @@ pub struct Config {
     pub arn: ArnConfig,
     pub worker: WorkerConfig,
     pub log: LogConfig,
+    pub secrets: SecretsConfig,
+}
+
+/// Named secrets. `key` is never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 of the 32-byte master key; empty: `<data_dir>/secrets.key`.
+    pub key: String,
+}
+
+impl fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() { "(key file)" } else { "***" };
+        f.debug_struct("SecretsConfig").field("key", &key).finish()
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -166,6 +182,11 @@ impl Config {
         if self.api.idle_timeout_seconds == 0 {
             return fail("api.idle_timeout_seconds must be at least 1");
         }
+        if !self.secrets.key.is_empty() {
+            if let Err(e) = crate::secrets::parse_key(&self.secrets.key) {
+                return Err(ConfigError(format!("secrets.key {e}")));
+            }
+        }
         Ok(())
     }
 }
@@ -199,6 +220,7 @@ impl fmt::Debug for Config {
             .field("arn", &self.arn)
             .field("worker", &self.worker)
             .field("log", &self.log)
+            .field("secrets", &self.secrets)
             .finish()
     }
 }
@@ -236,6 +258,22 @@ mod tests {
             assert_eq!(Config::load(&overrides).unwrap().database_url, "postgres://b@db/y");
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_key_must_be_32_bytes_and_is_never_shown() {
+        let key = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 x 'A'
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(("secrets.key", key));
+        let config = Config::from_figment(figment, &Overrides::default()).unwrap();
+        assert!(!format!("{config:?}").contains(key));
+        let short = Figment::from(Toml::string(DEFAULT_TOML)).merge(("secrets.key", "c2hvcnQ="));
+        let e = Config::from_figment(short, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secrets.key") && e.contains("exactly 32 bytes, got 5 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

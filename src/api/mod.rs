@@ -10,6 +10,7 @@ pub mod extract;
 mod health;
 mod pagination;
 mod pipelines;
+mod secrets;
 pub mod server;
 mod steps;
 
@@ -47,6 +48,8 @@ pub struct AppState {
     pub stopping: tokio_util::sync::CancellationToken,
     /// Names the cause when no database connection can be had.
     pub diagnosis: Diagnosis,
+    /// Seals secrets' values and computes their keyed digests.
+    pub keyring: crate::secrets::Keyring,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -57,6 +60,7 @@ pub fn router(state: AppState) -> Router {
         .merge(executions::router())
         .merge(steps::router())
         .merge(callbacks::router())
+        .merge(secrets::router())
         .route("/openapi.yaml", get(openapi))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)

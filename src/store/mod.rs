@@ -6,6 +6,7 @@ pub mod cache;
 pub mod diagnosis;
 pub mod executions;
 pub mod pipelines;
+pub mod secrets;
 pub mod steps;
 pub mod transitions;
 
