@@ -91,6 +91,7 @@ pub async fn run(
             return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
+    let masker = super::mask::Masker::new(&mask);
     let request = match spawn_request(ctx, args, &dirs, mask) {
         Ok(r) => r,
         Err(outcome) => return (outcome, None),
@@ -146,6 +147,7 @@ pub async fn run(
         Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
         Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
+    mask_outputs_file(&dirs.outputs, &masker, worker.max_outputs_bytes).await;
     (outcome, log)
 }
 
@@ -316,6 +318,37 @@ async fn exit_outcome(
         }),
         metadata: json!({ "command": { "exit_code": exit_code } }),
         exit_code,
+    }
+}
+
+/// Masks the secrets' values in the outputs file the command wrote, which
+/// stays in the data directory with the attempt. What the command wrote
+/// elsewhere (its artifacts, its working directory) is its own business.
+/// A file that is not a regular file, or larger than outputs may be, was
+/// refused as outputs; it is removed rather than read.
+async fn mask_outputs_file(path: &Path, masker: &super::mask::Masker, max_bytes: u64) {
+    if masker.is_empty() {
+        return;
+    }
+    let Ok(metadata) = tokio::fs::symlink_metadata(path).await else {
+        return;
+    };
+    if !metadata.is_file() || metadata.len() > max_bytes {
+        let _ = tokio::fs::remove_file(path).await;
+        return;
+    }
+    match tokio::fs::read(path).await {
+        Ok(bytes) => {
+            let mut streaming = masker.clone();
+            let mut masked = streaming.push(&bytes);
+            masked.extend(streaming.finish());
+            if masked != bytes && tokio::fs::write(path, &masked).await.is_err() {
+                let _ = tokio::fs::remove_file(path).await;
+            }
+        }
+        Err(_) => {
+            let _ = tokio::fs::remove_file(path).await;
+        }
     }
 }
 

@@ -22,6 +22,7 @@ pub const MASK: &[u8] = b"***";
 
 /// A streaming masker. Memory: the values, plus at most the longest value
 /// less one byte held back between chunks.
+#[derive(Clone)]
 pub struct Masker {
     /// Distinct non-empty values, longest first.
     values: Vec<Vec<u8>>,
