@@ -22,7 +22,8 @@ pub struct SealedRow {
     pub digest: String,
 }
 
-/// Creates or replaces a secret; `true` when it was created.
+/// Creates or replaces a secret; `true` when it was created. (`xmax` is 0
+/// on a row this statement inserted, the updating transaction otherwise.)
 pub async fn put(
     pool: &PgPool,
     name: &str,
@@ -30,27 +31,22 @@ pub async fn put(
     ciphertext: &[u8],
     digest: &str,
 ) -> StoreResult<(SecretInfo, bool)> {
-    let (created, info): (bool, SecretInfo) = {
-        let row: (String, DateTime<Utc>, DateTime<Utc>, bool) = sqlx::query_as(
-            "insert into secrets (name, nonce, ciphertext, digest) values ($1, $2, $3, $4) \
-             on conflict (name) do update set nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
-             digest = excluded.digest, updated_at = now() \
-             returning name, created_at, updated_at, (xmax = 0) as created",
-        )
-        .bind(name)
-        .bind(nonce)
-        .bind(ciphertext)
-        .bind(digest)
-        .fetch_one(pool)
-        .await?;
-        (
-            row.3,
-            SecretInfo {
-                name: row.0,
-                created_at: row.1,
-                updated_at: row.2,
-            },
-        )
+    let (name, created_at, updated_at, created): (String, DateTime<Utc>, DateTime<Utc>, bool) = sqlx::query_as(
+        "insert into secrets (name, nonce, ciphertext, digest) values ($1, $2, $3, $4) \
+         on conflict (name) do update set nonce = excluded.nonce, ciphertext = excluded.ciphertext, \
+         digest = excluded.digest, updated_at = now() \
+         returning name, created_at, updated_at, (xmax = 0) as created",
+    )
+    .bind(name)
+    .bind(nonce)
+    .bind(ciphertext)
+    .bind(digest)
+    .fetch_one(pool)
+    .await?;
+    let info = SecretInfo {
+        name,
+        created_at,
+        updated_at,
     };
     Ok((info, created))
 }
