@@ -438,4 +438,31 @@ mod tests {
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
         assert!(!Report::Started { pid: 1 }.is_last());
     }
+
+    #[test]
+    fn a_masked_log_holds_no_secret_whatever_the_chunks_and_truncation() {
+        let secret = "p4ss-w0rd-v4lue";
+        let mut output = Vec::new();
+        for i in 0..200 {
+            output.extend(format!("line {i} {secret} and {}\n", &secret[..i % secret.len()]).as_bytes());
+        }
+        for chunk in [1, 7, 64, 4096] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log");
+            let mut log = MaskedLog {
+                log: BoundedLog::new(File::create(&path).unwrap(), 512),
+                masker: Masker::new([secret]),
+            };
+            for piece in output.chunks(chunk) {
+                log.write(piece).unwrap();
+                log.flush().unwrap();
+            }
+            log.finish().unwrap();
+            let written = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(!written.contains(secret), "chunk {chunk}: {written}");
+            assert!(written.contains("line 0 *** and \n"), "chunk {chunk}: {written}");
+            assert!(written.contains("bytes omitted"), "chunk {chunk}");
+            assert!(written.len() <= 512);
+        }
+    }
 }

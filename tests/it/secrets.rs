@@ -429,7 +429,10 @@ async fn a_secret_reaches_the_process_and_nothing_else(db: PgPool) {
     // The plan predicts the hit from the secret's keyed digest.
     let verdicts: Value = serde_json::from_str(&plan.1).unwrap();
     assert_eq!(verdicts["steps"][0]["verdict"], "CacheHit", "{verdicts}");
-    assert!(verdicts["steps"][0]["source_execution_arn"].as_str().unwrap().ends_with(&run3));
+    assert!(verdicts["steps"][0]["source_execution_arn"]
+        .as_str()
+        .unwrap()
+        .ends_with(&run3));
     responses.push_str(&plan.1);
     assert!(responses.contains("secret changed") && responses.contains("***"));
     let stored = database_text(&db).await;
