@@ -39,7 +39,7 @@ pub struct SecretsConfig {
 impl fmt::Debug for SecretsConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let key = if self.key.is_empty() { "(key file)" } else { "***" };
-        f.debug_struct("SecretsConfig").field("key", &key).finish()
+        f.write_str(key)
     }
 }
 
@@ -220,7 +220,8 @@ impl fmt::Debug for Config {
             .field("arn", &self.arn)
             .field("worker", &self.worker)
             .field("log", &self.log)
-            .field("secrets", &self.secrets)
+            // The [secrets] section: where its key comes from, never the key.
+            .field("sealing_key", &self.secrets)
             .finish()
     }
 }
