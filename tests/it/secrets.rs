@@ -315,6 +315,27 @@ fn received(dir: &Path) -> Vec<String> {
         .collect()
 }
 
+/// A cached Command step that proves what it received by its digest (in
+/// `witness/received`) and tries to leak it through its log (stdout and
+/// stderr) and outputs, and a Pass step reading those outputs.
+fn secretive_pipeline(witness: &Path) -> Value {
+    let script = format!(
+        "printf %s \"$TOKEN\" | sha256sum | cut -c1-64 >> {0}/received; \
+         echo \"token=$TOKEN\"; echo \"again $TOKEN\" >&2; \
+         printf '{{\"token\": \"%s\"}}' \"$TOKEN\" > $STEPWISE_OUTPUTS",
+        witness.display()
+    );
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "Use", "Type": "Command",
+             "Arguments": {"Shell": script, "Env": {"TOKEN": {"Get": "Secrets.API_TOKEN"}}, "TimeoutSeconds": 60},
+             "CacheConfig": {"Enabled": true}},
+            {"Name": "After", "Type": "Pass", "Arguments": {"seen": {"Get": "Steps.Use.Outputs.token"}}}
+        ]),
+    )
+}
+
 /// The test SPEC 7 asks for: a secret that never appears in any response,
 /// log line, event or miss reason of a run that uses it, while the process
 /// receives it. Runs the real server with debug logging and captures it.
@@ -335,24 +356,8 @@ async fn a_secret_reaches_the_process_and_nothing_else(db: PgPool) {
         .await;
     assert_eq!(status, 201, "{text}");
 
-    // The process proves what it received by its digest, and tries to leak
-    // it through its log (stdout and stderr) and its outputs.
     let witness = tempfile::tempdir().unwrap();
-    let script = format!(
-        "printf %s \"$TOKEN\" | sha256sum | cut -c1-64 >> {0}/received; \
-         echo \"token=$TOKEN\"; echo \"again $TOKEN\" >&2; \
-         printf '{{\"token\": \"%s\"}}' \"$TOKEN\" > $STEPWISE_OUTPUTS",
-        witness.path().display()
-    );
-    let definition = definition_with(
-        json!([]),
-        json!([
-            {"Name": "Use", "Type": "Command",
-             "Arguments": {"Shell": script, "Env": {"TOKEN": {"Get": "Secrets.API_TOKEN"}}, "TimeoutSeconds": 60},
-             "CacheConfig": {"Enabled": true}},
-            {"Name": "After", "Type": "Pass", "Arguments": {"seen": {"Get": "Steps.Use.Outputs.token"}}}
-        ]),
-    );
+    let definition = secretive_pipeline(witness.path());
     client
         .json(
             reqwest::Method::POST,
@@ -407,8 +412,25 @@ async fn a_secret_reaches_the_process_and_nothing_else(db: PgPool) {
     );
     assert_eq!(received(witness.path())[1], sha256(&second));
 
+    let responses = every_response(&client, &[&run1, &run2, &run3]).await;
+    assert!(responses.contains("secret changed") && responses.contains("***"));
+    let stored = database_text(&db).await;
+    let server_log = server.log.lock().unwrap().join("\n");
+    assert!(!server_log.is_empty());
+    let on_disk = walk_files(data_dir.path());
+    for value in [&first, &second] {
+        assert_absent("the API's responses", &responses, value);
+        assert_absent("the database", &stored, value);
+        assert_absent("the server's log", &server_log, value);
+        assert_absent("the data directory", &on_disk, value);
+    }
+}
+
+/// Every response about the runs, the pipeline, the secrets and a plan,
+/// which must predict a hit of the last run from the secret's keyed digest.
+async fn every_response(client: &Client, runs: &[&String]) -> String {
     let mut responses = String::new();
-    for id in [&run1, &run2, &run3] {
+    for id in runs {
         responses.push_str(&client.everything_about(id).await);
     }
     for path in [
@@ -426,25 +448,15 @@ async fn a_secret_reaches_the_process_and_nothing_else(db: PgPool) {
         )
         .await;
     assert_eq!(plan.0, 200, "{}", plan.1);
-    // The plan predicts the hit from the secret's keyed digest.
     let verdicts: Value = serde_json::from_str(&plan.1).unwrap();
     assert_eq!(verdicts["steps"][0]["verdict"], "CacheHit", "{verdicts}");
+    let last = runs.last().unwrap();
     assert!(verdicts["steps"][0]["source_execution_arn"]
         .as_str()
         .unwrap()
-        .ends_with(&run3));
+        .ends_with(last.as_str()));
     responses.push_str(&plan.1);
-    assert!(responses.contains("secret changed") && responses.contains("***"));
-    let stored = database_text(&db).await;
-    let server_log = server.log.lock().unwrap().join("\n");
-    assert!(!server_log.is_empty());
-    for value in [&first, &second] {
-        assert_absent("the API's responses", &responses, value);
-        assert_absent("the database", &stored, value);
-        assert_absent("the server's log", &server_log, value);
-        let on_disk = walk_files(data_dir.path());
-        assert_absent("the data directory", &on_disk, value);
-    }
+    responses
 }
 
 /// The text of every file under `dir` except the key file.
