@@ -15,6 +15,7 @@ use crate::{
     engine::{self, definitions::Definitions},
     ids::Arns,
     notify::Notifier,
+    secrets::Keyring,
     store,
     worker::{self, WorkerPool},
 };
@@ -35,6 +36,7 @@ impl App {
     /// Binds the listener over an existing pool (already migrated).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
         let config = prepare_data_dir(config)?;
+        let keyring = load_keyring(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
             .map_err(|e| anyhow::anyhow!("cannot listen on {}: {e}", config.listen))?;
@@ -48,6 +50,7 @@ impl App {
             config: Arc::new(config),
             notifier: Notifier::new(),
             stopping: CancellationToken::new(),
+            keyring,
         };
         Ok(App { listener, state })
     }
@@ -69,7 +72,7 @@ impl App {
         let mut state = self.state;
         state.stopping = shutdown.clone();
         tracing::info!(%address, "stepwise API listening");
-        let background = spawn_background(&state.db, &state.config, &state.notifier, &shutdown);
+        let background = spawn_background(&state.db, &state.config, &state.notifier, &state.keyring, &shutdown);
         let limits = api::server::Limits::from_config(&state.config.api);
         api::server::serve(self.listener, api::router(state), limits, shutdown).await;
         tracing::info!("API stopped");
@@ -105,8 +108,11 @@ fn warn_if_few_file_descriptors(config: &Config) {
 pub async fn run_workers(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
     let pool = connect_and_migrate(&config).await?;
     let config = Arc::new(prepare_data_dir(config)?);
+    let keyring = load_keyring(&config)?;
     let notifier = Notifier::new();
-    spawn_background(&pool, &config, &notifier, &shutdown).wait().await;
+    spawn_background(&pool, &config, &notifier, &keyring, &shutdown)
+        .wait()
+        .await;
     Ok(())
 }
 
@@ -130,6 +136,7 @@ fn spawn_background(
     db: &PgPool,
     config: &Arc<Config>,
     notifier: &Notifier,
+    keyring: &Keyring,
     shutdown: &CancellationToken,
 ) -> Background {
     // The listener outlives the pool's drain so stop requests still arrive.
@@ -137,7 +144,7 @@ fn spawn_background(
     let listener = tokio::spawn(notifier.clone().run(db.clone(), listener_stop.clone()));
     let mut tasks = Vec::new();
     if config.worker.concurrency > 0 {
-        let pool = WorkerPool::new(db.clone(), config.clone(), notifier.clone());
+        let pool = WorkerPool::new(db.clone(), config.clone(), notifier.clone(), keyring.clone());
         tasks.push(tokio::spawn(pool.run(shutdown.clone())));
     }
     let every = Duration::from_secs_f64((config.worker.lease_seconds as f64 / 3.0).clamp(0.2, 5.0));
@@ -166,6 +173,12 @@ fn prepare_data_dir(mut config: Config) -> anyhow::Result<Config> {
         .map_err(|e| anyhow::anyhow!("cannot create the data directory {}: {e}", config.data_dir.display()))?;
     config.data_dir = std::fs::canonicalize(&config.data_dir)?;
     Ok(config)
+}
+
+/// The secrets key of the deployment (see `crate::secrets`): configured,
+/// or the key file in the data directory, created on first start.
+fn load_keyring(config: &Config) -> anyhow::Result<Keyring> {
+    Keyring::load(&config.secrets.key, &config.data_dir).map_err(|e| anyhow::anyhow!("{e}"))
 }
 
 pub async fn connect_and_migrate(config: &Config) -> anyhow::Result<PgPool> {

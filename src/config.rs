@@ -30,6 +30,7 @@ pub struct Config {
     pub cache: CacheSettings,
     pub log: LogConfig,
     pub auth: AuthConfig,
+    pub secrets: SecretsConfig,
 }
 
 #[derive(Clone, Deserialize)]
@@ -45,6 +46,21 @@ impl fmt::Debug for AuthConfig {
             .field("enabled", &self.enabled)
             .field("admin_token", &if self.admin_token.is_empty() { "" } else { "***" })
             .finish()
+    }
+}
+
+/// Named secrets. `key` is never shown by `Debug`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SecretsConfig {
+    /// Base64 of the 32-byte master key; empty: `<data_dir>/secrets.key`.
+    pub key: String,
+}
+
+impl fmt::Debug for SecretsConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let key = if self.key.is_empty() { "(key file)" } else { "***" };
+        f.write_str(key)
     }
 }
 
@@ -225,6 +241,11 @@ impl Config {
         if self.retention.interval_seconds == 0 {
             return fail("retention.interval_seconds must be at least 1");
         }
+        if !self.secrets.key.is_empty() {
+            if let Err(e) = crate::secrets::parse_key(&self.secrets.key) {
+                return Err(ConfigError(format!("secrets.key {e}")));
+            }
+        }
         self.validate_auth()
     }
 
@@ -286,6 +307,8 @@ impl fmt::Debug for Config {
             .field("cache", &self.cache)
             .field("log", &self.log)
             .field("auth", &self.auth)
+            // The [secrets] section: where its key comes from, never the key.
+            .field("sealing_key", &self.secrets)
             .finish()
     }
 }
@@ -352,6 +375,22 @@ mod tests {
             assert!(e.contains("retention.executions_days must be at most 36500"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    fn secrets_key_must_be_32_bytes_and_is_never_shown() {
+        let key = "QUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUFBQUE="; // 32 x 'A'
+        let figment = Figment::from(Toml::string(DEFAULT_TOML)).merge(("secrets.key", key));
+        let config = Config::from_figment(figment, &Overrides::default()).unwrap();
+        assert!(!format!("{config:?}").contains(key));
+        let short = Figment::from(Toml::string(DEFAULT_TOML)).merge(("secrets.key", "c2hvcnQ="));
+        let e = Config::from_figment(short, &Overrides::default())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("secrets.key") && e.contains("exactly 32 bytes, got 5 bytes"),
+            "{e}"
+        );
     }
 
     #[test]

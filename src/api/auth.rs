@@ -71,6 +71,9 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("GET", "/v1/tokens", Needs(Admin)),
     ("POST", "/v1/tokens", Needs(Admin)),
     ("DELETE", "/v1/tokens/{name}", Needs(Admin)),
+    ("GET", "/v1/secrets", Needs(Admin)),
+    ("PUT", "/v1/secrets/{name}", Needs(Admin)),
+    ("DELETE", "/v1/secrets/{name}", Needs(Admin)),
 ];
 
 /// What `method` on the route template `route` needs.

@@ -11,6 +11,7 @@ pub mod extract;
 mod health;
 mod pagination;
 mod pipelines;
+mod secrets;
 pub mod server;
 mod steps;
 mod tokens;
@@ -51,6 +52,8 @@ pub struct AppState {
     pub diagnosis: Diagnosis,
     /// The names a request's `Host` may say.
     pub allowed_hosts: auth::AllowedHosts,
+    /// Seals secrets' values and computes their keyed digests.
+    pub keyring: crate::secrets::Keyring,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -62,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .merge(steps::router())
         .merge(callbacks::router())
         .merge(tokens::router())
+        .merge(secrets::router())
         .route("/openapi.yaml", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(unknown_route)

@@ -162,6 +162,10 @@ pub fn explain_difference(current: &Value, previous: &Value) -> Option<String> {
 fn diff(cur: Option<&Value>, prev: Option<&Value>, path: &mut Vec<PathSegment>, out: &mut Vec<String>) {
     match (cur, prev) {
         (Some(c), Some(p)) if c == p => {}
+        // Neither a secret's value nor its digest is shown.
+        (Some(c), Some(p)) if super::secrets::is_marker(c) && super::secrets::is_marker(p) => {
+            out.push(format!("{}: secret changed", label(path)));
+        }
         (Some(Value::Object(c)), Some(Value::Object(p))) => {
             let keys: BTreeSet<&String> = c.keys().chain(p.keys()).collect();
             for k in keys {
@@ -178,14 +182,15 @@ fn diff(cur: Option<&Value>, prev: Option<&Value>, path: &mut Vec<PathSegment>, 
             }
         }
         (None, None) => {}
-        _ => {
-            let label = if path.is_empty() {
-                "(whole)".to_string()
-            } else {
-                render_path(path)
-            };
-            out.push(format!("{label}: {} -> {}", show(prev), show(cur)));
-        }
+        _ => out.push(format!("{}: {} -> {}", label(path), show(prev), show(cur))),
+    }
+}
+
+fn label(path: &[PathSegment]) -> String {
+    if path.is_empty() {
+        "(whole)".to_string()
+    } else {
+        render_path(path)
     }
 }
 
@@ -193,6 +198,9 @@ fn show(v: Option<&Value>) -> String {
     let Some(v) = v else {
         return "(absent)".into();
     };
+    if super::secrets::is_marker(v) {
+        return "(a secret)".into();
+    }
     let s = v.to_string();
     if s.chars().count() <= VALUE_CHARS_SHOWN {
         return s;
@@ -344,5 +352,18 @@ mod tests {
         let long = "x".repeat(200);
         let msg = explain_difference(&json!({"A": long}), &json!({"A": "y"})).unwrap();
         assert!(msg.ends_with("...") && msg.len() < 120, "{msg}");
+    }
+
+    #[test]
+    fn a_changed_secret_is_named_without_value_or_digest() {
+        use crate::domain::secrets::marker;
+        let before = command_key(json!({"Shell": "x", "Env": {"T": marker("TOKEN", "aaaa1111")}}));
+        let after = command_key(json!({"Shell": "x", "Env": {"T": marker("TOKEN", "bbbb2222")}}));
+        assert_ne!(before.key, after.key);
+        let reason = explain_difference(&after.components, &before.components).unwrap();
+        assert_eq!(reason, "Env.T: secret changed");
+        let plain = command_key(json!({"Shell": "x", "Env": {"T": "literal"}}));
+        let reason = explain_difference(&after.components, &plain.components).unwrap();
+        assert_eq!(reason, "Env.T: \"literal\" -> (a secret)");
     }
 }

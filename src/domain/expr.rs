@@ -83,7 +83,12 @@ impl ExecutionVar {
 pub enum Reference {
     Parameter(String),
     Execution(ExecutionVar),
-    Step { step: String, path: Vec<PathSegment> },
+    Step {
+        step: String,
+        path: Vec<PathSegment>,
+    },
+    /// A named secret (`Secrets.NAME`), allowed only as a Command's Env value.
+    Secret(String),
 }
 
 impl fmt::Display for Reference {
@@ -92,12 +97,14 @@ impl fmt::Display for Reference {
             Reference::Parameter(p) => write!(f, "Parameters.{p}"),
             Reference::Execution(v) => write!(f, "Execution.{}", v.as_str()),
             Reference::Step { step, path } => write!(f, "Steps.{step}{}", format_path(path)),
+            Reference::Secret(name) => write!(f, "Secrets.{name}"),
         }
     }
 }
 
-/// Parses the string of a `{"Get": ...}`: `Parameters.P`, `Execution.V` or
-/// `Steps.S<path>` where the path uses `.key`, `['key']`, `["key"]` and `[0]`.
+/// Parses the string of a `{"Get": ...}`: `Parameters.P`, `Execution.V`,
+/// `Secrets.NAME` or `Steps.S<path>` where the path uses `.key`, `['key']`,
+/// `["key"]` and `[0]`.
 pub fn parse_get(s: &str) -> Result<Reference, String> {
     let Some((root, rest)) = s.split_once('.') else {
         return Err(format!(
@@ -112,6 +119,10 @@ pub fn parse_get(s: &str) -> Result<Reference, String> {
                 ));
             }
             Ok(Reference::Parameter(rest.to_string()))
+        }
+        "Secrets" => {
+            super::names::check_secret_name(rest).map_err(|e| format!("malformed reference {s:?}: {e}"))?;
+            Ok(Reference::Secret(rest.to_string()))
         }
         "Execution" => ExecutionVar::parse(rest).map(Reference::Execution).ok_or_else(|| {
             let all: Vec<_> = ExecutionVar::ALL.iter().map(|v| v.as_str()).collect();
@@ -132,7 +143,7 @@ pub fn parse_get(s: &str) -> Result<Reference, String> {
             })
         }
         _ => Err(format!(
-            "malformed reference {s:?}: it must start with Parameters., Execution. or Steps."
+            "malformed reference {s:?}: it must start with Parameters., Execution., Secrets. or Steps."
         )),
     }
 }
@@ -439,6 +450,10 @@ pub trait Resolver {
     fn step_properties(&self, step: &str) -> Option<Value>;
     /// A JSON file from a step's artifacts.
     fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String>;
+    /// What stands for a secret in resolved arguments: never its value, but
+    /// a marker (`domain::secrets::marker`) that the process environment
+    /// alone replaces with the value.
+    fn secret(&self, name: &str) -> Result<Value, String>;
 }
 
 /// Replaces every expression in `v` with its value.
@@ -479,6 +494,7 @@ fn eval_get(body: &Value, r: &dyn Resolver) -> Result<Value, String> {
                 .ok_or_else(|| format!("{s}: step {step} has no properties (it has not succeeded)"))?;
             lookup(&props, &path).map_err(|e| format!("{s}: {e}"))
         }
+        Reference::Secret(name) => r.secret(&name),
     }
 }
 
@@ -607,6 +623,21 @@ mod tests {
     }
 
     #[test]
+    fn secrets_are_a_reference_namespace() {
+        assert_eq!(
+            parse_get("Secrets.API_TOKEN"),
+            Ok(Reference::Secret("API_TOKEN".into()))
+        );
+        assert_eq!(Reference::Secret("A".into()).to_string(), "Secrets.A");
+        assert!(parse_get("Secrets.a.b").unwrap_err().contains("\"Secrets.a.b\""));
+        assert!(parse_get("Secrets.").is_err());
+        assert_eq!(
+            evaluate(&json!({"Env": {"T": {"Get": "Secrets.T"}}}), &Fake).unwrap(),
+            json!({"Env": {"T": {"Secret": "T"}}})
+        );
+    }
+
+    #[test]
     fn parse_get_errors_say_where() {
         let e = parse_get("Steps.Train.Outputs..acc").unwrap_err();
         assert!(
@@ -725,6 +756,9 @@ mod tests {
             } else {
                 Err(format!("no file {file}"))
             }
+        }
+        fn secret(&self, name: &str) -> Result<Value, String> {
+            Ok(json!({"Secret": name}))
         }
     }
 

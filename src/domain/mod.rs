@@ -13,6 +13,7 @@ pub mod expr;
 pub mod names;
 pub mod params;
 pub mod retry;
+pub mod secrets;
 pub mod selective;
 
 use std::fmt;

@@ -66,6 +66,29 @@ pub fn check_parameter_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Secret names, the rule of an environment variable name:
+/// `[A-Za-z_][A-Za-z0-9_]*`, at most 128 characters.
+pub fn check_secret_name(name: &str) -> Result<(), String> {
+    let Some(first) = name.chars().next() else {
+        return Err("secret name must not be empty".into());
+    };
+    if name.len() > 128 {
+        return Err(format!(
+            "secret name {name:?} is {} characters long; at most 128 are allowed",
+            name.chars().count()
+        ));
+    }
+    if !(first.is_ascii_alphabetic() || first == '_') {
+        return Err(format!("secret name {name:?} must start with a letter or '_'"));
+    }
+    if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || *c == '_')) {
+        return Err(format!(
+            "secret name {name:?} contains {c:?}; only letters, digits and '_' are allowed"
+        ));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -89,6 +112,17 @@ mod tests {
         assert!(check_step_name(&"s".repeat(65)).is_err());
         assert!(check_step_name("").is_err());
         assert!(check_step_name("a b").unwrap_err().contains("\"a b\""));
+    }
+
+    #[test]
+    fn secret_names() {
+        assert!(check_secret_name("API_TOKEN_2").is_ok());
+        assert!(check_secret_name("_x").is_ok());
+        assert!(check_secret_name(&"a".repeat(128)).is_ok());
+        assert!(check_secret_name(&"a".repeat(129)).unwrap_err().contains("128"));
+        assert!(check_secret_name("2x").unwrap_err().contains("\"2x\""));
+        assert!(check_secret_name("a-b").unwrap_err().contains("'-'"));
+        assert!(check_secret_name("").is_err());
     }
 
     #[test]

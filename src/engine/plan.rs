@@ -25,7 +25,7 @@ use crate::{
     },
     executor::cache::{expired, missing_artifacts},
     ids::Arns,
-    store::{cache, pipelines, steps, StoreError},
+    store::{cache, pipelines, secrets, steps, StoreError},
 };
 
 #[derive(Debug, Serialize)]
@@ -147,6 +147,8 @@ struct KnownNow<'a> {
     reused: HashMap<String, Value>,
     pipeline_name: &'a str,
     arns: &'a Arns,
+    /// The keyed digest of each secret the step uses, by name.
+    secret_digests: HashMap<String, String>,
 }
 
 impl Resolver for KnownNow<'_> {
@@ -166,6 +168,13 @@ impl Resolver for KnownNow<'_> {
     }
     fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
         Err("artifact contents are not read when planning".into())
+    }
+    fn secret(&self, name: &str) -> Result<Value, String> {
+        let digest = self
+            .secret_digests
+            .get(name)
+            .ok_or_else(|| format!("secret {name:?} does not exist"))?;
+        Ok(crate::domain::secrets::marker(name, digest))
     }
 }
 
@@ -206,11 +215,25 @@ async fn cache_hit_now(
     if !per_execution.is_empty() || has_inputs {
         return Ok(None);
     }
+    let used: Vec<String> = crate::domain::secrets::env_secrets(&step.arguments)
+        .into_iter()
+        .map(|(_, name)| name)
+        .collect();
+    let secret_digests = if used.is_empty() {
+        HashMap::new()
+    } else {
+        secrets::sealed(conn, &used)
+            .await?
+            .into_iter()
+            .map(|row| (row.name, row.digest))
+            .collect()
+    };
     let resolver = KnownNow {
         parameters,
         reused,
         pipeline_name: &pipeline.name,
         arns,
+        secret_digests,
     };
     let Ok(resolved) = evaluate(&step.arguments, &resolver) else {
         return Ok(None);

@@ -283,10 +283,12 @@ pub async fn prepare(
 ) -> Result<Prepared, StartError> {
     let Some(selective_request) = &req.selective_execution else {
         let parameters = resolve_parameters(definition, &req.parameters)?;
+        let steps = new_steps(definition, &|_| StepPlan::Run);
+        check_secrets(conn, definition, &steps).await?;
         return Ok(Prepared {
             parameters,
             plans: HashMap::new(),
-            steps: new_steps(definition, &|_| StepPlan::Run),
+            steps,
             selective: None,
             source_arn: None,
         });
@@ -305,6 +307,7 @@ pub async fn prepare(
     let steps = new_steps(definition, &|name| {
         planned.plans.get(name).cloned().unwrap_or(StepPlan::Run)
     });
+    check_secrets(conn, definition, &steps).await?;
     Ok(Prepared {
         parameters: planned.parameters,
         source_arn: planned.source.as_ref().map(|s| s.arn.clone()),
@@ -312,6 +315,50 @@ pub async fn prepare(
         steps,
         selective: Some(planned.record),
     })
+}
+
+/// Refuses a start whose steps that will run use a secret that does not
+/// exist, naming each (a secret deleted later fails its step at run time).
+async fn check_secrets(conn: &mut PgConnection, definition: &Definition, steps: &NewSteps) -> Result<(), StartError> {
+    let uses: Vec<(&str, String, String)> = steps
+        .runs
+        .iter()
+        .filter(|r| r.status == "Pending" && r.step_type == "Command")
+        .flat_map(|r| {
+            crate::domain::secrets::env_secrets(&r.arguments)
+                .into_iter()
+                .map(|(var, name)| (r.step_name.as_str(), var, name))
+        })
+        .collect();
+    if uses.is_empty() {
+        return Ok(());
+    }
+    let mut names: Vec<String> = uses.iter().map(|(_, _, n)| n.clone()).collect();
+    names.sort();
+    names.dedup();
+    let existing = crate::store::secrets::existing(conn, &names).await?;
+    let issues: Vec<Issue> = uses
+        .iter()
+        .filter(|(_, _, name)| !existing.contains(name))
+        .map(|(step, var, name)| {
+            let pointer = definition.step(step).map(|s| s.pointer.clone()).unwrap_or_default();
+            let push = crate::domain::pointer_push;
+            let at = push(&push(&push(&pointer, "Arguments"), "Env"), var);
+            Issue::new(at, format!("step {step} uses secret {name:?}, which does not exist"))
+        })
+        .collect();
+    let missing: Vec<&String> = names.iter().filter(|n| !existing.contains(n)).collect();
+    match missing.as_slice() {
+        [] => Ok(()),
+        [one] => Err(StartError::invalid(format!("secret {one:?} does not exist"), issues)),
+        many => {
+            let list: Vec<String> = many.iter().map(|n| format!("{n:?}")).collect();
+            Err(StartError::invalid(
+                format!("secrets {} do not exist", list.join(", ")),
+                issues,
+            ))
+        }
+    }
 }
 
 pub async fn load_definition(

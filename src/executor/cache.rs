@@ -29,7 +29,15 @@ pub enum Decision {
 }
 
 /// Decides whether the claimed step runs or is served from the cache.
-pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> StoreResult<Decision> {
+/// `resolved` holds secrets as markers (name and keyed digest) and makes the
+/// key; `revealed` is what the process gets, read for its working directory
+/// and `CacheInputs` only.
+pub async fn decide(
+    ctx: &StepContext<'_>,
+    kind: StepKind,
+    resolved: &Value,
+    revealed: &Value,
+) -> StoreResult<Decision> {
     let step = ctx.step;
     let config: Option<CacheConfig> = step.cache_config.clone().and_then(|c| serde_json::from_value(c).ok());
     let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
@@ -37,7 +45,7 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, resolved: &Value) -> 
     };
     let mut hashes = BTreeMap::new();
     if kind == StepKind::Command {
-        let args = match CommandArgs::from_resolved(resolved) {
+        let args = match CommandArgs::from_resolved(revealed) {
             Ok(a) => a,
             Err(m) => return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, m))),
         };

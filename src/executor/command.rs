@@ -74,7 +74,14 @@ enum Ended {
     Stopped,
 }
 
-pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationToken) -> (StepOutcome, Option<Vec<u8>>) {
+/// Runs the command; `mask` are the secret values the step received, which
+/// the supervisor replaces by `***` in the log.
+pub async fn run(
+    ctx: &StepContext<'_>,
+    args: &CommandArgs,
+    mask: Vec<String>,
+    stop: CancellationToken,
+) -> (StepOutcome, Option<Vec<u8>>) {
     let step = ctx.step;
     let worker = &ctx.config.worker;
     let dirs = AttemptDirs::new(&ctx.config.data_dir, step.execution_id, &step.step_name, step.attempt);
@@ -84,7 +91,7 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
             return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
-    let request = match spawn_request(ctx, args, &dirs) {
+    let request = match spawn_request(ctx, args, &dirs, mask) {
         Ok(r) => r,
         Err(outcome) => return (outcome, None),
     };
@@ -139,6 +146,7 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
         Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
         Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
+    // The outputs file may hold a secret's value: it goes with the scratch.
     remove_scratch(&dirs).await;
     (outcome, log)
 }
@@ -165,7 +173,12 @@ async fn remove_scratch(dirs: &AttemptDirs) {
 
 /// What the supervisor is asked to run: the program found on the child's
 /// PATH, the `STEPWISE_*` contract in its environment.
-fn spawn_request(ctx: &StepContext<'_>, args: &CommandArgs, dirs: &AttemptDirs) -> Result<Spawn, StepOutcome> {
+fn spawn_request(
+    ctx: &StepContext<'_>,
+    args: &CommandArgs,
+    dirs: &AttemptDirs,
+    mask: Vec<String>,
+) -> Result<Spawn, StepOutcome> {
     let step = ctx.step;
     let mut env: Vec<(String, String)> = ctx
         .config
@@ -211,6 +224,7 @@ fn spawn_request(ctx: &StepContext<'_>, args: &CommandArgs, dirs: &AttemptDirs) 
         program,
         args: rest,
         env,
+        mask,
     })
 }
 

@@ -7,6 +7,8 @@ pub mod cache;
 pub mod command;
 pub mod inputs;
 pub mod log;
+pub mod mask;
+pub mod secrets;
 pub mod supervised;
 pub mod supervisor;
 
@@ -43,6 +45,8 @@ pub struct StepContext<'a> {
     pub config: &'a Config,
     /// Runs Command steps' processes (one per worker pool).
     pub supervisor: &'a supervised::Supervisor,
+    /// Opens the secrets a Command step's Env uses.
+    pub keyring: &'a crate::secrets::Keyring,
 }
 
 impl StepContext<'_> {
@@ -90,6 +94,13 @@ impl Resolver for StepContext<'_> {
             .map_err(|e| format!("cannot read {file:?} from the artifacts of step {step:?}: {e}"))?;
         serde_json::from_slice(&text)
             .map_err(|e| format!("{file:?} in the artifacts of step {step:?} is not JSON: {e}"))
+    }
+
+    fn secret(&self, name: &str) -> Result<Value, String> {
+        // `secrets::WithSecrets` resolves the secrets a step loaded.
+        Err(format!(
+            "Secrets.{name}: secrets are only available in a Command step's Env"
+        ))
     }
 }
 
@@ -227,7 +238,18 @@ fn storable(outcome: StepOutcome, step_type: &str) -> StepOutcome {
 }
 
 async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
-    let arguments = match evaluate(&ctx.step.arguments, ctx) {
+    let secrets = match secrets::StepSecrets::load(ctx).await {
+        Ok(s) => s,
+        Err(outcome) => return done(outcome),
+    };
+    let resolver = secrets::WithSecrets { ctx, secrets: &secrets };
+    // Secrets stand as markers (name and keyed digest) in `arguments`, which
+    // the cache key is computed from; only `revealed` holds their values.
+    let arguments = match evaluate(&ctx.step.arguments, &resolver) {
+        Ok(v) => v,
+        Err(message) => return done(StepOutcome::failed(INPUT_ERROR, message)),
+    };
+    let revealed = match secrets.reveal(&ctx.step.arguments, &arguments) {
         Ok(v) => v,
         Err(message) => return done(StepOutcome::failed(INPUT_ERROR, message)),
     };
@@ -238,7 +260,7 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
         return done(StepOutcome::failed(INPUT_ERROR, message));
     }
     if let Some(kind) = StepKind::parse(&ctx.step.step_type).filter(|k| k.is_cacheable()) {
-        match cache::decide(ctx, kind, &arguments).await {
+        match cache::decide(ctx, kind, &arguments, &revealed).await {
             Ok(cache::Decision::Run) => {}
             Ok(cache::Decision::Hit(outcome) | cache::Decision::Fail(outcome)) => return done(outcome),
             Err(e) => {
@@ -286,10 +308,13 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
             },
             Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),
         },
-        "Command" => match CommandArgs::from_resolved(&arguments) {
+        "Command" => match CommandArgs::from_resolved(&revealed) {
             Ok(args) => {
-                let (outcome, log) = command::run(ctx, &args, stop).await;
-                Run::Done { outcome, log }
+                let (outcome, log) = command::run(ctx, &args, secrets.values(), stop).await;
+                Run::Done {
+                    outcome: secrets.masker().outcome(outcome),
+                    log,
+                }
             }
             Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),
         },

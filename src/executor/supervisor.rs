@@ -54,7 +54,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::log::BoundedLog;
+use super::{log::BoundedLog, mask::Masker};
 
 /// The subcommand name; `main` dispatches on it before parsing flags.
 pub const SUBCOMMAND: &str = "supervise";
@@ -70,8 +70,9 @@ pub enum Request {
     },
 }
 
-/// One command to run, with everything it runs with.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// One command to run, with everything it runs with. Its `Debug` shows
+/// the names of environment variables, not their values (secrets).
+#[derive(Clone, Serialize, Deserialize, PartialEq)]
 pub struct Spawn {
     pub id: u64,
     pub log: PathBuf,
@@ -82,6 +83,22 @@ pub struct Spawn {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Values replaced by `***` in the log (the secrets the step received).
+    #[serde(default)]
+    pub mask: Vec<String>,
+}
+
+impl std::fmt::Debug for Spawn {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let env: Vec<&str> = self.env.iter().map(|(k, _)| k.as_str()).collect();
+        f.debug_struct("Spawn")
+            .field("id", &self.id)
+            .field("log", &self.log)
+            .field("program", &self.program)
+            .field("env", &env)
+            .field("mask", &format_args!("{} values", self.mask.len()))
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the supervisor tells the worker about step `id`.
@@ -145,7 +162,14 @@ pub fn main() -> i32 {
         match serde_json::from_str::<Request>(&line) {
             Ok(Request::Spawn(spawn)) => start(spawn, &out, &table),
             Ok(Request::Stop { id }) => stop(id, &table),
-            Err(e) => eprintln!("stepwise {SUBCOMMAND}: ignoring {line:?}: {e} (workers start this, not people)"),
+            // Not the line itself, nor serde's message, which may quote a
+            // value: a request's environment holds secrets.
+            Err(e) => eprintln!(
+                "stepwise {SUBCOMMAND}: ignoring a request line of {} bytes that is not a request ({:?} error at column {}; workers start this, not people)",
+                line.len(),
+                e.classify(),
+                e.column()
+            ),
         }
     }
     // The worker closed the pipe, or died: end every step still running.
@@ -186,13 +210,40 @@ fn start(spawn_req: Spawn, out: &Out, table: &Table) {
     };
     table.0.lock().unwrap_or_else(|e| e.into_inner()).insert(id, running);
     send(out, id, Report::Started { pid });
-    let log = BoundedLog::new(log, spawn_req.max_log_bytes);
+    let log = MaskedLog {
+        log: BoundedLog::new(log, spawn_req.max_log_bytes),
+        masker: Masker::new(&spawn_req.mask),
+    };
     let (out, table) = (out.clone(), table.clone());
     std::thread::spawn(move || watch(id, child, reader, log, &out, &table));
 }
 
+/// The log of a step with its secret values masked before they are written.
+struct MaskedLog {
+    log: BoundedLog,
+    masker: Masker,
+}
+
+impl MaskedLog {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<()> {
+        self.log.write(&self.masker.push(data))
+    }
+
+    /// Writes out what is written so far; bytes held back because they may
+    /// begin a secret stay held until more output or the end.
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.log.flush()
+    }
+
+    fn finish(&mut self) -> std::io::Result<()> {
+        let rest = self.masker.finish();
+        self.log.write(&rest)?;
+        self.log.flush()
+    }
+}
+
 /// Waits for the leader, ends its group, reaps it, reports.
-fn watch(id: u64, mut child: Child, reader: File, mut log: BoundedLog, out: &Out, table: &Table) {
+fn watch(id: u64, mut child: Child, reader: File, mut log: MaskedLog, out: &Out, table: &Table) {
     let finishing = Arc::new(AtomicBool::new(false));
     let pump = {
         let finishing = finishing.clone();
@@ -317,7 +368,7 @@ fn spawn(args: &Spawn) -> Result<(Child, File), Report> {
 /// Copies the command's output into the log until every writer has closed
 /// the pipe, or shortly after `finishing` when a process outside our reach
 /// still holds it.
-fn pump(reader: File, log: &mut BoundedLog, finishing: &AtomicBool) {
+fn pump(reader: File, log: &mut MaskedLog, finishing: &AtomicBool) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut finish_by: Option<Instant> = None;
     loop {
@@ -351,7 +402,7 @@ fn pump(reader: File, log: &mut BoundedLog, finishing: &AtomicBool) {
             }
         }
     }
-    let _ = log.flush();
+    let _ = log.finish();
 }
 
 #[cfg(test)]
@@ -370,7 +421,9 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hi".into()],
             env: vec![("A".into(), "1".into())],
+            mask: vec!["hunter2".into()],
         };
+        assert!(!format!("{spawn:?}").contains("hunter2"));
         let line = serde_json::to_string(&Request::Spawn(spawn.clone())).unwrap();
         assert!(!line.contains('\n'));
         assert_eq!(serde_json::from_str::<Request>(&line).unwrap(), Request::Spawn(spawn));
@@ -384,5 +437,32 @@ mod tests {
         let line = serde_json::to_string(&event).unwrap();
         assert_eq!(serde_json::from_str::<Event>(&line).unwrap(), event);
         assert!(!Report::Started { pid: 1 }.is_last());
+    }
+
+    #[test]
+    fn a_masked_log_holds_no_secret_whatever_the_chunks_and_truncation() {
+        let secret = "p4ss-w0rd-v4lue";
+        let mut output = Vec::new();
+        for i in 0..200 {
+            output.extend(format!("line {i} {secret} and {}\n", &secret[..i % secret.len()]).as_bytes());
+        }
+        for chunk in [1, 7, 64, 4096] {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("log");
+            let mut log = MaskedLog {
+                log: BoundedLog::new(File::create(&path).unwrap(), 512),
+                masker: Masker::new([secret]),
+            };
+            for piece in output.chunks(chunk) {
+                log.write(piece).unwrap();
+                log.flush().unwrap();
+            }
+            log.finish().unwrap();
+            let written = String::from_utf8_lossy(&std::fs::read(&path).unwrap()).into_owned();
+            assert!(!written.contains(secret), "chunk {chunk}: {written}");
+            assert!(written.contains("line 0 *** and \n"), "chunk {chunk}: {written}");
+            assert!(written.contains("bytes omitted"), "chunk {chunk}");
+            assert!(written.len() <= 512);
+        }
     }
 }

@@ -7,6 +7,7 @@ pub mod diagnosis;
 pub mod executions;
 pub mod pipelines;
 pub mod retention;
+pub mod secrets;
 pub mod steps;
 pub mod tokens;
 pub mod transitions;

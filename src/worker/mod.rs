@@ -25,6 +25,7 @@ use crate::{
     executor::{self, Run, StepContext},
     ids::Arns,
     notify::{self, Notifier},
+    secrets::Keyring,
     store::{
         self,
         steps::{self, ClaimedStep},
@@ -58,12 +59,14 @@ struct Inner {
     abandon: CancellationToken,
     http: reqwest::Client,
     supervisor: executor::supervised::Supervisor,
+    keyring: Keyring,
 }
 
 impl WorkerPool {
-    pub fn new(db: PgPool, config: Arc<Config>, notifier: Notifier) -> WorkerPool {
+    pub fn new(db: PgPool, config: Arc<Config>, notifier: Notifier, keyring: Keyring) -> WorkerPool {
         WorkerPool {
             inner: Arc::new(Inner {
+                keyring,
                 arns: Arns::new(&config.arn),
                 supervisor: executor::supervised::Supervisor::new(executor::command::supervisor_program(&config)),
                 db,
@@ -362,6 +365,7 @@ impl WorkerPool {
             arns: &inner.arns,
             config: &inner.config,
             supervisor: &inner.supervisor,
+            keyring: &inner.keyring,
         };
         match executor::run(&ctx, stop).await {
             Run::Done { outcome, log } => {

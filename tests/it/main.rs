@@ -17,6 +17,7 @@ mod pipelines;
 mod procs;
 mod races;
 mod retention;
+mod secrets;
 mod selective;
 mod shutdown;
 mod step_processes;

@@ -31,6 +31,8 @@ pub struct StepwiseProcess {
     pub child: Child,
     /// The API's base URL (`serve` only).
     pub base_url: Option<String>,
+    /// Every line the process has logged so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl StepwiseProcess {
@@ -70,9 +72,12 @@ impl StepwiseProcess {
         let stderr = child.stderr.take().unwrap();
         let (started_tx, mut started_rx) = watch::channel(false);
         let (address_tx, address_rx) = watch::channel(None::<String>);
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let kept = log.clone();
         tokio::spawn(async move {
             let mut lines = BufReader::new(stderr).lines();
             while let Ok(Some(line)) = lines.next_line().await {
+                kept.lock().unwrap().push(line.clone());
                 if line.contains("worker pool started") {
                     let _ = started_tx.send(true);
                 }
@@ -94,7 +99,7 @@ impl StepwiseProcess {
             .expect("the worker process logged its start");
         // serve logs its address before it starts its workers.
         let base_url = address_rx.borrow().clone();
-        StepwiseProcess { child, base_url }
+        StepwiseProcess { child, base_url, log }
     }
 
     /// SIGKILL: no drain, no report.

@@ -29,7 +29,9 @@ fn spawn_pool(app: &TestApp, configure: impl FnOnce(&mut Config)) -> (Cancellati
     let notifier = Notifier::new();
     let shutdown = CancellationToken::new();
     tokio::spawn(notifier.clone().run(app.db.clone(), shutdown.clone()));
-    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), notifier);
+    // The same data directory, so the same secrets key file as the app's.
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), notifier, keyring);
     (shutdown.clone(), tokio::spawn(pool.run(shutdown)))
 }
 

@@ -143,6 +143,20 @@ impl Definition {
         self.parameters.iter().find(|p| p.name == name)
     }
 
+    /// The secrets the definition's Command steps use, sorted, each once.
+    pub fn secret_names(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .steps
+            .iter()
+            .filter(|s| s.kind == StepKind::Command)
+            .flat_map(|s| super::secrets::env_secrets(&s.arguments))
+            .map(|(_, name)| name)
+            .collect();
+        names.sort();
+        names.dedup();
+        names
+    }
+
     /// Effective parameter values for an execution: defaults overridden by `given`.
     pub fn resolve_parameters(&self, given: &Map<String, Value>) -> Result<Map<String, Value>, Vec<Issue>> {
         params::resolve_parameters(&self.parameters, given)

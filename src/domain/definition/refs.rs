@@ -122,6 +122,16 @@ impl Linker<'_> {
                 }
                 continue;
             }
+            if let Found::Get {
+                reference: Reference::Secret(name),
+                ..
+            } = found
+            {
+                if let Some(issue) = misplaced_secret(p, ptr, name, &label) {
+                    issues.push(issue);
+                }
+                continue;
+            }
             let Some(target_name) = found.step() else { continue };
             let shown = describe(found);
             let Some(&t) = self.index.get(target_name) else {
@@ -223,6 +233,29 @@ impl Linker<'_> {
             }
         }
         None
+    }
+}
+
+/// An issue unless the secret reference at `ptr` is the whole value of an
+/// `Arguments.Env.<VAR>` of a Command step: the one place a value reaches
+/// only a process, never an output, a message or the database.
+fn misplaced_secret(p: &Pending, ptr: &str, name: &str, label: &str) -> Option<Issue> {
+    let env = pointer_push(&pointer_push(&p.step.pointer, "Arguments"), "Env");
+    let in_env = ptr
+        .strip_prefix(env.as_str())
+        .and_then(|rest| rest.strip_prefix('/'))
+        .is_some_and(|var| !var.is_empty() && !var.contains('/'));
+    match p.kind {
+        Some(StepKind::Command) if in_env => None,
+        // An unsupported Type is already an issue.
+        None => None,
+        _ => Some(Issue::new(
+            ptr,
+            format!(
+                "step {label} uses secret {name:?} (Secrets.{name}) here; a secret may only be \
+                 the whole value of a variable in a Command step's Arguments.Env"
+            ),
+        )),
     }
 }
 

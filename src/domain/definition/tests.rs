@@ -517,3 +517,41 @@ fn ten_thousand_step_chain_and_fan_out() {
         "{chain_time:?} {fan_time:?}"
     );
 }
+
+#[test]
+fn secrets_only_as_a_command_env_value() {
+    let mut a = cmd("A");
+    a["Arguments"]["Env"] = json!({"TOKEN": {"Get": "Secrets.API_TOKEN"}});
+    let def = parse_definition(&doc(json!([a]))).expect("a secret in a Command's Env is valid");
+    assert_eq!(def.secret_names(), ["API_TOKEN"]);
+
+    let mut b = cmd("B");
+    b["Arguments"]["Command"] = json!(["echo", {"Get": "Secrets.API_TOKEN"}]);
+    assert_issue(
+        doc(json!([b])),
+        "/Steps/0/Arguments/Command/1",
+        &["secret \"API_TOKEN\"", "step B", "Arguments.Env"],
+    );
+    let mut c = cmd("C");
+    c["Arguments"]["Env"] = json!({"T": {"Std:Join": {"On": "", "Values": ["x", {"Get": "Secrets.S"}]}}});
+    assert_issue(
+        doc(json!([c])),
+        "/Steps/0/Arguments/Env/T/Std:Join/Values/1",
+        &["secret \"S\""],
+    );
+    let pass = json!({"Name": "P", "Type": "Pass", "Arguments": {"Env": {"T": {"Get": "Secrets.S"}}}});
+    assert_issue(
+        doc(json!([pass])),
+        "/Steps/0/Arguments/Env/T",
+        &["secret \"S\"", "Command"],
+    );
+    let callback = json!({"Name": "K", "Type": "Callback", "Arguments": {"Url": {"Get": "Secrets.S"}}});
+    assert_issue(doc(json!([callback])), "/Steps/0/Arguments/Url", &["secret \"S\""]);
+    let mut d = cmd("D");
+    d["Arguments"]["Env"] = json!({"T": {"Get": "Secrets.bad-name"}});
+    assert_issue(
+        doc(json!([d])),
+        "/Steps/0/Arguments/Env/T",
+        &["Secrets.bad-name", "'-'"],
+    );
+}
