@@ -24,6 +24,7 @@ pub struct Config {
     pub api: ApiConfig,
     pub arn: ArnConfig,
     pub worker: WorkerConfig,
+    pub callbacks: CallbacksConfig,
     pub log: LogConfig,
 }
 
@@ -70,6 +71,14 @@ pub struct WorkerConfig {
     pub cache_input_timeout_seconds: u64,
     pub supervisor_program: String,
     pub pass_through_env: Vec<String>,
+    pub run_as_user: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    pub webhook_allow: Vec<String>,
+    pub webhook_timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
@@ -166,8 +175,27 @@ impl Config {
         if self.api.idle_timeout_seconds == 0 {
             return fail("api.idle_timeout_seconds must be at least 1");
         }
+        if self.callbacks.webhook_timeout_seconds == 0 {
+            return fail("callbacks.webhook_timeout_seconds must be at least 1");
+        }
+        if let Err(message) = crate::domain::webhook::Policy::new(&self.callbacks.webhook_allow) {
+            return fail(&message);
+        }
+        if let Some(name) = self.worker.pass_through_env.iter().find(|n| is_service_variable(n)) {
+            return fail(&format!(
+                "worker.pass_through_env must not pass {name} to steps: it is the service's own \
+                 configuration (database URL, tokens, keys); give a step what it needs in its Env"
+            ));
+        }
         Ok(())
     }
+}
+
+/// Whether the environment variable `name` configures the service itself
+/// (its database URL and password, tokens, keys), which no step may see.
+pub fn is_service_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("STEPWISE_") || matches!(upper.as_str(), "DATABASE_URL" | "PGPASSWORD" | "PGPASSFILE")
 }
 
 /// Hides the password of a connection string.
@@ -198,6 +226,7 @@ impl fmt::Debug for Config {
             .field("api", &self.api)
             .field("arn", &self.arn)
             .field("worker", &self.worker)
+            .field("callbacks", &self.callbacks)
             .field("log", &self.log)
             .finish()
     }

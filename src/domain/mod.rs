@@ -13,6 +13,7 @@ pub mod names;
 pub mod params;
 pub mod retry;
 pub mod selective;
+pub mod webhook;
 
 use std::fmt;
 

@@ -18,4 +18,5 @@ mod races;
 mod selective;
 mod shutdown;
 mod step_processes;
+mod webhooks;
 mod workers;
