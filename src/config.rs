@@ -198,23 +198,7 @@ pub fn is_service_variable(name: &str) -> bool {
     upper.starts_with("STEPWISE_") || matches!(upper.as_str(), "DATABASE_URL" | "PGPASSWORD" | "PGPASSFILE")
 }
 
-/// Hides the password of a connection string.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    format!("{scheme}://{user}@{host}")
-                }
-            }
-            None => url.to_string(),
-        },
-        None => "***".to_string(),
-    }
-}
+pub use crate::redact::redact_url;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -265,11 +249,5 @@ mod tests {
             assert_eq!(Config::load(&overrides).unwrap().database_url, "postgres://b@db/y");
             Ok(())
         });
-    }
-
-    #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
-        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
     }
 }

@@ -15,6 +15,7 @@ mod openapi;
 mod pipelines;
 mod procs;
 mod races;
+mod redaction;
 mod selective;
 mod shutdown;
 mod step_processes;
