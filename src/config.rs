@@ -250,4 +250,17 @@ mod tests {
             Ok(())
         });
     }
+
+    #[test]
+    fn service_configuration_cannot_be_passed_to_steps() {
+        for name in ["STEPWISE_DATABASE_URL", "stepwise_auth__admin_token", "DATABASE_URL", "PGPASSWORD"] {
+            let mut c = Config::defaults();
+            c.worker.pass_through_env.push(name.to_string());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("worker.pass_through_env"), "{err}");
+        }
+        let mut c = Config::defaults();
+        c.callbacks.webhook_allow = vec!["not a host".into()];
+        assert!(c.validate().unwrap_err().to_string().contains("callbacks.webhook_allow"));
+    }
 }

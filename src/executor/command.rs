@@ -84,6 +84,13 @@ pub async fn run(ctx: &StepContext<'_>, args: &CommandArgs, stop: CancellationTo
             return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
+    let prepared = ctx.supervisor.step_user().and_then(|user| match user {
+        Some(user) => super::run_as::prepare(user, &dirs.work, &dirs.artifacts, &dirs.outputs),
+        None => Ok(()),
+    });
+    if let Err(message) = prepared {
+        return (StepOutcome::failed(SERVICE_FAULT, message), None);
+    }
     let request = match spawn_request(ctx, args, &dirs) {
         Ok(r) => r,
         Err(outcome) => return (outcome, None),
@@ -190,6 +197,8 @@ fn spawn_request(ctx: &StepContext<'_>, args: &CommandArgs, dirs: &AttemptDirs) 
         program,
         args: rest,
         env,
+        // Set by the supervisor handle, which knows worker.run_as_user.
+        user: None,
     })
 }
 

@@ -7,6 +7,7 @@ pub mod cache;
 pub mod command;
 pub mod inputs;
 pub mod log;
+pub mod run_as;
 pub mod supervised;
 pub mod supervisor;
 

@@ -54,7 +54,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::log::BoundedLog;
+use super::{log::BoundedLog, run_as::StepUser};
 
 /// The subcommand name; `main` dispatches on it before parsing flags.
 pub const SUBCOMMAND: &str = "supervise";
@@ -82,6 +82,9 @@ pub struct Spawn {
     pub program: PathBuf,
     pub args: Vec<String>,
     pub env: Vec<(String, String)>,
+    /// Run as this user (`worker.run_as_user`), or as the supervisor's own.
+    #[serde(default)]
+    pub user: Option<StepUser>,
 }
 
 /// What the supervisor tells the worker about step `id`.
@@ -138,6 +141,9 @@ type Table = Arc<(Mutex<HashMap<u64, Running>>, Condvar)>;
 
 /// Entry point of `stepwise supervise`; returns the process exit code.
 pub fn main() -> i32 {
+    if std::env::args_os().nth(2).is_some_and(|a| a == super::run_as::CHECK_ARG) {
+        return super::run_as::check_capabilities();
+    }
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let table: Table = Arc::default();
     for line in std::io::stdin().lock().lines() {
@@ -294,6 +300,10 @@ fn spawn(args: &Spawn) -> Result<(Child, File), Report> {
         .stderr(Stdio::from(write2))
         // Its own group, so every process it starts can be ended with it.
         .process_group(0);
+    if let Some(user) = args.user {
+        // The standard library also drops the supplementary groups.
+        command.uid(user.uid).gid(user.gid);
+    }
     let spawned = command.spawn();
     // Our copies of the write end must close, or the pipe never ends.
     drop(command);
@@ -370,6 +380,7 @@ mod tests {
             program: "/bin/sh".into(),
             args: vec!["-c".into(), "echo hi".into()],
             env: vec![("A".into(), "1".into())],
+            user: Some(StepUser { uid: 65534, gid: 65534 }),
         };
         let line = serde_json::to_string(&Request::Spawn(spawn.clone())).unwrap();
         assert!(!line.contains('\n'));

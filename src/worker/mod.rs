@@ -66,7 +66,10 @@ impl WorkerPool {
         WorkerPool {
             inner: Arc::new(Inner {
                 arns: Arns::new(&config.arn),
-                supervisor: executor::supervised::Supervisor::new(executor::command::supervisor_program(&config)),
+                supervisor: executor::supervised::Supervisor::new(
+                    executor::command::supervisor_program(&config),
+                    &config.worker.run_as_user,
+                ),
                 webhooks: webhook::Webhooks::new(&config.callbacks),
                 db,
                 config,

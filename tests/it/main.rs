@@ -18,6 +18,7 @@ mod races;
 mod redaction;
 mod selective;
 mod shutdown;
+mod step_env;
 mod step_processes;
 mod webhooks;
 mod workers;
