@@ -253,7 +253,12 @@ mod tests {
 
     #[test]
     fn service_configuration_cannot_be_passed_to_steps() {
-        for name in ["STEPWISE_DATABASE_URL", "stepwise_auth__admin_token", "DATABASE_URL", "PGPASSWORD"] {
+        for name in [
+            "STEPWISE_DATABASE_URL",
+            "stepwise_auth__admin_token",
+            "DATABASE_URL",
+            "PGPASSWORD",
+        ] {
             let mut c = Config::defaults();
             c.worker.pass_through_env.push(name.to_string());
             let err = c.validate().unwrap_err().to_string();
@@ -261,6 +266,10 @@ mod tests {
         }
         let mut c = Config::defaults();
         c.callbacks.webhook_allow = vec!["not a host".into()];
-        assert!(c.validate().unwrap_err().to_string().contains("callbacks.webhook_allow"));
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("callbacks.webhook_allow"));
     }
 }

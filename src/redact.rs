@@ -27,7 +27,11 @@ pub fn redact_url(url: &str) -> String {
         let pairs: Vec<(String, String)> = parsed
             .query_pairs()
             .map(|(k, v)| {
-                let value = if is_secret_key(&k) { MASK.to_string() } else { v.into_owned() };
+                let value = if is_secret_key(&k) {
+                    MASK.to_string()
+                } else {
+                    v.into_owned()
+                };
                 (k.into_owned(), value)
             })
             .collect();

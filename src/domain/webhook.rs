@@ -44,7 +44,7 @@ impl Policy {
     /// Whether `host` (a name from a URL) is listed by name.
     pub fn allows_host(&self, host: &str) -> bool {
         let host = normalize_host(host);
-        self.hosts.iter().any(|h| *h == host)
+        self.hosts.contains(&host)
     }
 
     /// Why `ip` may not be called, `None` when it may.
@@ -167,7 +167,13 @@ mod tests {
         ] {
             assert!(policy.refusal(ip(s)).is_some(), "{s} should be refused");
         }
-        for s in ["93.184.216.34", "172.32.0.1", "100.128.0.1", "2606:4700::1111", "::ffff:8.8.8.8"] {
+        for s in [
+            "93.184.216.34",
+            "172.32.0.1",
+            "100.128.0.1",
+            "2606:4700::1111",
+            "::ffff:8.8.8.8",
+        ] {
             assert_eq!(policy.refusal(ip(s)), None, "{s} should be allowed");
         }
         assert!(policy.refusal(ip("169.254.169.254")).unwrap().contains("metadata"));
@@ -189,7 +195,10 @@ mod tests {
     #[test]
     fn a_bad_entry_is_named() {
         let err = Policy::new(&["10.0.0.0/33".to_string()]).unwrap_err();
-        assert!(err.contains("callbacks.webhook_allow") && err.contains("10.0.0.0/33"), "{err}");
+        assert!(
+            err.contains("callbacks.webhook_allow") && err.contains("10.0.0.0/33"),
+            "{err}"
+        );
         assert!(Policy::new(&["http://x".to_string()]).is_err());
     }
 }

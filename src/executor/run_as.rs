@@ -98,7 +98,9 @@ pub fn check_capabilities() -> i32 {
     if effective & NEEDED == NEEDED {
         return 0;
     }
-    let exe = std::env::current_exe().map(|p| p.display().to_string()).unwrap_or_default();
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_default();
     eprintln!(
         "the step supervisor ({exe}, uid {}) cannot switch users: it needs CAP_SETUID and CAP_SETGID; run \
          stepwise as root, or give worker.supervisor_program those file capabilities \
@@ -147,7 +149,8 @@ pub fn prepare(user: StepUser, work: &Path, artifacts: &Path, outputs: &Path) ->
         .open(outputs)
         .map_err(|e| format!("cannot create {}: {e}", outputs.display()))?;
     for path in [work, artifacts, outputs] {
-        chown(path, owner.0, owner.1).map_err(|e| format!("cannot give {} to uid {}: {e}", path.display(), user.uid))?;
+        chown(path, owner.0, owner.1)
+            .map_err(|e| format!("cannot give {} to uid {}: {e}", path.display(), user.uid))?;
     }
     Ok(())
 }

@@ -141,7 +141,10 @@ type Table = Arc<(Mutex<HashMap<u64, Running>>, Condvar)>;
 
 /// Entry point of `stepwise supervise`; returns the process exit code.
 pub fn main() -> i32 {
-    if std::env::args_os().nth(2).is_some_and(|a| a == super::run_as::CHECK_ARG) {
+    if std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == super::run_as::CHECK_ARG)
+    {
         return super::run_as::check_capabilities();
     }
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));

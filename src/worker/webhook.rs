@@ -96,7 +96,8 @@ impl Webhooks {
 
     /// POSTs `body` to `url`; `Ok` when it answered 2xx.
     pub async fn post(&self, url: &str, body: &Value) -> Result<(), Failure> {
-        let parsed = Url::parse(url).map_err(|e| Failure::Refused(format!("the callback webhook Url is not valid: {e}")))?;
+        let parsed =
+            Url::parse(url).map_err(|e| Failure::Refused(format!("the callback webhook Url is not valid: {e}")))?;
         let shown = shown(&parsed);
         self.check_url(&parsed, &shown)?;
         let response = match self.client.post(parsed).json(body).send().await {
@@ -115,7 +116,9 @@ impl Webhooks {
             )));
         }
         if !status.is_success() {
-            return Err(Failure::Failed(format!("the callback webhook {shown} answered {status}")));
+            return Err(Failure::Failed(format!(
+                "the callback webhook {shown} answered {status}"
+            )));
         }
         Ok(())
     }

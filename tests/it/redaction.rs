@@ -45,8 +45,18 @@ async fn database_credentials_never_reach_the_logs(db: PgPool) {
     let (s1, s2, s3, s4, s5, s6) = (secret(1), secret(2), secret(3), secret(4), secret(5), secret(6));
     // PostgreSQL trusts the test connections: any password connects.
     let cases = [
-        (format!("postgres://postgres:{s1}@{rest}"), vec![s1.clone()], true, vec![]),
-        (format!("postgres://postgres@{rest}?password={s2}"), vec![s2.clone()], true, vec!["--log-format", "json"]),
+        (
+            format!("postgres://postgres:{s1}@{rest}"),
+            vec![s1.clone()],
+            true,
+            vec![],
+        ),
+        (
+            format!("postgres://postgres@{rest}?password={s2}"),
+            vec![s2.clone()],
+            true,
+            vec!["--log-format", "json"],
+        ),
         (
             // sqlx logs parameters it does not know, with their values.
             format!("postgres://postgres@{rest}?sslpassword={s3}&pass%77ord=a%2B{s4}"),

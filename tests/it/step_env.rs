@@ -52,7 +52,10 @@ async fn run_shell(base: &str, shell: &str) -> Value {
         if matches!(execution["status"].as_str(), Some("Succeeded" | "Failed" | "Stopped")) {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "the execution did not end: {execution}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the execution did not end: {execution}"
+        );
     }
     client
         .get(format!("{base}/v1/executions/{id}/steps/Look"))
@@ -106,7 +109,13 @@ async fn a_step_sees_none_of_the_services_configuration(db: PgPool) {
     ] {
         assert!(!seen.contains(value.as_str()), "{what} reached the step:\n{seen}");
     }
-    for name in ["STEPWISE_DATABASE_URL", "DATABASE_URL=", "PGPASSWORD", "STEPWISE_LOG__FILTER", "STEPWISE_DATA_DIR"] {
+    for name in [
+        "STEPWISE_DATABASE_URL",
+        "DATABASE_URL=",
+        "PGPASSWORD",
+        "STEPWISE_LOG__FILTER",
+        "STEPWISE_DATA_DIR",
+    ] {
         assert!(!seen.contains(name), "{name} reached the step:\n{seen}");
     }
 }
@@ -137,7 +146,11 @@ async fn steps_run_as_another_user_that_cannot_read_the_service(db: PgPool) {
     let outputs = &step["properties"]["Outputs"];
     assert_eq!(outputs["uid"], nobody.uid.to_string(), "{outputs}");
     assert_eq!(outputs["gid"], nobody.gid.to_string(), "{outputs}");
-    assert_eq!(outputs["groups"], nobody.gid.to_string(), "no supplementary groups: {outputs}");
+    assert_eq!(
+        outputs["groups"],
+        nobody.gid.to_string(),
+        "no supplementary groups: {outputs}"
+    );
     assert_eq!(outputs["file"], "denied", "{outputs}");
     assert_eq!(outputs["environ"], "denied", "{outputs}");
     let artifacts = step["properties"]["ArtifactsUri"].as_str().unwrap();

@@ -68,7 +68,11 @@ async fn inward_webhooks_are_refused_by_default(db: PgPool) {
         (format!("http://{local}/hook"), "127.0.0.1", "loopback"),
         (format!("http://localhost:{port}/hook"), "localhost", "loopback"),
         (format!("http://[::1]:{port}/hook"), "::1", "loopback"),
-        ("http://169.254.169.254/latest/meta-data/".to_string(), "169.254.169.254", "metadata"),
+        (
+            "http://169.254.169.254/latest/meta-data/".to_string(),
+            "169.254.169.254",
+            "metadata",
+        ),
         ("http://10.0.0.1/hook".to_string(), "10.0.0.1", "private"),
         ("http://[::ffff:127.0.0.1]:1/hook".to_string(), "127.0.0.1", "loopback"),
     ];
@@ -100,12 +104,18 @@ async fn a_redirect_is_not_followed(db: PgPool) {
 
 #[sqlx::test]
 async fn listed_hosts_and_blocks_are_allowed(db: PgPool) {
-    let app = TestApp::spawn_with(db, |c| c.callbacks.webhook_allow = vec!["LocalHost".into(), "::1/128".into()]).await;
+    let app = TestApp::spawn_with(db, |c| {
+        c.callbacks.webhook_allow = vec!["LocalHost".into(), "::1/128".into()]
+    })
+    .await;
     let (local, mut calls) = receiver(None).await;
     let port = local.rsplit(':').next().unwrap();
-    for (i, url) in [format!("http://localhost:{port}/hook"), format!("http://127.0.0.1:{port}/hook")]
-        .iter()
-        .enumerate()
+    for (i, url) in [
+        format!("http://localhost:{port}/hook"),
+        format!("http://127.0.0.1:{port}/hook"),
+    ]
+    .iter()
+    .enumerate()
     {
         app.create_pipeline(&format!("allowed-{i}"), hook_pipeline(url)).await;
         let id = app.start(&format!("allowed-{i}"), json!({})).await;
@@ -120,7 +130,10 @@ async fn listed_hosts_and_blocks_are_allowed(db: PgPool) {
             // 127.0.0.1 itself is not listed.
             assert_eq!(app.wait_terminal(&id).await["status"], "Failed");
             let step = app.step(&id, "Hook").await;
-            assert!(step["failure_reason"].as_str().unwrap_or_default().contains("loopback"), "{step}");
+            assert!(
+                step["failure_reason"].as_str().unwrap_or_default().contains("loopback"),
+                "{step}"
+            );
         }
     }
 }
