@@ -30,7 +30,7 @@ impl Policy {
                 policy.nets.push(net.trunc());
             } else if let Ok(ip) = text.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
                 policy.nets.push(IpNet::from(ip));
-            } else if is_host_name(text) {
+            } else if is_host_name(text.trim_end_matches('.')) {
                 policy.hosts.push(normalize_host(text));
             } else {
                 return Err(format!(
