@@ -183,3 +183,26 @@ async fn an_unknown_step_user_fails_the_start_clearly() {
         "{stderr}"
     );
 }
+
+#[tokio::test]
+async fn a_supervisor_that_cannot_switch_users_says_so() {
+    use std::os::unix::process::CommandExt;
+    let check = |as_nobody: bool| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_stepwise"));
+        command.args(["supervise", "check-run-as-user"]).env_clear();
+        if as_nobody {
+            // An unprivileged user without file capabilities.
+            command.uid(65534).gid(65534);
+        }
+        command.output().expect("the supervisor check runs")
+    };
+    // The tests run as root, which holds CAP_SETUID and CAP_SETGID.
+    assert!(check(false).status.success());
+    let refused = check(true);
+    assert!(!refused.status.success());
+    let said = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        said.contains("CAP_SETUID") && said.contains("worker.run_as_user"),
+        "{said}"
+    );
+}
