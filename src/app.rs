@@ -13,6 +13,7 @@ use crate::{
     api::{self, AppState},
     config::{redact_url, Config},
     engine::{self, definitions::Definitions},
+    executor,
     ids::Arns,
     notify::Notifier,
     secrets::Keyring,
@@ -26,16 +27,21 @@ pub struct App {
 }
 
 impl App {
-    /// Connects to the configured database (creating and migrating it) and
+    /// Prepares the data directory and checks `worker.run_as_user`, then
+    /// connects to the configured database (creating and migrating it) and
     /// binds the listener.
     pub async fn build(config: Config) -> anyhow::Result<App> {
+        let config = prepare(config).await?;
         let pool = connect_and_migrate(&config).await?;
-        App::build_with_pool(config, pool).await
+        App::bind(config, pool).await
     }
 
     /// Binds the listener over an existing pool (already migrated).
     pub async fn build_with_pool(config: Config, pool: PgPool) -> anyhow::Result<App> {
-        let config = prepare_data_dir(config)?;
+        App::bind(prepare(config).await?, pool).await
+    }
+
+    async fn bind(config: Config, pool: PgPool) -> anyhow::Result<App> {
         let keyring = load_keyring(&config)?;
         let listener = TcpListener::bind(config.listen)
             .await
@@ -106,9 +112,10 @@ fn warn_if_few_file_descriptors(config: &Config) {
 
 /// Workers and maintenance only, for extra machines (`stepwise worker`).
 pub async fn run_workers(config: Config, shutdown: CancellationToken) -> anyhow::Result<()> {
+    let config = prepare(config).await?;
     let pool = connect_and_migrate(&config).await?;
-    let config = Arc::new(prepare_data_dir(config)?);
     let keyring = load_keyring(&config)?;
+    let config = Arc::new(config);
     let notifier = Notifier::new();
     spawn_background(&pool, &config, &notifier, &keyring, &shutdown)
         .wait()
@@ -164,6 +171,14 @@ fn spawn_background(
         listener,
         listener_stop,
     }
+}
+
+/// What start-up checks before it connects: the data directory, and that
+/// steps can run as `worker.run_as_user`.
+async fn prepare(config: Config) -> anyhow::Result<Config> {
+    let config = prepare_data_dir(config)?;
+    executor::run_as::check(&config).await?;
+    Ok(config)
 }
 
 /// Creates the data directory and makes its path absolute, since artifact

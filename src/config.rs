@@ -28,6 +28,7 @@ pub struct Config {
     pub worker: WorkerConfig,
     pub retention: RetentionConfig,
     pub cache: CacheSettings,
+    pub callbacks: CallbacksConfig,
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub secrets: SecretsConfig,
@@ -108,6 +109,14 @@ pub struct WorkerConfig {
     pub cache_input_timeout_seconds: u64,
     pub supervisor_program: String,
     pub pass_through_env: Vec<String>,
+    pub run_as_user: String,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CallbacksConfig {
+    pub webhook_allow: Vec<String>,
+    pub webhook_timeout_seconds: u64,
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -246,6 +255,18 @@ impl Config {
                 return Err(ConfigError(format!("secrets.key {e}")));
             }
         }
+        if self.callbacks.webhook_timeout_seconds == 0 {
+            return fail("callbacks.webhook_timeout_seconds must be at least 1");
+        }
+        if let Err(message) = crate::domain::webhook::Policy::new(&self.callbacks.webhook_allow) {
+            return fail(&message);
+        }
+        if let Some(name) = self.worker.pass_through_env.iter().find(|n| is_service_variable(n)) {
+            return fail(&format!(
+                "worker.pass_through_env must not pass {name} to steps: it is the service's own \
+                 configuration (database URL, tokens, keys); give a step what it needs in its Env"
+            ));
+        }
         self.validate_auth()
     }
 
@@ -275,23 +296,14 @@ impl Config {
     }
 }
 
-/// Hides the password of a connection string.
-pub fn redact_url(url: &str) -> String {
-    match url.split_once("://") {
-        Some((scheme, rest)) => match rest.rsplit_once('@') {
-            Some((userinfo, host)) => {
-                let user = userinfo.split(':').next().unwrap_or("");
-                if userinfo.contains(':') {
-                    format!("{scheme}://{user}:***@{host}")
-                } else {
-                    format!("{scheme}://{user}@{host}")
-                }
-            }
-            None => url.to_string(),
-        },
-        None => "***".to_string(),
-    }
+/// Whether the environment variable `name` configures the service itself
+/// (its database URL and password, tokens, keys), which no step may see.
+pub fn is_service_variable(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("STEPWISE_") || matches!(upper.as_str(), "DATABASE_URL" | "PGPASSWORD" | "PGPASSFILE")
 }
+
+pub use crate::redact::redact_url;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -305,6 +317,7 @@ impl fmt::Debug for Config {
             .field("worker", &self.worker)
             .field("retention", &self.retention)
             .field("cache", &self.cache)
+            .field("callbacks", &self.callbacks)
             .field("log", &self.log)
             .field("auth", &self.auth)
             // The [secrets] section: where its key comes from, never the key.
@@ -394,8 +407,24 @@ mod tests {
     }
 
     #[test]
-    fn redacts_passwords() {
-        assert_eq!(redact_url("postgres://u:pw@h:5432/d"), "postgres://u:***@h:5432/d");
-        assert_eq!(redact_url("postgres://u@h/d"), "postgres://u@h/d");
+    fn service_configuration_cannot_be_passed_to_steps() {
+        for name in [
+            "STEPWISE_DATABASE_URL",
+            "stepwise_auth__admin_token",
+            "DATABASE_URL",
+            "PGPASSWORD",
+        ] {
+            let mut c = Config::defaults();
+            c.worker.pass_through_env.push(name.to_string());
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(name) && err.contains("worker.pass_through_env"), "{err}");
+        }
+        let mut c = Config::defaults();
+        c.callbacks.webhook_allow = vec!["not a host".into()];
+        assert!(c
+            .validate()
+            .unwrap_err()
+            .to_string()
+            .contains("callbacks.webhook_allow"));
     }
 }

@@ -11,6 +11,7 @@ pub mod engine;
 pub mod executor;
 pub mod ids;
 pub mod notify;
+pub mod redact;
 pub mod secrets;
 pub mod store;
 pub mod telemetry;

@@ -9,6 +9,7 @@ use stepwise::{
     app::{self, App},
     config::{Config, LogFormat, Overrides},
     executor::supervisor,
+    redact::Redactor,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -114,9 +115,10 @@ async fn run() -> anyhow::Result<()> {
         }),
     };
     let config = Config::load(&overrides)?;
-    telemetry::init(&config.log);
+    let redactor = Redactor::for_config(&config);
+    telemetry::init(&config.log, redactor.clone());
     let shutdown = shutdown_on_signal();
-    match cli.command.unwrap_or(Command::Serve) {
+    let result = match cli.command.unwrap_or(Command::Serve) {
         Command::Serve => App::build(config).await?.run(shutdown).await,
         Command::Worker => app::run_workers(config, shutdown).await,
         Command::Migrate => {
@@ -126,7 +128,14 @@ async fn run() -> anyhow::Result<()> {
         }
         Command::Token(command) => token_command(&config, command).await,
         Command::Openapi | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
+    };
+    // The error is printed here, not by the runtime, so that it is scrubbed
+    // of the database URL's credentials like every log line.
+    if let Err(e) = result {
+        eprintln!("Error: {}", redactor.scrub(&format!("{e:#}")));
+        std::process::exit(1);
     }
+    Ok(())
 }
 
 async fn token_command(config: &Config, command: TokenCommand) -> anyhow::Result<()> {

@@ -15,6 +15,7 @@ pub mod params;
 pub mod retry;
 pub mod secrets;
 pub mod selective;
+pub mod webhook;
 
 use std::fmt;
 

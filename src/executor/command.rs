@@ -91,6 +91,13 @@ pub async fn run(
             return (StepOutcome::failed(SERVICE_FAULT, message), None);
         }
     }
+    let prepared = ctx.supervisor.step_user().and_then(|user| match user {
+        Some(user) => super::run_as::prepare(user, &dirs.work, &dirs.artifacts, &dirs.outputs),
+        None => Ok(()),
+    });
+    if let Err(message) = prepared {
+        return (StepOutcome::failed(SERVICE_FAULT, message), None);
+    }
     let request = match spawn_request(ctx, args, &dirs, mask) {
         Ok(r) => r,
         Err(outcome) => return (outcome, None),
@@ -225,6 +232,8 @@ fn spawn_request(
         args: rest,
         env,
         mask,
+        // Set by the supervisor handle, which knows worker.run_as_user.
+        user: None,
     })
 }
 

@@ -8,6 +8,7 @@ pub mod command;
 pub mod inputs;
 pub mod log;
 pub mod mask;
+pub mod run_as;
 pub mod secrets;
 pub mod supervised;
 pub mod supervisor;

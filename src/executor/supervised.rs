@@ -21,11 +21,17 @@ use tokio::{
     sync::mpsc,
 };
 
-use super::supervisor::{Event, Report, Request, Spawn, SUBCOMMAND};
+use super::{
+    run_as::StepUser,
+    supervisor::{Event, Report, Request, Spawn, SUBCOMMAND},
+};
 
 /// Starts commands under the supervisor. One per worker pool.
 pub struct Supervisor {
     program: String,
+    /// `worker.run_as_user`, resolved; an error fails every command step
+    /// rather than run it as the service's own user.
+    user: Result<Option<StepUser>, String>,
     helper: tokio::sync::Mutex<Option<Arc<Helper>>>,
     next_id: AtomicU64,
 }
@@ -46,10 +52,12 @@ pub struct SupervisedStep {
 }
 
 impl Supervisor {
-    /// `program` is the stepwise binary to run as `stepwise supervise`.
-    pub fn new(program: String) -> Supervisor {
+    /// `program` is the stepwise binary to run as `stepwise supervise`;
+    /// `run_as_user` is `worker.run_as_user`.
+    pub fn new(program: String, run_as_user: &str) -> Supervisor {
         Supervisor {
             program,
+            user: super::run_as::resolve(run_as_user),
             helper: tokio::sync::Mutex::new(None),
             next_id: AtomicU64::new(1),
         }
@@ -57,6 +65,7 @@ impl Supervisor {
 
     /// Asks the supervisor to start `spawn` (its `id` is assigned here).
     pub async fn spawn(&self, mut spawn: Spawn) -> Result<SupervisedStep, String> {
+        spawn.user = self.step_user()?;
         let helper = self.helper().await?;
         spawn.id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, events) = mpsc::unbounded_channel();
@@ -75,6 +84,11 @@ impl Supervisor {
         };
         helper.send(&Request::Spawn(spawn))?;
         Ok(step)
+    }
+
+    /// Who command steps run as (`None`: the service's own user).
+    pub fn step_user(&self) -> Result<Option<StepUser>, String> {
+        self.user.clone()
     }
 
     async fn helper(&self) -> Result<Arc<Helper>, String> {
@@ -97,6 +111,9 @@ impl Helper {
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
+            // It needs nothing from the environment, and a step running as
+            // the same user could read its /proc/<pid>/environ.
+            .env_clear()
             // Its own group: a Ctrl-C meant for the worker does not reach
             // it, and it stays behind to end the steps if the worker dies.
             .process_group(0);

@@ -54,7 +54,7 @@ use nix::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{log::BoundedLog, mask::Masker};
+use super::{log::BoundedLog, mask::Masker, run_as::StepUser};
 
 /// The subcommand name; `main` dispatches on it before parsing flags.
 pub const SUBCOMMAND: &str = "supervise";
@@ -86,6 +86,9 @@ pub struct Spawn {
     /// Values replaced by `***` in the log (the secrets the step received).
     #[serde(default)]
     pub mask: Vec<String>,
+    /// Run as this user (`worker.run_as_user`), or as the supervisor's own.
+    #[serde(default)]
+    pub user: Option<StepUser>,
 }
 
 impl std::fmt::Debug for Spawn {
@@ -97,6 +100,7 @@ impl std::fmt::Debug for Spawn {
             .field("program", &self.program)
             .field("env", &env)
             .field("mask", &format_args!("{} values", self.mask.len()))
+            .field("user", &self.user)
             .finish_non_exhaustive()
     }
 }
@@ -155,6 +159,12 @@ type Table = Arc<(Mutex<HashMap<u64, Running>>, Condvar)>;
 
 /// Entry point of `stepwise supervise`; returns the process exit code.
 pub fn main() -> i32 {
+    if std::env::args_os()
+        .nth(2)
+        .is_some_and(|a| a == super::run_as::CHECK_ARG)
+    {
+        return super::run_as::check_capabilities();
+    }
     let out: Out = Arc::new(Mutex::new(std::io::stdout()));
     let table: Table = Arc::default();
     for line in std::io::stdin().lock().lines() {
@@ -345,6 +355,10 @@ fn spawn(args: &Spawn) -> Result<(Child, File), Report> {
         .stderr(Stdio::from(write2))
         // Its own group, so every process it starts can be ended with it.
         .process_group(0);
+    if let Some(user) = args.user {
+        // The standard library also drops the supplementary groups.
+        command.uid(user.uid).gid(user.gid);
+    }
     let spawned = command.spawn();
     // Our copies of the write end must close, or the pipe never ends.
     drop(command);
@@ -422,6 +436,7 @@ mod tests {
             args: vec!["-c".into(), "echo hi".into()],
             env: vec![("A".into(), "1".into())],
             mask: vec!["hunter2".into()],
+            user: Some(StepUser { uid: 65534, gid: 65534 }),
         };
         assert!(!format!("{spawn:?}").contains("hunter2"));
         let line = serde_json::to_string(&Request::Spawn(spawn.clone())).unwrap();

@@ -5,6 +5,7 @@
 //! deadline, then ends and releases what is left for another worker.
 
 pub mod maintenance;
+pub mod webhook;
 
 use std::{
     collections::HashMap,
@@ -57,7 +58,7 @@ struct Inner {
     /// Cancelled at the end of the shutdown grace period: running steps are
     /// ended and released rather than reported.
     abandon: CancellationToken,
-    http: reqwest::Client,
+    webhooks: webhook::Webhooks,
     supervisor: executor::supervised::Supervisor,
     keyring: Keyring,
 }
@@ -68,17 +69,17 @@ impl WorkerPool {
             inner: Arc::new(Inner {
                 keyring,
                 arns: Arns::new(&config.arn),
-                supervisor: executor::supervised::Supervisor::new(executor::command::supervisor_program(&config)),
+                supervisor: executor::supervised::Supervisor::new(
+                    executor::command::supervisor_program(&config),
+                    &config.worker.run_as_user,
+                ),
+                webhooks: webhook::Webhooks::new(&config.callbacks),
                 db,
                 config,
                 notifier,
                 worker_id: Uuid::now_v7(),
                 running: Mutex::new(HashMap::new()),
                 abandon: CancellationToken::new(),
-                http: reqwest::Client::builder()
-                    .timeout(Duration::from_secs(10))
-                    .build()
-                    .expect("HTTP client builds"),
             }),
         }
     }
@@ -400,7 +401,10 @@ impl WorkerPool {
     }
 
     /// Sends the callback token to the step's webhook. A webhook that cannot
-    /// be reached fails the attempt as a service fault (retried by default).
+    /// be reached, or answers other than 2xx, fails the attempt as a service
+    /// fault (retried by default); one the policy refuses (its scheme, an
+    /// inward address) fails it as `Step.INPUT_ERROR`, since calling again
+    /// cannot help.
     async fn call_webhook(&self, step: &ClaimedStep, token: Uuid, url: &str, arguments: Value) -> anyhow::Result<()> {
         let body = json!({
             "token": token,
@@ -408,16 +412,14 @@ impl WorkerPool {
             "step_name": step.step_name,
             "arguments": arguments,
         });
-        let result = self.inner.http.post(url).json(&body).send().await;
-        let failure = match result {
-            Ok(r) if r.status().is_success() => None,
-            Ok(r) => Some(format!("the callback webhook {url} answered {}", r.status())),
-            Err(e) => Some(format!("the callback webhook {url} could not be reached: {e}")),
+        let (error_type, message) = match self.inner.webhooks.post(url, &body).await {
+            Ok(()) => return Ok(()),
+            Err(webhook::Failure::Refused(message)) => (executor::INPUT_ERROR, message),
+            Err(webhook::Failure::Failed(message)) => ("Step.SERVICE_FAULT", message),
         };
-        if let Some(message) = failure {
-            let outcome = StepOutcome::failed("Step.SERVICE_FAULT", message);
-            engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await?;
-        }
+        tracing::warn!(error = %message, "the callback webhook failed");
+        let outcome = StepOutcome::failed(error_type, message);
+        engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await?;
         Ok(())
     }
 }

@@ -79,6 +79,8 @@ impl TestApp {
         // The app runs inside this test binary: steps are supervised by the real one.
         config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
         config.auth.admin_token = TEST_TOKEN.into();
+        // Tests' webhook receivers listen on loopback, which is refused by default.
+        config.callbacks.webhook_allow = vec!["127.0.0.0/8".into()];
         configure(&mut config);
         let app = App::build_with_pool(config, db.clone()).await.expect("app builds");
         let base = format!("http://127.0.0.1:{}", app.port());

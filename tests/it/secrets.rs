@@ -346,7 +346,7 @@ async fn a_secret_reaches_the_process_and_nothing_else(db: PgPool) {
     let server = StepwiseProcess::serve(&url, data_dir.path(), &[("RUST_LOG", "debug")]).await;
     let client = Client {
         base: server.base_url.clone().unwrap(),
-        http: reqwest::Client::new(),
+        http: crate::helpers::authed_client(std::time::Duration::from_secs(120)),
     };
     let put = reqwest::Method::PUT;
     let first = unique_value("first");
