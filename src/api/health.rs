@@ -21,7 +21,7 @@ async fn healthz() -> Json<Value> {
 
 /// 200 while the database answers, 503 otherwise.
 async fn readyz(State(state): State<AppState>) -> ApiResult<Json<Value>> {
-    let probe = sqlx::query("select 1").execute(&state.db);
+    let probe = crate::store::ping(&state.db);
     match tokio::time::timeout(std::time::Duration::from_secs(2), probe).await {
         Ok(Ok(_)) => Ok(Json(json!({"status": "ok"}))),
         _ => Err(ApiError::new(ErrorCode::Unavailable, "the database is not reachable")),

@@ -158,6 +158,11 @@ async fn create_database(options: &PgConnectOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// One round trip to the database (the readiness probe).
+pub async fn ping(db: &PgPool) -> Result<(), sqlx::Error> {
+    sqlx::query("select 1").execute(db).await.map(|_| ())
+}
+
 /// Applies the embedded migrations; sqlx takes an advisory lock so several
 /// processes starting together do not race.
 pub async fn migrate(pool: &PgPool) -> anyhow::Result<()> {
