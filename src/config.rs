@@ -340,6 +340,23 @@ mod tests {
 
     #[test]
     #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn auth_settings_come_from_the_environment() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEPWISE_API__ALLOWED_HOSTS", r#"["stepwise.internal", "10.0.0.5"]"#);
+            jail.set_env("STEPWISE_AUTH__ADMIN_TOKEN", "sw_an_admin_token_from_the_env_0123");
+            let c = Config::load(&Overrides::default()).unwrap();
+            assert_eq!(c.api.allowed_hosts, ["stepwise.internal", "10.0.0.5"]);
+            assert!(c.auth.enabled);
+            assert!(!format!("{c:?}").contains("sw_an_admin_token"));
+            jail.set_env("STEPWISE_AUTH__ADMIN_TOKEN", "short");
+            let e = Config::load(&Overrides::default()).unwrap_err().to_string();
+            assert!(e.contains("auth.admin_token must be"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
     fn env_layers_override_file_and_defaults() {
         figment::Jail::expect_with(|jail| {
             jail.create_file("extra.toml", "listen = \"127.0.0.1:9000\"\n[worker]\nconcurrency = 3\n")?;
