@@ -475,3 +475,16 @@ fn walk_files(dir: &Path) -> String {
     }
     all
 }
+
+#[sqlx::test]
+async fn a_forged_next_token_holding_a_nul_is_a_400(db: PgPool) {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let app = TestApp::spawn(db).await;
+    // A page token is base64 of JSON; this one decodes to "\u0000", which
+    // PostgreSQL cannot compare as text.
+    let forged = URL_SAFE_NO_PAD.encode(br#""\u0000""#);
+    for path in ["/v1/secrets", "/v1/pipelines"] {
+        let resp = app.get(&format!("{path}?next_token={forged}")).await;
+        resp.expect_error(400, "ValidationError");
+    }
+}
