@@ -24,9 +24,14 @@ pub fn encode<K: Serialize>(key: &K) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).expect("sort keys serialize"))
 }
 
+/// The answer to a `next_token` this server did not return.
+pub fn bad_token() -> ApiError {
+    ApiError::invalid("?next_token", "next_token is not a token this server returned")
+}
+
 pub fn decode<K: DeserializeOwned>(token: Option<&str>) -> Result<Option<K>, ApiError> {
     let Some(token) = token else { return Ok(None) };
-    let bad = || ApiError::invalid("?next_token", "next_token is not a token this server returned");
+    let bad = bad_token;
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
     let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
     // No token this server returns holds a NUL, which PostgreSQL cannot
