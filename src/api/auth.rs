@@ -198,7 +198,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ));
         }
     }
-    if has_body(headers) && !is_json(headers) {
+    // An empty form post (`Content-Length: 0`) is a body-less request a
+    // page can send cross-site without a preflight: a declared type must
+    // be JSON too, unless the method reads.
+    let declares_type =
+        headers.contains_key(header::CONTENT_TYPE) && !matches!(*request.method(), Method::GET | Method::HEAD);
+    if (has_body(headers) || declares_type) && !is_json(headers) {
         let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())

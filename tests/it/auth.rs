@@ -151,6 +151,17 @@ async fn browser_requests_are_refused(app: &TestApp, client: &reqwest::Client) {
         )
         .await;
     plain.expect_error(415, "UnsupportedMediaType");
+    // An empty form post (no body, a form's Content-Type), as a page sends
+    // to a route that needs no body.
+    let empty_form = app
+        .raw(
+            client
+                .post(format!("{}/v1/executions/{}/stop", app.base, uuid::Uuid::new_v4()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-length", "0"),
+        )
+        .await;
+    empty_form.expect_error(415, "UnsupportedMediaType");
     // A cross-site request (the page's Origin) with a JSON body.
     let foreign_origin = app
         .raw(
