@@ -76,8 +76,11 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("DELETE", "/v1/secrets/{name}", Needs(Admin)),
 ];
 
-/// What `method` on the route template `route` needs.
+/// What `method` on the route template `route` needs. `HEAD` is a `GET`
+/// without its body (axum serves it with the `GET` handler), so it needs
+/// what `GET` needs.
 pub fn access(method: &Method, route: &str) -> Access {
+    let method = if method == Method::HEAD { &Method::GET } else { method };
     POLICY
         .iter()
         .find(|(m, r, _)| *m == method.as_str() && *r == route)
@@ -136,17 +139,28 @@ fn normalize_host(host: &str) -> String {
 }
 
 /// The host part of a `Host` header or an origin's authority (`name`,
-/// `name:port`, `[v6]:port`), normalized.
+/// `name:port`, `[v6]:port`), normalized. Anything else (a port that is not
+/// digits, an unclosed bracket) comes back whole, which no allowed name is.
 fn host_of(authority: &str) -> String {
-    let host = if let Some(rest) = authority.strip_prefix('[') {
-        rest.split(']').next().map(|v6| format!("[{v6}]")).unwrap_or_default()
-    } else {
-        authority
-            .rsplit_once(':')
-            .map_or(authority, |(host, _port)| host)
-            .to_string()
+    let split = match authority.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map(|(v6, after)| (format!("[{v6}]"), after)),
+        None => Some(match authority.rsplit_once(':') {
+            Some((host, _)) => (host.to_string(), &authority[host.len()..]),
+            None => (authority.to_string(), ""),
+        }),
     };
-    normalize_host(&host)
+    match split {
+        Some((host, after)) if port_ok(after) => normalize_host(&host),
+        _ => authority.trim().to_ascii_lowercase(),
+    }
+}
+
+/// Whether what follows the host is nothing or `:` and a port's digits.
+fn port_ok(after: &str) -> bool {
+    after.is_empty()
+        || after
+            .strip_prefix(':')
+            .is_some_and(|p| p.bytes().all(|b| b.is_ascii_digit()))
 }
 
 fn forbidden(message: String) -> Response {
@@ -162,14 +176,19 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
     // Probes come from orchestrators that name the machine as they please;
     // they read nothing but "ok".
     let is_probe = matches!(path, "/healthz" | "/readyz");
-    let Some(host) = headers.get(header::HOST).and_then(|h| h.to_str().ok()) else {
-        return forbidden("the request has no Host header".into());
+    let mut hosts = headers.get_all(header::HOST).iter();
+    let (Some(host), None) = (hosts.next().and_then(|h| h.to_str().ok()), hosts.next()) else {
+        return forbidden("the request must have exactly one Host header".into());
     };
-    if !is_probe && !state.allowed_hosts.allows(&host_of(host)) {
-        return forbidden(format!(
-            "host {:?} is not an allowed name for this server; add it to api.allowed_hosts",
-            host_of(host)
-        ));
+    // An absolute-form target (`GET http://name/path`) names the host too,
+    // and HTTP says it wins over the header: both must be allowed.
+    let named = std::iter::once(host_of(host)).chain(request.uri().authority().map(|a| host_of(a.as_str())));
+    for name in named {
+        if !is_probe && !state.allowed_hosts.allows(&name) {
+            return forbidden(format!(
+                "host {name:?} is not an allowed name for this server; add it to api.allowed_hosts"
+            ));
+        }
     }
     if let Some(origin) = headers.get(header::ORIGIN) {
         let origin = origin.to_str().unwrap_or("");
@@ -179,7 +198,12 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ));
         }
     }
-    if has_body(headers) && !is_json(headers) {
+    // An empty form post (`Content-Length: 0`) is a body-less request a
+    // page can send cross-site without a preflight: a declared type must
+    // be JSON too, unless the method reads.
+    let declares_type =
+        headers.contains_key(header::CONTENT_TYPE) && !matches!(*request.method(), Method::GET | Method::HEAD);
+    if (has_body(headers) || declares_type) && !is_json(headers) {
         let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -288,6 +312,11 @@ mod tests {
         assert_eq!(host_of("[::1]:8080"), "[::1]");
         assert_eq!(host_of("[0:0::1]"), "[::1]");
         assert_eq!(host_of("evil.example:80"), "evil.example");
+        assert_eq!(host_of("localhost:"), "localhost");
+        // Not host[:port]: returned whole, so no allowed name matches.
+        assert_eq!(host_of("localhost:evil.example"), "localhost:evil.example");
+        assert_eq!(host_of("[::1"), "[::1");
+        assert_eq!(host_of("[::1]evil"), "[::1]evil");
     }
 
     #[test]
@@ -326,5 +355,8 @@ mod tests {
             access(&Method::POST, "/v1/pipelines/{name}/executions"),
             Needs(Operator)
         );
+        assert_eq!(access(&Method::HEAD, "/healthz"), Open);
+        assert_eq!(access(&Method::HEAD, "/v1/pipelines"), Needs(Viewer));
+        assert_eq!(access(&Method::HEAD, "/v1/new-thing"), Needs(Admin));
     }
 }

@@ -10,7 +10,7 @@ use axum::{
     routing::{delete, get, post},
     Json, Router,
 };
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Datelike, Utc};
 use futures::{stream, Stream, StreamExt};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -306,6 +306,11 @@ async fn list(
         }
     }
     let after: Option<(DateTime<Utc>, Uuid)> = pagination::decode(q.next_token.as_deref())?;
+    // A forged time PostgreSQL cannot hold (before 4713 BC) would be its
+    // error; no execution this server lists was created outside these years.
+    if after.is_some_and(|(at, _)| !(1..=9999).contains(&at.year())) {
+        return Err(pagination::bad_token());
+    }
     let pipeline = store::pipelines::get(&state.db, &name, None).await?;
     let rows = store::executions::list(&state.db, pipeline.id, q.status.as_deref(), after, limit).await?;
     let next_token = pagination::next_token(&rows, limit, |r| (r.created_at, r.id));

@@ -24,11 +24,22 @@ pub fn encode<K: Serialize>(key: &K) -> String {
     URL_SAFE_NO_PAD.encode(serde_json::to_vec(key).expect("sort keys serialize"))
 }
 
+/// The answer to a `next_token` this server did not return.
+pub fn bad_token() -> ApiError {
+    ApiError::invalid("?next_token", "next_token is not a token this server returned")
+}
+
 pub fn decode<K: DeserializeOwned>(token: Option<&str>) -> Result<Option<K>, ApiError> {
     let Some(token) = token else { return Ok(None) };
-    let bad = || ApiError::invalid("?next_token", "next_token is not a token this server returned");
+    let bad = bad_token;
     let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| bad())?;
-    serde_json::from_slice(&bytes).map(Some).map_err(|_| bad())
+    let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|_| bad())?;
+    // No token this server returns holds a NUL, which PostgreSQL cannot
+    // take as text: a forged one is refused here, not by the database.
+    if crate::domain::find_nul(&value).is_some() {
+        return Err(bad());
+    }
+    serde_json::from_value(value).map(Some).map_err(|_| bad())
 }
 
 /// The token for the page after `items`, when the page was full.

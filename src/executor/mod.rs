@@ -90,8 +90,8 @@ impl Resolver for StepContext<'_> {
             .get("ArtifactsUri")
             .and_then(Value::as_str)
             .ok_or_else(|| format!("step {step:?} has no ArtifactsUri"))?;
-        let path = artifacts_path(uri).join(file);
-        let text = read_small_file(&path, self.config.worker.max_outputs_bytes)
+        let dir = artifacts_path(uri);
+        let text = read_small_file(&dir.join(file), &dir, self.config.worker.max_outputs_bytes)
             .map_err(|e| format!("cannot read {file:?} from the artifacts of step {step:?}: {e}"))?;
         serde_json::from_slice(&text)
             .map_err(|e| format!("{file:?} in the artifacts of step {step:?} is not JSON: {e}"))
@@ -105,13 +105,17 @@ impl Resolver for StepContext<'_> {
     }
 }
 
-/// Reads a regular file of at most `max` bytes. Evaluation is synchronous,
-/// so this must not block: anything but a regular file (a FIFO, a device)
-/// is refused before it is opened, and it is opened non-blocking in case it
-/// was swapped for one in between.
-fn read_small_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
+/// Reads a regular file of at most `max` bytes that lies inside `within`.
+/// Evaluation is synchronous, so this must not block: anything but a
+/// regular file (a FIFO, a device) is refused before it is opened, and it is
+/// opened non-blocking in case it was swapped for one in between. The step
+/// owns its artifacts directory (with `worker.run_as_user`, as another
+/// user): a symbolic link it left there must not make this process read a
+/// file the step itself cannot, so the file actually opened must be inside
+/// `within`.
+fn read_small_file(path: &Path, within: &Path, max: u64) -> std::io::Result<Vec<u8>> {
     use std::io::{Error, ErrorKind, Read};
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
     let not_regular = || Error::new(ErrorKind::InvalidInput, "not a regular file");
     if !std::fs::metadata(path)?.is_file() {
         return Err(not_regular());
@@ -120,6 +124,13 @@ fn read_small_file(path: &Path, max: u64) -> std::io::Result<Vec<u8>> {
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)?;
+    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
+    if !opened.starts_with(std::fs::canonicalize(within)?) {
+        return Err(Error::new(
+            ErrorKind::PermissionDenied,
+            "it leads (through a symbolic link) outside the step's artifacts directory",
+        ));
+    }
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(not_regular());

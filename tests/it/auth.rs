@@ -151,6 +151,17 @@ async fn browser_requests_are_refused(app: &TestApp, client: &reqwest::Client) {
         )
         .await;
     plain.expect_error(415, "UnsupportedMediaType");
+    // An empty form post (no body, a form's Content-Type), as a page sends
+    // to a route that needs no body.
+    let empty_form = app
+        .raw(
+            client
+                .post(format!("{}/v1/executions/{}/stop", app.base, uuid::Uuid::new_v4()))
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("content-length", "0"),
+        )
+        .await;
+    empty_form.expect_error(415, "UnsupportedMediaType");
     // A cross-site request (the page's Origin) with a JSON body.
     let foreign_origin = app
         .raw(
@@ -442,4 +453,72 @@ async fn a_viewer_does_not_see_callback_tokens(db: PgPool) {
     );
     let resp = call(&app, &operator, "GET", &format!("/v1/executions/{id}/steps/Approve")).await;
     assert!(resp.text.contains(&token));
+}
+
+/// The status of one raw HTTP/1.1 request, for what reqwest will not send
+/// (two Host headers, an absolute-form target).
+async fn raw_status(app: &TestApp, request: &str) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(app.base.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut response = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), stream.read_to_end(&mut response)).await;
+    let text = String::from_utf8_lossy(&response);
+    text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[sqlx::test]
+async fn head_needs_what_get_needs(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    // Probes and the API description are open to HEAD as to GET.
+    for path in ["/healthz", "/readyz", "/openapi.yaml"] {
+        let resp = app
+            .raw(reqwest::Client::new().head(format!("{}{path}", app.base)))
+            .await;
+        assert_eq!(resp.status, 200, "HEAD {path}");
+    }
+    let viewer = token_with_role(&app, "head-viewer", "viewer").await;
+    let viewer = client_with_token(&viewer, Duration::from_secs(30));
+    let resp = app.raw(viewer.head(format!("{}/v1/pipelines", app.base))).await;
+    assert_eq!(resp.status, 200, "a viewer may HEAD what it may GET");
+    let resp = app.raw(viewer.head(format!("{}/v1/tokens", app.base))).await;
+    assert_eq!(resp.status, 403, "but not an admin's route");
+    let resp = app
+        .raw(reqwest::Client::new().head(format!("{}/v1/pipelines", app.base)))
+        .await;
+    assert_eq!(resp.status, 401);
+}
+
+#[sqlx::test]
+async fn host_tricks_are_refused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let auth = format!("Authorization: Bearer {TEST_TOKEN}\r\nConnection: close\r\n");
+    let ok = raw_status(
+        &app,
+        &format!("GET /v1/pipelines HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n"),
+    )
+    .await;
+    assert_eq!(ok, 200);
+    for (what, request) in [
+        (
+            "a second, foreign Host",
+            format!("GET /v1/pipelines HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n{auth}\r\n"),
+        ),
+        (
+            "a port that is a host name",
+            format!("GET /v1/pipelines HTTP/1.1\r\nHost: localhost:evil.example\r\n{auth}\r\n"),
+        ),
+        (
+            "an unclosed IPv6 bracket",
+            format!("GET /v1/pipelines HTTP/1.1\r\nHost: [::1\r\n{auth}\r\n"),
+        ),
+        (
+            "an absolute-form target naming a foreign host",
+            format!("GET http://evil.example/v1/pipelines HTTP/1.1\r\nHost: 127.0.0.1\r\n{auth}\r\n"),
+        ),
+    ] {
+        assert_eq!(raw_status(&app, &request).await, 403, "{what}");
+    }
 }

@@ -475,3 +475,31 @@ fn walk_files(dir: &Path) -> String {
     }
     all
 }
+
+#[sqlx::test]
+async fn forged_next_tokens_are_a_400_not_a_database_error(db: PgPool) {
+    use base64::{engine::general_purpose::URL_SAFE_NO_PAD, Engine};
+    let app = TestApp::spawn(db).await;
+    // A page token is base64 of JSON; this one decodes to "\u0000", which
+    // PostgreSQL cannot compare as text.
+    let forged = URL_SAFE_NO_PAD.encode(br#""\u0000""#);
+    for path in ["/v1/secrets", "/v1/pipelines"] {
+        let resp = app.get(&format!("{path}?next_token={forged}")).await;
+        resp.expect_error(400, "ValidationError");
+    }
+    // An executions token is (created_at, id): a time before PostgreSQL's
+    // first representable one was its error too.
+    app.create_pipeline(
+        "paged",
+        definition_with(json!([]), json!([{"Name": "A", "Type": "Pass"}])),
+    )
+    .await;
+    let id = uuid::Uuid::new_v4();
+    for at in ["-262143-01-01T00:00:00Z", "-4714-01-01T00:00:00Z"] {
+        let forged = URL_SAFE_NO_PAD.encode(json!([at, id]).to_string());
+        let resp = app
+            .get(&format!("/v1/pipelines/paged/executions?next_token={forged}"))
+            .await;
+        resp.expect_error(400, "ValidationError");
+    }
+}

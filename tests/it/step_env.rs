@@ -208,3 +208,78 @@ async fn a_supervisor_that_cannot_switch_users_says_so() {
         "{said}"
     );
 }
+
+#[sqlx::test]
+async fn a_property_file_linked_outside_the_artifacts_is_not_read_for_the_step(db: PgPool) {
+    let data = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(data.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // A JSON file only the service's user may read (cloud credentials, say).
+    let private = data.path().join("private.json");
+    let value = secret(6);
+    std::fs::write(&private, json!({"cred": value}).to_string()).unwrap();
+    std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let url = database_url(&db).await;
+    let env = [("STEPWISE_WORKER__RUN_AS_USER", "nobody")];
+    let server = StepwiseProcess::serve(&url, data.path(), &env).await;
+    let base = server.base_url.clone().unwrap();
+    let client = client_with_token(TEST_TOKEN, Duration::from_secs(120));
+    // The step cannot read the file, but leaves a link to it as its
+    // property file; the next step reads the property file.
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Plant", "Type": "Command",
+             "Arguments": {"Shell": format!("ln -s {} \"$STEPWISE_ARTIFACTS/report.json\"", private.display())},
+             "PropertyFiles": [{"PropertyFileName": "Report", "FilePath": "report.json"}]},
+            {"Name": "Read", "Type": "Pass",
+             "Arguments": {"stolen": {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.Plant.PropertyFiles.Report"}, "Path": "cred"}}}}
+        ]),
+    );
+    let resp = client
+        .post(format!("{base}/v1/pipelines"))
+        .json(&json!({"name": "plant", "definition": definition}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let started: Value = client
+        .post(format!("{base}/v1/pipelines/plant/executions"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = started["execution_id"].as_str().unwrap().to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+    let execution = loop {
+        let execution: Value = client
+            .get(format!("{base}/v1/executions/{id}?wait_seconds=20"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if matches!(execution["status"].as_str(), Some("Succeeded" | "Failed" | "Stopped")) {
+            break execution;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the execution did not end: {execution}"
+        );
+    };
+    let steps = client
+        .get(format!("{base}/v1/executions/{id}/steps"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!steps.contains(&value), "the private file reached the steps: {steps}");
+    assert_eq!(execution["status"], "Failed", "{execution}");
+    let reason = execution["failure_reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("outside the step's artifacts directory"), "{reason}");
+}
