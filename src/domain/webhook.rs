@@ -58,8 +58,9 @@ impl Policy {
 }
 
 /// The kind of a restricted address, `None` for a public one. IPv4 inside
-/// IPv6 (mapped `::ffff:a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`) is judged as the
-/// IPv4 address it reaches.
+/// IPv6 (mapped `::ffff:a.b.c.d`, translated `::ffff:0:a.b.c.d`, the
+/// deprecated compatible `::a.b.c.d`, NAT64 `64:ff9b::a.b.c.d`, 6to4
+/// `2002:AABB:CCDD::`) is judged as the IPv4 address it reaches.
 pub fn restricted_kind(ip: IpAddr) -> Option<&'static str> {
     match canonical(ip) {
         IpAddr::V4(v4) => v4_kind(v4),
@@ -72,11 +73,17 @@ fn canonical(ip: IpAddr) -> IpAddr {
     match ip {
         IpAddr::V6(v6) => {
             let s = v6.segments();
+            let [_, _, o2, o3, o4, o5, _, _, _, _, _, _, a, b, c, d] = v6.octets();
+            let last = Ipv4Addr::new(a, b, c, d);
             if let Some(v4) = v6.to_ipv4_mapped() {
                 IpAddr::V4(v4)
-            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
-                let [_, _, _, _, _, _, _, _, _, _, _, _, a, b, c, d] = v6.octets();
-                IpAddr::V4(Ipv4Addr::new(a, b, c, d))
+            } else if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0]
+                || s[..6] == [0, 0, 0, 0, 0xffff, 0]
+                || (s[..6] == [0, 0, 0, 0, 0, 0] && !v6.is_loopback() && !v6.is_unspecified())
+            {
+                IpAddr::V4(last)
+            } else if s[0] == 0x2002 {
+                IpAddr::V4(Ipv4Addr::new(o2, o3, o4, o5))
             } else {
                 ip
             }
@@ -99,6 +106,8 @@ fn v4_kind(ip: Ipv4Addr) -> Option<&'static str> {
         Some("a shared (carrier-grade NAT) address")
     } else if ip.is_multicast() || ip.is_broadcast() {
         Some("a multicast or broadcast address")
+    } else if a >= 240 || (a == 198 && (b & 0xfe) == 18) {
+        Some("a reserved or benchmarking address")
     } else {
         None
     }
@@ -164,6 +173,12 @@ mod tests {
             "::ffff:127.0.0.1",
             "::ffff:169.254.169.254",
             "64:ff9b::a00:1",
+            "::ffff:0:7f00:1",
+            "::127.0.0.1",
+            "2002:7f00:1::",
+            "2002:a9fe:a9fe::1",
+            "198.18.0.1",
+            "240.0.0.1",
         ] {
             assert!(policy.refusal(ip(s)).is_some(), "{s} should be refused");
         }
@@ -173,6 +188,7 @@ mod tests {
             "100.128.0.1",
             "2606:4700::1111",
             "::ffff:8.8.8.8",
+            "2002:808:808::1",
         ] {
             assert_eq!(policy.refusal(ip(s)), None, "{s} should be allowed");
         }
