@@ -153,8 +153,9 @@ pub async fn run(
         Ended::Lost(message) => StepOutcome::failed(SERVICE_FAULT, message),
         Ended::Exited { code, signal } => exit_outcome(code, signal, &dirs, worker.max_outputs_bytes).await,
     };
-    // The outputs file may hold a secret's value: it goes with the scratch.
-    remove_scratch(&dirs).await;
+    // The outputs file may hold a secret's value: it goes with the scratch,
+    // off the path of the step's report.
+    remove_scratch(dirs);
     (outcome, log)
 }
 
@@ -163,19 +164,20 @@ pub async fn run(
 /// elsewhere): removing them now keeps a step that fills its working
 /// directory from growing the disk with every run. The log file stays (the
 /// API reads it when the database has no log for the attempt) until
-/// retention removes the execution.
-async fn remove_scratch(dirs: &AttemptDirs) {
-    for result in [
-        tokio::fs::remove_dir_all(&dirs.work).await,
-        tokio::fs::remove_file(&dirs.outputs).await,
-    ] {
-        match result {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
-                tracing::warn!(directory = %dirs.run.display(), error = %e, "could not remove a step's scratch files");
+/// retention removes the execution. It runs in the background: the step's
+/// report does not wait for it (a process that dies first leaves the scratch
+/// for retention).
+fn remove_scratch(dirs: AttemptDirs) {
+    tokio::task::spawn_blocking(move || {
+        for result in [std::fs::remove_dir_all(&dirs.work), std::fs::remove_file(&dirs.outputs)] {
+            match result {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    tracing::warn!(directory = %dirs.run.display(), error = %e, "could not remove a step's scratch files");
+                }
+                _ => {}
             }
-            _ => {}
         }
-    }
+    });
 }
 
 /// What the supervisor is asked to run: the program found on the child's
