@@ -235,7 +235,8 @@ async fn stop_ends_the_process_group_and_skips_the_rest(db: PgPool) {
     let app = TestApp::spawn_with(db, |c| c.worker.kill_grace_seconds = 2).await;
     let dir = tempfile::tempdir().unwrap();
     let script = format!(
-        "sleep 300 & echo $! > {d}/child.pid; echo $$ > {d}/shell.pid; wait",
+        // shell.pid first: the test waits for child.pid, then reads both.
+        "echo $$ > {d}/shell.pid; sleep 300 & echo $! > {d}/child.pid; wait",
         d = dir.path().display()
     );
     let definition = definition_with(
