@@ -45,6 +45,20 @@ impl fmt::Display for Issue {
     }
 }
 
+/// A list of names as a person reads it in a message: a JSON list
+/// (`["A", "B"]`), as the SPEC writes them, never Rust's `{"A"}` set syntax.
+pub fn json_list<I>(names: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let items: Vec<String> = names
+        .into_iter()
+        .map(|n| serde_json::Value::from(n.as_ref()).to_string())
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
 /// Appends one reference token to a JSON pointer, escaping `~` and `/` as
 /// RFC 6901 requires so the result can be fed back to `Value::pointer`.
 pub fn pointer_push(base: &str, token: impl fmt::Display) -> String {
