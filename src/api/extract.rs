@@ -9,7 +9,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ErrorCode};
-use crate::domain::Issue;
+use crate::domain::{json_syntax_error, without_position, Issue};
 
 /// A JSON request body. An empty body reads as `{}` so that endpoints whose
 /// fields are all optional can be called with a bare `curl -X POST`.
@@ -67,16 +67,16 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => {
             // Trailing garbage after the document is malformed JSON too.
-            deserializer
-                .end()
-                .map_err(|e| ApiError::invalid("", format!("request body is not valid JSON{}", describe_json(&e))))?;
+            deserializer.end().map_err(|e| {
+                ApiError::invalid("", format!("request body is not valid JSON: {}", json_syntax_error(&e)))
+            })?;
             Ok(value)
         }
         Err(error) => {
             let pointer = pointer_of(error.path());
             let inner = error.into_inner();
             let message = if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                format!("request body is not valid JSON{}", describe_json(&inner))
+                format!("request body is not valid JSON: {}", json_syntax_error(&inner))
             } else if pointer.is_empty() {
                 format!("invalid request body: {}", for_people(&without_position(&inner)))
             } else {
@@ -84,27 +84,6 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
             };
             Err(ApiError::invalid(pointer, message))
         }
-    }
-}
-
-/// serde_json's message without its `at line N column M` suffix.
-fn without_position(error: &serde_json::Error) -> String {
-    let text = error.to_string();
-    let suffix = format!(" at line {} column {}", error.line(), error.column());
-    text.strip_suffix(&suffix).unwrap_or(&text).to_string()
-}
-
-/// A syntax error's position, said the way a person counts it.
-fn describe_json(error: &serde_json::Error) -> String {
-    if error.line() == 0 {
-        format!(": {}", without_position(error))
-    } else {
-        format!(
-            " (line {}, character {}): {}",
-            error.line(),
-            error.column(),
-            without_position(error)
-        )
     }
 }
 
@@ -215,7 +194,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
             let name = e.path().to_string();
-            let message = format!("invalid query parameter {name}: {}", for_people(&e.into_inner().to_string()));
+            let message = format!(
+                "invalid query parameter {name}: {}",
+                for_people(&e.into_inner().to_string())
+            );
             ApiError::validation(message.clone(), vec![Issue::new(format!("?{name}"), message)])
         })
     }

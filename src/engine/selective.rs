@@ -13,8 +13,9 @@ use super::start::{resolve_parameters, SelectiveRequest, StartError, StepPlan};
 use crate::{
     domain::{
         definition::{parse_definition, Definition},
+        json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
-        json_list, Issue,
+        Issue,
     },
     ids::Arns,
     store::{

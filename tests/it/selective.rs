@@ -607,7 +607,12 @@ async fn inherit_parameters_without_a_source_picks_the_source_first(db: PgPool) 
 
     // Nothing to inherit from yet: a message about inheriting, not a
     // contradiction.
-    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Prepare"], "inherit_parameters": true})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"selected_steps": ["Prepare"], "inherit_parameters": true}),
+    )
+    .await;
     let message = resp.expect_error(400, "ValidationError");
     assert!(
         message.contains("inherit_parameters") && message.contains("no finished execution"),
@@ -621,7 +626,11 @@ async fn inherit_parameters_without_a_source_picks_the_source_first(db: PgPool) 
 
     // Train needs Prepare from a source (U not empty).
     let body = json!({"selective_execution": {"selected_steps": ["Train"], "inherit_parameters": true}});
-    let plan = app.post("/v1/pipelines/ml/executions/plan", &body).await.expect(200).clone();
+    let plan = app
+        .post("/v1/pipelines/ml/executions/plan", &body)
+        .await
+        .expect(200)
+        .clone();
     assert_eq!(plan["errors"], json!([]), "{plan}");
     assert_eq!(plan["source_execution_arn"], source_arn);
     let started = app.post("/v1/pipelines/ml/executions", &body).await.expect(201).clone();
@@ -630,7 +639,12 @@ async fn inherit_parameters_without_a_source_picks_the_source_first(db: PgPool) 
     app.wait_terminal(started["execution_id"].as_str().unwrap()).await;
 
     // Prepare has no upstream: the newest ended execution is the source.
-    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Prepare"], "inherit_parameters": true})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"selected_steps": ["Prepare"], "inherit_parameters": true}),
+    )
+    .await;
     let started = resp.expect(201).clone();
     assert_eq!(started["parameters"]["Rate"], 5, "inherited");
     assert!(started["selective_execution"]["source_execution_arn"].is_string());
@@ -663,10 +677,18 @@ async fn a_source_arn_that_names_the_wrong_pipeline_is_explained(db: PgPool) {
     let arn = source["execution_arn"].as_str().unwrap();
     let wrong = arn.replace("pipeline/ml/", "pipeline/other/");
     assert_ne!(wrong, arn);
-    let resp = start_selective(&app, "ml", json!({"source_execution": wrong, "selected_steps": ["Train"]})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": wrong, "selected_steps": ["Train"]}),
+    )
+    .await;
     let message = resp.expect_error(400, "ValidationError");
     assert!(!message.contains("not \"ml\""), "{message}");
-    assert!(message.contains("names pipeline other") && message.contains(arn), "{message}");
+    assert!(
+        message.contains("names pipeline other") && message.contains(arn),
+        "{message}"
+    );
 }
 
 /// Issue 11 item 6: the log of a reused step is not "no attempt 0": the 404
@@ -679,11 +701,21 @@ async fn the_log_of_a_reused_step_says_where_it_ran(db: PgPool) {
     let first = run_full(&app, "ml", json!({})).await;
     let first_id = first["execution_id"].as_str().unwrap();
     let first_arn = first["execution_arn"].as_str().unwrap();
-    let resp = start_selective(&app, "ml", json!({"source_execution": first_id, "selected_steps": ["Evaluate"]})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": first_id, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
     let second_id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
     app.wait_terminal(&second_id).await;
     // Reused again from the second: the log is still the first's.
-    let resp = start_selective(&app, "ml", json!({"source_execution": second_id, "selected_steps": ["Evaluate"]})).await;
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": second_id, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
     let third_id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
     app.wait_terminal(&third_id).await;
 
