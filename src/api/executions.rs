@@ -65,17 +65,11 @@ pub struct StartBody {
 #[serde(deny_unknown_fields)]
 pub struct SelectiveBody {
     source_execution: Option<String>,
-    selected_steps: SelectedStepsBody,
+    /// Read by the domain's own visitor, whose message says what is
+    /// accepted (an untagged enum would answer with its Rust name).
+    selected_steps: SelectedSteps,
     #[serde(default)]
     inherit_parameters: bool,
-}
-
-/// A list of step names, or the string "changed".
-#[derive(Deserialize, Serialize)]
-#[serde(untagged)]
-pub enum SelectedStepsBody {
-    Names(Vec<String>),
-    Keyword(String),
 }
 
 impl StartBody {
@@ -117,16 +111,7 @@ impl StartBody {
             None => None,
             Some(s) => Some(SelectiveRequest {
                 source_execution: s.source_execution,
-                selected_steps: match s.selected_steps {
-                    SelectedStepsBody::Names(names) => SelectedSteps::Names(names),
-                    SelectedStepsBody::Keyword(k) if k == "changed" => SelectedSteps::Changed,
-                    SelectedStepsBody::Keyword(k) => {
-                        return Err(ApiError::invalid(
-                            "/selective_execution/selected_steps",
-                            format!("selected_steps must be a list of step names or \"changed\", got {k:?}"),
-                        ))
-                    }
-                },
+                selected_steps: s.selected_steps,
                 inherit_parameters: s.inherit_parameters,
             }),
         };

@@ -9,7 +9,7 @@ use axum::{
 use serde::de::DeserializeOwned;
 
 use super::error::{ApiError, ErrorCode};
-use crate::domain::Issue;
+use crate::domain::{json_syntax_error, without_position, Issue};
 
 /// A JSON request body. An empty body reads as `{}` so that endpoints whose
 /// fields are all optional can be called with a bare `curl -X POST`.
@@ -67,24 +67,73 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
     match serde_path_to_error::deserialize(&mut deserializer) {
         Ok(value) => {
             // Trailing garbage after the document is malformed JSON too.
-            deserializer
-                .end()
-                .map_err(|e| ApiError::invalid("", format!("request body is not valid JSON: {e}")))?;
+            deserializer.end().map_err(|e| {
+                ApiError::invalid("", format!("request body is not valid JSON: {}", json_syntax_error(&e)))
+            })?;
             Ok(value)
         }
         Err(error) => {
             let pointer = pointer_of(error.path());
             let inner = error.into_inner();
             let message = if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                format!("request body is not valid JSON: {inner}")
+                format!("request body is not valid JSON: {}", json_syntax_error(&inner))
             } else if pointer.is_empty() {
-                format!("invalid request body: {inner}")
+                format!("invalid request body: {}", for_people(&without_position(&inner)))
             } else {
-                format!("invalid value at {pointer}: {inner}")
+                format!("invalid value at {pointer}: {}", for_people(&without_position(&inner)))
             };
             Err(ApiError::invalid(pointer, message))
         }
     }
+}
+
+/// Rewrites serde's wording of a type mismatch in terms of JSON: no Rust
+/// type names (`i32`, `struct StartBody`, `untagged enum ...`) reach a
+/// client.
+pub fn for_people(message: &str) -> String {
+    const NUMBERS: [(&str, &str); 12] = [
+        ("u8", "a small non-negative integer"),
+        ("u16", "a non-negative integer"),
+        ("u32", "a non-negative integer"),
+        ("u64", "a non-negative integer"),
+        ("usize", "a non-negative integer"),
+        ("i8", "a small integer"),
+        ("i16", "an integer"),
+        ("i32", "an integer"),
+        ("i64", "an integer"),
+        ("isize", "an integer"),
+        ("f32", "a number"),
+        ("f64", "a number"),
+    ];
+    let mut out = message.to_string();
+    if let Some(at) = out.find("data did not match any variant of untagged enum") {
+        out.replace_range(at.., "the value does not have any of the accepted shapes");
+    }
+    for (prefix, replacement) in [
+        ("expected struct ", "expected an object"),
+        ("expected enum ", "expected one of the accepted values"),
+        ("expected tuple struct ", "expected a value of another type"),
+    ] {
+        if let Some(at) = out.find(prefix) {
+            // The type name runs to the end of the message or the next space.
+            let end = out[at + prefix.len()..]
+                .find(' ')
+                .map(|i| at + prefix.len() + i)
+                .unwrap_or(out.len());
+            out.replace_range(at..end, replacement);
+        }
+    }
+    for (rust, json) in NUMBERS {
+        if let Some(rest) = out.strip_suffix(&format!("expected {rust}")) {
+            out = format!("{rest}expected {json}");
+        }
+    }
+    out.replace("expected a sequence", "expected a list")
+        .replace("expected a map", "expected an object")
+        .replace("unknown variant", "unknown value")
+        .replace("invalid type: sequence", "invalid type: list")
+        .replace("invalid type: map", "invalid type: object")
+        .replace("invalid type: unit value", "invalid type: null")
 }
 
 /// Refuses percent-encoded text PostgreSQL cannot store or that is not
@@ -145,7 +194,10 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
             let name = e.path().to_string();
-            let message = format!("invalid query parameter {name}: {}", e.into_inner());
+            let message = format!(
+                "invalid query parameter {name}: {}",
+                for_people(&e.into_inner().to_string())
+            );
             ApiError::validation(message.clone(), vec![Issue::new(format!("?{name}"), message)])
         })
     }

@@ -134,6 +134,7 @@ impl AppState {
 fn checked_definition(definition: &Value) -> ApiResult<Value> {
     parse_definition(definition).map(|d| d.document).map_err(|issues| {
         let message = match issues.as_slice() {
+            [one] if one.path.is_empty() => format!("the definition is invalid: {}", one.message),
             [one] => format!("the definition is invalid: {}: {}", one.path, one.message),
             many => format!("the definition is invalid: {} problems, see details", many.len()),
         };

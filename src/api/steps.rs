@@ -185,6 +185,9 @@ async fn logs(
 ) -> ApiResult<Response> {
     let execution = state.find_execution(&reference).await?;
     let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
+    if row.reused_from.is_some() {
+        return Err(reused_log(&state, &step, row.id).await?);
+    }
     let attempt = q.attempt.unwrap_or(row.attempt);
     if attempt < 1 || attempt > row.attempt {
         return Err(ApiError::not_found(format!(
@@ -203,4 +206,22 @@ async fn logs(
     };
     // The bytes as the process wrote them (NULs and invalid UTF-8 included).
     Ok(([(header::CONTENT_TYPE, "text/plain; charset=utf-8")], bytes).into_response())
+}
+
+/// The answer for the log of a reused step: it ran in no attempt here, so
+/// the 404 says where it did run and where its log is (the execution that
+/// ran it, which may be older than the immediate source).
+async fn reused_log(state: &AppState, step: &str, run: Uuid) -> ApiResult<ApiError> {
+    let Some(origin) = store::steps::run_origin(&state.db, run).await? else {
+        return Ok(ApiError::not_found(format!(
+            "step {step:?} was reused from another execution and made no attempt in this one; \
+             the run it reused no longer exists"
+        )));
+    };
+    let arn = state.arns.execution(&origin.pipeline_name, origin.execution_id);
+    Ok(ApiError::not_found(format!(
+        "step {step:?} was reused and made no attempt in this execution; it ran as step {:?} of execution {arn}, \
+         whose log is at /v1/executions/{}/steps/{}/logs",
+        origin.step_name, origin.execution_id, origin.step_name
+    )))
 }

@@ -23,7 +23,9 @@ const VALUE_CHARS_SHOWN: usize = 80;
 /// The key material of one step run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
-    /// Hex SHA-256 of the RFC 8785 canonical form of `components`.
+    /// Hex SHA-256 of the RFC 8785 canonical form of `components`, with a
+    /// Command's `Env` values and `Command` elements as the process sees
+    /// them (numbers and booleans as their text).
     pub key: String,
     /// The canonical document hashed; stored with the entry so a later miss
     /// can be explained against it.
@@ -82,7 +84,13 @@ pub fn compute_key(
             json!({"Arguments": raw_args}),
         ),
     };
-    let canonical = serde_jcs::to_string(&components)
+    // Hashed as the process sees it; stored as resolved, so a miss is
+    // explained in the values the definition wrote.
+    let hashed = match kind {
+        StepKind::Command => as_the_process_sees_it(&components),
+        _ => components.clone(),
+    };
+    let canonical = serde_jcs::to_string(&hashed)
         // A `serde_json::Value` holds no NaN or infinity, the only values
         // canonical JSON cannot represent.
         .expect("a JSON value always has a canonical form");
@@ -94,6 +102,44 @@ pub fn compute_key(
         components,
         warnings,
     }
+}
+
+/// Command components as the process receives them: an `Env` value or a
+/// `Command` element that is a number or boolean reaches the process as its
+/// JSON text (`CommandArgs::from_resolved`), so `10` and `"10"` are one
+/// value and make one key (and `10` and `10.0`, which canonical JSON would
+/// merge, stay apart as the process sees them). Other values, secret markers
+/// included, are kept as they are.
+fn as_the_process_sees_it(components: &Value) -> Value {
+    let mut out = components.clone();
+    if let Some(Value::Object(env)) = out.get_mut("Env") {
+        env.values_mut().for_each(as_text);
+    }
+    if let Some(Value::Array(argv)) = out.get_mut("Command") {
+        argv.iter_mut().for_each(as_text);
+    }
+    out
+}
+
+fn as_text(v: &mut Value) {
+    if matches!(v, Value::Number(_) | Value::Bool(_)) {
+        *v = Value::String(v.to_string());
+    }
+}
+
+/// Whether two leaves at `path` of Command components reach the process as
+/// the same text (an `Env` value or a `Command` element): not a difference.
+fn same_for_the_process(path: &[PathSegment], c: &Value, p: &Value) -> bool {
+    let in_process_text = matches!(
+        path,
+        [PathSegment::Key(k), _] if k == "Env" || k == "Command"
+    );
+    let text = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(_) | Value::Bool(_) => Some(v.to_string()),
+        _ => None,
+    };
+    in_process_text && text(c).is_some() && text(c) == text(p)
 }
 
 /// Warns for each expression in `raw` that uses a per-execution value,
@@ -162,6 +208,7 @@ pub fn explain_difference(current: &Value, previous: &Value) -> Option<String> {
 fn diff(cur: Option<&Value>, prev: Option<&Value>, path: &mut Vec<PathSegment>, out: &mut Vec<String>) {
     match (cur, prev) {
         (Some(c), Some(p)) if c == p => {}
+        (Some(c), Some(p)) if same_for_the_process(path, c, p) => {}
         // Neither a secret's value nor its digest is shown.
         (Some(c), Some(p)) if super::secrets::is_marker(c) && super::secrets::is_marker(p) => {
             out.push(format!("{}: secret changed", label(path)));
@@ -246,6 +293,22 @@ mod tests {
         assert_eq!(
             p1.components,
             json!({"Type": "Pass", "Arguments": {"x": 1, "y": [1, 2]}})
+        );
+    }
+
+    /// Issue 11 item 9: the process sees `10`, `"10"` and `10` alike.
+    #[test]
+    fn values_the_process_sees_alike_make_one_key() {
+        let number = command_key(json!({"Command": ["train", 10, true], "Env": {"EPOCHS": 10, "DEBUG": false}}));
+        let text = command_key(json!({"Command": ["train", "10", "true"], "Env": {"EPOCHS": "10", "DEBUG": "false"}}));
+        assert_eq!(number.key, text.key);
+        assert_eq!(number.components["Env"]["EPOCHS"], 10, "stored as written");
+        let float = command_key(json!({"Command": ["train", 10, true], "Env": {"EPOCHS": 10.0, "DEBUG": false}}));
+        assert_ne!(number.key, float.key, "10.0 reaches the process as another text");
+        assert_eq!(
+            explain_difference(&number.components, &text.components),
+            None,
+            "nothing differs for the process"
         );
     }
 

@@ -45,6 +45,40 @@ impl fmt::Display for Issue {
     }
 }
 
+/// A list of names as a person reads it in a message: a JSON list
+/// (`["A", "B"]`), as the SPEC writes them, never Rust's `{"A"}` set syntax.
+pub fn json_list<I>(names: I) -> String
+where
+    I: IntoIterator,
+    I::Item: AsRef<str>,
+{
+    let items: Vec<String> = names
+        .into_iter()
+        .map(|n| serde_json::Value::from(n.as_ref()).to_string())
+        .collect();
+    format!("[{}]", items.join(", "))
+}
+
+/// A JSON syntax error as a person reads it: where it is (when known) and
+/// what is wrong, without serde_json's `at line N column M` suffix.
+pub fn json_syntax_error(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    let what = text.strip_suffix(&suffix).unwrap_or(&text);
+    if error.line() == 0 {
+        what.to_string()
+    } else {
+        format!("{what} (line {}, character {})", error.line(), error.column())
+    }
+}
+
+/// serde_json's message without its `at line N column M` suffix.
+pub fn without_position(error: &serde_json::Error) -> String {
+    let text = error.to_string();
+    let suffix = format!(" at line {} column {}", error.line(), error.column());
+    text.strip_suffix(&suffix).unwrap_or(&text).to_string()
+}
+
 /// Appends one reference token to a JSON pointer, escaping `~` and `/` as
 /// RFC 6901 requires so the result can be fed back to `Value::pointer`.
 pub fn pointer_push(base: &str, token: impl fmt::Display) -> String {

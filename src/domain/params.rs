@@ -51,7 +51,12 @@ pub struct Parameter {
 /// an integer, a float (always a JSON float, even when given as `3`), or a
 /// bool. Numeric and boolean strings are accepted for the non-string types.
 pub fn coerce(p: &Parameter, v: &Value) -> Result<Value, String> {
-    let wrong = || format!("parameter {} expects {}, got {}", p.name, p.kind.as_str(), v);
+    // A list or object is named by its type, not echoed (it may be large).
+    let given = || match v {
+        Value::Array(_) | Value::Object(_) => format!("a {}", super::type_name(v)),
+        _ => v.to_string(),
+    };
+    let wrong = || format!("parameter {} expects {}, got {}", p.name, p.kind.as_str(), given());
     let out = match (p.kind, v) {
         (ParamType::String, Value::String(_)) => v.clone(),
         (ParamType::Integer, Value::Number(n)) => integral(n).ok_or_else(wrong)?,
@@ -78,8 +83,10 @@ pub fn coerce(p: &Parameter, v: &Value) -> Result<Value, String> {
     if let (Some(allowed), Value::String(s)) = (&p.enum_values, &out) {
         if !allowed.iter().any(|a| a == s) {
             return Err(format!(
-                "parameter {} must be one of {:?}, got {:?}",
-                p.name, allowed, s
+                "parameter {} must be one of {}, got {}",
+                p.name,
+                super::json_list(allowed),
+                Value::from(s.as_str())
             ));
         }
     }

@@ -250,7 +250,10 @@ fn unknown_message(unknown: &[&str], known: &[&str]) -> String {
     if known.len() > KNOWN_NAMES_SHOWN {
         shown.push_str(&format!(", ... ({} more)", known.len() - KNOWN_NAMES_SHOWN));
     }
-    format!("unknown steps in selected_steps: {unknown:?}; the pipeline has: {shown}")
+    format!(
+        "unknown steps in selected_steps: {}; the pipeline has: {shown}",
+        super::json_list(unknown)
+    )
 }
 
 /// Rule 3: every step of `sel.upstream` must exist in the source execution

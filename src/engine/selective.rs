@@ -13,6 +13,7 @@ use super::start::{resolve_parameters, SelectiveRequest, StartError, StepPlan};
 use crate::{
     domain::{
         definition::{parse_definition, Definition},
+        json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
         Issue,
     },
@@ -121,6 +122,21 @@ pub async fn plan(
         source = Some(load_source(conn, arns, pipeline, &latest.to_string()).await?);
     }
 
+    // A hand selection does not depend on parameters, so it is known before
+    // the source is picked (rule 5), and the source before its parameters are
+    // inherited (rule 10).
+    let named = match &request.selected_steps {
+        SelectedSteps::Names(names) => Some(selective::select(definition, names).map_err(invalid_all)?),
+        SelectedSteps::Changed => None,
+    };
+    if source.is_none() {
+        if let Some(selection) = &named {
+            if !selection.upstream.is_empty() || request.inherit_parameters {
+                source = Some(pick_source(conn, arns, pipeline, selection, request.inherit_parameters).await?);
+            }
+        }
+    }
+
     let parameters = effective_parameters(
         definition,
         given_parameters,
@@ -128,9 +144,9 @@ pub async fn plan(
         request.inherit_parameters,
     )?;
 
-    let selection = match &request.selected_steps {
-        SelectedSteps::Names(names) => selective::select(definition, names).map_err(invalid_all)?,
-        SelectedSteps::Changed => {
+    let selection = match named {
+        Some(selection) => selection,
+        None => {
             let source = source.as_ref().expect("a source was found above");
             let snapshot = executions::definition(conn, source.execution.id).await?;
             let source_definition = parse_definition(&snapshot);
@@ -164,7 +180,7 @@ pub async fn plan(
     };
 
     if source.is_none() && !selection.upstream.is_empty() {
-        source = Some(pick_source(conn, arns, pipeline, &selection).await?);
+        source = Some(pick_source(conn, arns, pipeline, &selection, false).await?);
     }
 
     if let Some(source) = &source {
@@ -233,7 +249,7 @@ fn effective_parameters(
         let Some(source) = source else {
             return Err(invalid(
                 "/selective_execution/inherit_parameters",
-                "inherit_parameters needs a source execution, and none was given or needed".into(),
+                "inherit_parameters needs a source execution, and none was found".into(),
             ));
         };
         if let Some(values) = source.execution.parameters.as_object() {
@@ -270,13 +286,27 @@ async fn load_source(
         Err(StoreError::NotFound(_)) => return Err(missing_source(conn, pipeline, reference, parsed.id).await?),
         Err(e) => return Err(e.into()),
     };
-    let named_other = parsed.pipeline.as_deref().is_some_and(|p| p != execution.pipeline_name);
-    if execution.pipeline_id != pipeline.id || named_other {
+    if execution.pipeline_id != pipeline.id {
         return Err(invalid(
             SOURCE_EXECUTION_PATH,
             format!(
-                "source execution {reference} belongs to pipeline {:?}, not {:?}",
+                "source execution {reference} belongs to pipeline {}, not {}; a selective execution reuses \
+                 only executions of the pipeline it starts",
                 execution.pipeline_name, pipeline.name
+            ),
+        ));
+    }
+    // The execution is of this pipeline, but the ARN names another: the
+    // client built the ARN wrongly, which is worth saying rather than guessing.
+    if let Some(named) = parsed.pipeline.as_deref().filter(|p| *p != execution.pipeline_name) {
+        return Err(invalid(
+            SOURCE_EXECUTION_PATH,
+            format!(
+                "source execution {reference} names pipeline {named}, but execution {} is of pipeline {}; \
+                 its ARN is {}",
+                execution.id,
+                execution.pipeline_name,
+                arns.execution(&execution.pipeline_name, execution.id)
             ),
         ));
     }
@@ -326,12 +356,15 @@ async fn missing_source(
     Ok(invalid(SOURCE_EXECUTION_PATH, message))
 }
 
-/// Rule 5: the most recent ended execution in which every step of U succeeded.
+/// Rule 5: the most recent ended execution in which every step of U
+/// succeeded (with U empty, the most recent ended one: a source is then
+/// needed only because the request inherits its parameters).
 async fn pick_source(
     conn: &mut PgConnection,
     arns: &Arns,
     pipeline: &PipelineHead,
     selection: &Selection,
+    for_inherit: bool,
 ) -> Result<Source, StartError> {
     let upstream: Vec<String> = selection.upstream.iter().cloned().collect();
     let picked: Option<Uuid> = sqlx::query_scalar(
@@ -346,11 +379,21 @@ async fn pick_source(
     .await?;
     match picked {
         Some(id) => load_source(conn, arns, pipeline, &id.to_string()).await,
+        None if upstream.is_empty() && for_inherit => Err(invalid(
+            "/selective_execution/inherit_parameters",
+            format!(
+                "inherit_parameters takes the parameters of a source execution, and pipeline {} has no finished \
+                 execution; give source_execution or drop inherit_parameters",
+                pipeline.name
+            ),
+        )),
         None => Err(invalid(
             SOURCE_EXECUTION_PATH,
             format!(
-                "The selected steps {:?} have dependencies on {:?} and no execution of pipeline {} has them all succeeded",
-                selection.selected, upstream, pipeline.name
+                "The selected steps {} have dependencies on {} and no execution of pipeline {} has them all succeeded",
+                json_list(&selection.selected),
+                json_list(&upstream),
+                pipeline.name
             ),
         )),
     }

@@ -145,9 +145,30 @@ pub fn expired(entry: &Entry, earliest: DateTime<Utc>) -> bool {
     entry.ended_at.is_some_and(|t| t < earliest)
 }
 
-/// The artifacts directory an entry refers to, when it no longer exists.
+/// The artifacts directory an entry refers to, when it no longer exists, or
+/// is empty although the step had left entries in it (recorded as
+/// `metadata.command.artifact_entries` when it ended).
 pub fn missing_artifacts(entry: &Entry) -> Option<String> {
     let uri = entry.properties.as_ref()?.get("ArtifactsUri")?.as_str()?;
     let path = artifacts_path(uri);
-    (!path.exists()).then(|| path.display().to_string())
+    if !path.exists() {
+        return Some(path.display().to_string());
+    }
+    let left = entry
+        .metadata
+        .pointer("/command/artifact_entries")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
+    let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+    (left > 0 && empty).then(|| {
+        format!(
+            "{} is empty, and the step had left {left}{} entries in it",
+            path.display(),
+            if left as usize >= super::command::ARTIFACT_ENTRIES_COUNTED {
+                " or more"
+            } else {
+                ""
+            }
+        )
+    })
 }

@@ -341,15 +341,37 @@ async fn exit_outcome(
         Ok(v) => v,
         Err(message) => return command_failed(message),
     };
+    let artifact_entries = count_entries(&dirs.artifacts, ARTIFACT_ENTRIES_COUNTED).await;
     StepOutcome::Succeeded {
         properties: json!({
             "Outputs": outputs,
             "ExitCode": exit_code.unwrap_or(0),
             "ArtifactsUri": artifacts_uri(&dirs.artifacts),
         }),
-        metadata: json!({ "command": { "exit_code": exit_code } }),
+        // The count lets a later cache hit tell an artifacts directory the
+        // step left empty from one emptied since (`cache::missing_artifacts`).
+        metadata: json!({ "command": { "exit_code": exit_code, "artifact_entries": artifact_entries } }),
         exit_code,
     }
+}
+
+/// How many entries of an artifacts directory are counted at most: enough
+/// to say "it had files", bounded for a step that writes millions.
+pub const ARTIFACT_ENTRIES_COUNTED: usize = 1000;
+
+/// The number of entries directly in `dir`, up to `cap` (0 if unreadable).
+async fn count_entries(dir: &Path, cap: usize) -> usize {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return 0;
+    };
+    let mut count = 0;
+    while count < cap {
+        match entries.next_entry().await {
+            Ok(Some(_)) => count += 1,
+            _ => break,
+        }
+    }
+    count
 }
 
 /// The JSON object in `$STEPWISE_OUTPUTS`, `{}` when the file was not written.
@@ -392,7 +414,10 @@ async fn read_outputs(path: &Path, max_bytes: u64) -> Result<Value, String> {
             "$STEPWISE_OUTPUTS must hold a JSON object, got {}",
             crate::domain::type_name(&other)
         )),
-        Err(e) => Err(format!("$STEPWISE_OUTPUTS is not valid JSON: {e}")),
+        Err(e) => Err(format!(
+            "$STEPWISE_OUTPUTS is not valid JSON: {}",
+            crate::domain::json_syntax_error(&e)
+        )),
     }
 }
 

@@ -93,8 +93,10 @@ impl Resolver for StepContext<'_> {
         let dir = artifacts_path(uri);
         let text = read_small_file(&dir.join(file), &dir, self.config.worker.max_outputs_bytes)
             .map_err(|e| format!("cannot read {file:?} from the artifacts of step {step:?}: {e}"))?;
-        serde_json::from_slice(&text)
-            .map_err(|e| format!("{file:?} in the artifacts of step {step:?} is not JSON: {e}"))
+        serde_json::from_slice(&text).map_err(|e| {
+            let why = crate::domain::json_syntax_error(&e);
+            format!("{file:?} in the artifacts of step {step:?} is not JSON: {why}")
+        })
     }
 
     fn secret(&self, name: &str) -> Result<Value, String> {

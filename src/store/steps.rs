@@ -418,6 +418,26 @@ pub async fn attempts(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Vec<Attem
     .await?)
 }
 
+/// Where a step run was run: its execution, that execution's pipeline and
+/// the run's attempts, for pointing a reusing execution at the log.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct RunOrigin {
+    pub execution_id: Uuid,
+    pub pipeline_name: String,
+    pub step_name: String,
+    pub attempt: i32,
+}
+
+pub async fn run_origin(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Option<RunOrigin>> {
+    Ok(sqlx::query_as::<_, RunOrigin>(
+        "select s.execution_id, p.name as pipeline_name, s.step_name, s.attempt from step_runs s \
+         join pipelines p on p.id = s.pipeline_id where s.id = $1",
+    )
+    .bind(step_run_id)
+    .fetch_optional(pool)
+    .await?)
+}
+
 /// The captured log of an attempt, if it has ended.
 pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> StoreResult<Option<Option<Vec<u8>>>> {
     Ok(sqlx::query_scalar::<_, Option<Vec<u8>>>(

@@ -225,3 +225,60 @@ async fn selected_steps_bypass_the_cache_unless_asked(db: PgPool) {
     let plan = plan.expect(200);
     assert_eq!(plan["steps"][0]["verdict"], "CacheHit", "{plan}");
 }
+
+/// Issue 11 item 9: `Env` `10` and `"10"` reach the process as the same
+/// text, so they are one cache key: the second run is a hit.
+#[sqlx::test]
+async fn env_values_the_process_sees_alike_share_a_key(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline(
+        "cached",
+        cached_pipeline(dir.path(), json!({"BATCH": 32, "FAST": true})),
+    )
+    .await;
+    let (_, first) = run(&app, json!({})).await;
+    assert_eq!(first["cache"]["status"], "miss");
+    let texts = cached_pipeline(dir.path(), json!({"BATCH": "32", "FAST": "true"}));
+    app.put("/v1/pipelines/cached", &json!({"definition": texts}))
+        .await
+        .expect(200);
+    let (_, second) = run(&app, json!({})).await;
+    assert_eq!(second["cache"]["status"], "hit", "{second}");
+    assert_eq!(second["cache"]["key"], first["cache"]["key"]);
+    assert_eq!(runs_of(dir.path(), "Train"), 1);
+}
+
+/// Issue 11 item 9: an artifacts directory that still exists but was
+/// emptied, of a step that had written files, is a miss with a reason.
+#[sqlx::test]
+async fn an_emptied_artifacts_directory_is_not_a_hit(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("cached", cached_pipeline(dir.path(), json!({})))
+        .await;
+    let (_, first) = run(&app, json!({})).await;
+    let artifacts = std::path::PathBuf::from(first["properties"]["ArtifactsUri"].as_str().unwrap());
+    assert!(artifacts.join("model.bin").is_file());
+    std::fs::remove_file(artifacts.join("model.bin")).unwrap();
+    assert!(artifacts.is_dir());
+
+    let plan = app
+        .post("/v1/pipelines/cached/executions/plan", &json!({}))
+        .await
+        .expect(200)
+        .clone();
+    let train = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == "Train")
+        .unwrap();
+    assert_eq!(train["verdict"], "Run", "{plan}");
+
+    let (_, second) = run(&app, json!({})).await;
+    assert_eq!(second["cache"]["status"], "miss", "{second}");
+    let reason = second["cache"]["miss_reason"].as_str().unwrap();
+    assert!(reason.contains("is empty") && reason.contains("artifacts"), "{reason}");
+    assert_eq!(runs_of(dir.path(), "Train"), 2);
+}

@@ -595,3 +595,139 @@ async fn more_than_fifty_steps_can_be_selected(db: PgPool) {
     assert!(by_name(&steps, "S9")["reused_from"].is_object());
     assert_eq!(by_name(&steps, "S79")["attempt_count"], 1);
 }
+
+/// Issue 11 item 2: `inherit_parameters` without `source_execution` picks
+/// the source first (rule 5, or the newest ended execution when nothing
+/// upstream needs one), then inherits its parameters; the plan agrees.
+#[sqlx::test]
+async fn inherit_parameters_without_a_source_picks_the_source_first(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+
+    // Nothing to inherit from yet: a message about inheriting, not a
+    // contradiction.
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"selected_steps": ["Prepare"], "inherit_parameters": true}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(
+        message.contains("inherit_parameters") && message.contains("no finished execution"),
+        "{message}"
+    );
+    assert!(!message.contains("needed"), "{message}");
+
+    let source = run_full(&app, "ml", json!({"parameters": {"Rate": 5}})).await;
+    assert_eq!(source["status"], "Succeeded");
+    let source_arn = source["execution_arn"].clone();
+
+    // Train needs Prepare from a source (U not empty).
+    let body = json!({"selective_execution": {"selected_steps": ["Train"], "inherit_parameters": true}});
+    let plan = app
+        .post("/v1/pipelines/ml/executions/plan", &body)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    assert_eq!(plan["source_execution_arn"], source_arn);
+    let started = app.post("/v1/pipelines/ml/executions", &body).await.expect(201).clone();
+    assert_eq!(started["parameters"]["Rate"], 5, "inherited from the picked source");
+    assert_eq!(started["selective_execution"]["source_execution_arn"], source_arn);
+    app.wait_terminal(started["execution_id"].as_str().unwrap()).await;
+
+    // Prepare has no upstream: the newest ended execution is the source.
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"selected_steps": ["Prepare"], "inherit_parameters": true}),
+    )
+    .await;
+    let started = resp.expect(201).clone();
+    assert_eq!(started["parameters"]["Rate"], 5, "inherited");
+    assert!(started["selective_execution"]["source_execution_arn"].is_string());
+    app.wait_terminal(started["execution_id"].as_str().unwrap()).await;
+}
+
+/// Issue 11 item 6: lists in messages are JSON lists, not Rust's set syntax.
+#[sqlx::test]
+async fn rule_5_names_the_steps_as_json_lists(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let resp = start_selective(&app, "ml", json!({"selected_steps": ["Train", "Evaluate"]})).await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(
+        message.contains(r#"The selected steps ["Evaluate", "Train"] have dependencies on ["Prepare"]"#),
+        "{message}"
+    );
+    assert!(!message.contains('{'), "{message}");
+}
+
+/// Issue 11 item 6: an ARN naming another pipeline than the execution's own
+/// is explained, not answered with `belongs to pipeline "ml", not "ml"`.
+#[sqlx::test]
+async fn a_source_arn_that_names_the_wrong_pipeline_is_explained(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let source = run_full(&app, "ml", json!({})).await;
+    let arn = source["execution_arn"].as_str().unwrap();
+    let wrong = arn.replace("pipeline/ml/", "pipeline/other/");
+    assert_ne!(wrong, arn);
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": wrong, "selected_steps": ["Train"]}),
+    )
+    .await;
+    let message = resp.expect_error(400, "ValidationError");
+    assert!(!message.contains("not \"ml\""), "{message}");
+    assert!(
+        message.contains("names pipeline other") && message.contains(arn),
+        "{message}"
+    );
+}
+
+/// Issue 11 item 6: the log of a reused step is not "no attempt 0": the 404
+/// names the execution and step that ran it, and where its log is.
+#[sqlx::test]
+async fn the_log_of_a_reused_step_says_where_it_ran(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("ml", ml_pipeline(dir.path(), "true")).await;
+    let first = run_full(&app, "ml", json!({})).await;
+    let first_id = first["execution_id"].as_str().unwrap();
+    let first_arn = first["execution_arn"].as_str().unwrap();
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": first_id, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
+    let second_id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    app.wait_terminal(&second_id).await;
+    // Reused again from the second: the log is still the first's.
+    let resp = start_selective(
+        &app,
+        "ml",
+        json!({"source_execution": second_id, "selected_steps": ["Evaluate"]}),
+    )
+    .await;
+    let third_id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    app.wait_terminal(&third_id).await;
+
+    let resp = app.get(&format!("/v1/executions/{third_id}/steps/Prepare/logs")).await;
+    let message = resp.expect_error(404, "NotFound");
+    assert!(!message.contains("attempt 0"), "{message}");
+    assert!(message.contains(first_arn) && message.contains("reused"), "{message}");
+    assert!(
+        message.contains(&format!("/v1/executions/{first_id}/steps/Prepare/logs")),
+        "{message}"
+    );
+    app.get(&format!("/v1/executions/{first_id}/steps/Prepare/logs"))
+        .await
+        .expect(200);
+}

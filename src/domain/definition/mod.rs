@@ -167,8 +167,13 @@ impl Definition {
 /// containing one (SageMaker sends a string). Returns every issue found.
 pub fn parse_definition(input: &Value) -> Result<Definition, Vec<Issue>> {
     let document = match input {
-        Value::String(s) => serde_json::from_str::<Value>(s)
-            .map_err(|e| vec![Issue::new("", format!("the definition string is not valid JSON: {e}"))])?,
+        Value::String(s) => serde_json::from_str::<Value>(s).map_err(|e| {
+            let why = super::json_syntax_error(&e);
+            vec![Issue::new(
+                "",
+                format!("the definition string is not valid JSON: {why}"),
+            )]
+        })?,
         other => other.clone(),
     };
     // A NUL in an object body is refused with the request; one written as
