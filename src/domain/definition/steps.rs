@@ -89,6 +89,27 @@ fn parse_step<'a>(
         ));
         return None;
     };
+    // A type stepwise does not run (a SageMaker job: Processing, Training,
+    // Lambda, ...) is one issue on its Type and nothing else: its other
+    // fields follow that job type's shape, which stepwise does not check.
+    if let Some(Value::String(t)) = obj
+        .get("Type")
+        .filter(|t| t.as_str().is_some_and(|t| StepKind::parse(t).is_none()))
+    {
+        let label = match obj.get("Name") {
+            Some(Value::String(n)) if !n.is_empty() => n.clone(),
+            _ => format!("at {ptr}"),
+        };
+        issues.push(Issue::new(
+            pointer_push(ptr, "Type"),
+            format!(
+                "step {label} has type {t:?}, which stepwise does not run (SageMaker job types such as \
+                 Processing, Training or Lambda are not run by stepwise); supported types: {}",
+                supported_types()
+            ),
+        ));
+        return Some((unsupported(obj, ptr, branch, branch_path), None));
+    }
     let name_ptr = pointer_push(ptr, "Name");
     let name = match obj.get("Name") {
         Some(Value::String(n)) => {
@@ -108,16 +129,7 @@ fn parse_step<'a>(
         name.clone()
     };
     let kind = match obj.get("Type") {
-        Some(Value::String(t)) => StepKind::parse(t).or_else(|| {
-            issues.push(Issue::new(
-                pointer_push(ptr, "Type"),
-                format!(
-                    "unsupported step type {t:?} in step {label}; supported types: {} (SageMaker job types are not run by stepwise)",
-                    supported_types()
-                ),
-            ));
-            None
-        }),
+        Some(Value::String(t)) => StepKind::parse(t),
         _ => {
             issues.push(Issue::new(
                 pointer_push(ptr, "Type"),
@@ -126,9 +138,11 @@ fn parse_step<'a>(
             None
         }
     };
+    let sdk_callback = kind == Some(StepKind::Callback) && is_sdk_callback(obj);
     for key in obj.keys().filter(|k| !STEP_KEYS.contains(&k.as_str())) {
         match (key.as_str(), kind) {
             ("PropertyFiles", Some(StepKind::Command) | None) => {}
+            ("SqsQueueUrl" | "OutputParameters", Some(StepKind::Callback)) => {}
             ("PropertyFiles", Some(k)) => issues.push(Issue::new(
                 pointer_push(ptr, key),
                 format!(
@@ -139,7 +153,8 @@ fn parse_step<'a>(
             _ => issues.push(Issue::new(
                 pointer_push(ptr, key),
                 format!(
-                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only)",
+                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only), \
+                     SqsQueueUrl and OutputParameters (Callback only)",
                     STEP_KEYS.join(", ")
                 ),
             )),
@@ -150,7 +165,12 @@ fn parse_step<'a>(
     let explicit_deps = parse_depends_on(obj.get("DependsOn"), ptr, &label, issues);
     let cache = obj
         .get("CacheConfig")
-        .and_then(|c| parse_cache(c, kind, &pointer_push(ptr, "CacheConfig"), &label, issues));
+        // The SDK writes CacheConfig on a CallbackStep too; it is accepted
+        // there and ignored (Callback steps are never cached).
+        .and_then(|c| {
+            let checked = if sdk_callback { None } else { kind };
+            parse_cache(c, checked, &pointer_push(ptr, "CacheConfig"), &label, issues)
+        });
     let retry_policies = obj
         .get("RetryPolicies")
         .map(|r| retry::parse_retry_policies(r, &pointer_push(ptr, "RetryPolicies"), issues))
@@ -162,6 +182,7 @@ fn parse_step<'a>(
         _ => Vec::new(),
     };
     let parsed = match kind {
+        Some(_) if sdk_callback => parse_sdk_callback(obj, ptr, &label, issues),
         Some(k) => parse_arguments(k, obj.get("Arguments"), ptr, &label, issues),
         None => Parsed::default(),
     };
@@ -195,6 +216,38 @@ fn parse_step<'a>(
         callback_outputs: parsed.callback_outputs,
     };
     Some((pending, parsed.branches))
+}
+
+/// The placeholder for a step whose type stepwise does not run: known by
+/// name (so references to it are not reported as unknown), nothing else.
+fn unsupported(
+    obj: &Map<String, Value>,
+    ptr: &str,
+    branch: Option<Branch>,
+    branch_path: Vec<(usize, bool)>,
+) -> Pending {
+    let name = obj.get("Name").and_then(Value::as_str).unwrap_or_default().to_string();
+    Pending {
+        step: Step {
+            name,
+            kind: StepKind::Pass,
+            arguments: Value::Object(Map::new()),
+            depends_on: Vec::new(),
+            branch,
+            display_name: None,
+            description: None,
+            cache: None,
+            retry_policies: Vec::new(),
+            property_files: Vec::new(),
+            pointer: ptr.to_string(),
+            raw: Value::Object(obj.clone()),
+        },
+        kind: None,
+        explicit_deps: Vec::new(),
+        refs: Vec::new(),
+        branch_path,
+        callback_outputs: Vec::new(),
+    }
 }
 
 fn opt_string(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Option<String> {
@@ -628,9 +681,84 @@ fn check_callback(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut
             format!("Url of step {label} must be a string, got {}", type_name(v)),
         )),
     }
+    check_output_parameters(
+        obj.get("OutputParameters"),
+        &pointer_push(ptr, "OutputParameters"),
+        label,
+        issues,
+    )
+}
+
+/// Whether a Callback step is in the SageMaker SDK's shape: `SqsQueueUrl`
+/// and `OutputParameters` on the step, `Arguments` free-form (the inputs the
+/// SDK sends with the token).
+pub(super) fn is_sdk_callback(obj: &Map<String, Value>) -> bool {
+    obj.contains_key("SqsQueueUrl") || obj.contains_key("OutputParameters")
+}
+
+/// Rewrites the SDK's Callback shape to stepwise's: `Arguments` becomes
+/// `{"OutputParameters": [..], "SqsQueueUrl": "..", "Inputs": {..free-form..}}`.
+/// No Url: the token is delivered as for any Callback without a webhook (the
+/// step's `metadata.callback`), and the queue URL is shown next to it.
+fn parse_sdk_callback<'a>(
+    obj: &Map<String, Value>,
+    step_ptr: &str,
+    label: &str,
+    issues: &mut Vec<Issue>,
+) -> Parsed<'a> {
+    let args_ptr = pointer_push(step_ptr, "Arguments");
+    let inputs = match obj.get("Arguments") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(v @ Value::Object(_)) => v.clone(),
+        Some(other) => {
+            issues.push(Issue::new(
+                &args_ptr,
+                format!("Arguments of step {label} must be an object, got {}", type_name(other)),
+            ));
+            Value::Object(Map::new())
+        }
+    };
+    let queue = match obj.get("SqsQueueUrl") {
+        None | Some(Value::Null) => Value::Null,
+        Some(v @ Value::String(_)) => v.clone(),
+        Some(other) => {
+            issues.push(Issue::new(
+                pointer_push(step_ptr, "SqsQueueUrl"),
+                format!("SqsQueueUrl of step {label} must be a string, got {}", type_name(other)),
+            ));
+            Value::Null
+        }
+    };
+    let callback_outputs = check_output_parameters(
+        obj.get("OutputParameters"),
+        &pointer_push(step_ptr, "OutputParameters"),
+        label,
+        issues,
+    );
+    let refs = expr::find_references(&inputs, &args_ptr, issues);
+    let mut arguments = Map::new();
+    arguments.insert(
+        "OutputParameters".into(),
+        obj.get("OutputParameters").cloned().unwrap_or(Value::Array(Vec::new())),
+    );
+    if !queue.is_null() {
+        arguments.insert("SqsQueueUrl".into(), queue);
+    }
+    arguments.insert(SDK_CALLBACK_INPUTS.into(), inputs);
+    Parsed {
+        arguments: Value::Object(arguments),
+        refs,
+        branches: None,
+        callback_outputs,
+    }
+}
+
+/// Where the free-form `Arguments` of an SDK-shaped Callback step are kept.
+pub(super) const SDK_CALLBACK_INPUTS: &str = "Inputs";
+
+fn check_output_parameters(v: Option<&Value>, list_ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Vec<String> {
     let mut names = Vec::new();
-    let list_ptr = pointer_push(ptr, "OutputParameters");
-    let list = match obj.get("OutputParameters") {
+    let list = match v {
         None => return names,
         Some(Value::Array(list)) => list,
         Some(other) => {
@@ -646,7 +774,7 @@ fn check_callback(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut
     };
     let types = crate::domain::params::ParamType::ALL.map(|t| t.as_str()).join(", ");
     for (i, item) in list.iter().enumerate() {
-        let ptr = pointer_push(&list_ptr, i);
+        let ptr = pointer_push(list_ptr, i);
         let Some(o) = item.as_object() else {
             issues.push(Issue::new(
                 &ptr,
