@@ -5,6 +5,7 @@
 //! references resolve to known things, and dependencies form a DAG.
 
 mod args;
+mod callback;
 mod refs;
 mod steps;
 

@@ -7,7 +7,8 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
-use super::steps::{check_artifact_path, is_sdk_callback, Pending, SDK_CALLBACK_INPUTS};
+use super::callback::{is_sdk_callback, SDK_CALLBACK_INPUTS};
+use super::steps::{check_artifact_path, Pending};
 use super::{Step, StepKind};
 use crate::domain::expr::{format_path, Found, PathSegment, Reference};
 use crate::domain::params::Parameter;

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{supported_types, Branch, CacheConfig, Step, StepKind};
+use super::{callback, supported_types, Branch, CacheConfig, Step, StepKind};
 use crate::domain::expr::{self, Found};
 use crate::domain::{condition, duration, names, pointer_push, retry, type_name, Issue};
 
@@ -89,26 +89,8 @@ fn parse_step<'a>(
         ));
         return None;
     };
-    // A type stepwise does not run (a SageMaker job: Processing, Training,
-    // Lambda, ...) is one issue on its Type and nothing else: its other
-    // fields follow that job type's shape, which stepwise does not check.
-    if let Some(Value::String(t)) = obj
-        .get("Type")
-        .filter(|t| t.as_str().is_some_and(|t| StepKind::parse(t).is_none()))
-    {
-        let label = match obj.get("Name") {
-            Some(Value::String(n)) if !n.is_empty() => n.clone(),
-            _ => format!("at {ptr}"),
-        };
-        issues.push(Issue::new(
-            pointer_push(ptr, "Type"),
-            format!(
-                "step {label} has type {t:?}, which stepwise does not run (SageMaker job types such as \
-                 Processing, Training or Lambda are not run by stepwise); supported types: {}",
-                supported_types()
-            ),
-        ));
-        return Some((unsupported(obj, ptr, branch, branch_path), None));
+    if let Some(pending) = unsupported_type(obj, ptr, &branch, &branch_path, issues) {
+        return Some((pending, None));
     }
     let name_ptr = pointer_push(ptr, "Name");
     let name = match obj.get("Name") {
@@ -138,28 +120,8 @@ fn parse_step<'a>(
             None
         }
     };
-    let sdk_callback = kind == Some(StepKind::Callback) && is_sdk_callback(obj);
-    for key in obj.keys().filter(|k| !STEP_KEYS.contains(&k.as_str())) {
-        match (key.as_str(), kind) {
-            ("PropertyFiles", Some(StepKind::Command) | None) => {}
-            ("SqsQueueUrl" | "OutputParameters", Some(StepKind::Callback)) => {}
-            ("PropertyFiles", Some(k)) => issues.push(Issue::new(
-                pointer_push(ptr, key),
-                format!(
-                    "PropertyFiles is only allowed on Command steps; step {label} is a {}",
-                    k.as_str()
-                ),
-            )),
-            _ => issues.push(Issue::new(
-                pointer_push(ptr, key),
-                format!(
-                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only), \
-                     SqsQueueUrl and OutputParameters (Callback only)",
-                    STEP_KEYS.join(", ")
-                ),
-            )),
-        }
-    }
+    let sdk_callback = kind == Some(StepKind::Callback) && callback::is_sdk_callback(obj);
+    check_step_keys(obj, kind, ptr, &label, issues);
     let display_name = opt_string(obj, "DisplayName", ptr, &label, issues);
     let description = opt_string(obj, "Description", ptr, &label, issues);
     let explicit_deps = parse_depends_on(obj.get("DependsOn"), ptr, &label, issues);
@@ -182,7 +144,15 @@ fn parse_step<'a>(
         _ => Vec::new(),
     };
     let parsed = match kind {
-        Some(_) if sdk_callback => parse_sdk_callback(obj, ptr, &label, issues),
+        Some(_) if sdk_callback => {
+            let (arguments, refs, callback_outputs) = callback::parse_sdk_callback(obj, ptr, &label, issues);
+            Parsed {
+                arguments,
+                refs,
+                branches: None,
+                callback_outputs,
+            }
+        }
         Some(k) => parse_arguments(k, obj.get("Arguments"), ptr, &label, issues),
         None => Parsed::default(),
     };
@@ -218,22 +188,40 @@ fn parse_step<'a>(
     Some((pending, parsed.branches))
 }
 
-/// The placeholder for a step whose type stepwise does not run: known by
-/// name (so references to it are not reported as unknown), nothing else.
-fn unsupported(
+/// A type stepwise does not run (a SageMaker job: Processing, Training,
+/// Lambda, ...) is one issue on its Type and nothing else: its other fields
+/// follow that job type's shape, which stepwise does not check. Returns a
+/// placeholder known by name only, so references to it are not reported as
+/// unknown steps.
+fn unsupported_type(
     obj: &Map<String, Value>,
     ptr: &str,
-    branch: Option<Branch>,
-    branch_path: Vec<(usize, bool)>,
-) -> Pending {
+    branch: &Option<Branch>,
+    branch_path: &[(usize, bool)],
+    issues: &mut Vec<Issue>,
+) -> Option<Pending> {
+    let t = obj.get("Type")?.as_str().filter(|t| StepKind::parse(t).is_none())?;
     let name = obj.get("Name").and_then(Value::as_str).unwrap_or_default().to_string();
-    Pending {
+    let label = if name.is_empty() {
+        format!("at {ptr}")
+    } else {
+        name.clone()
+    };
+    issues.push(Issue::new(
+        pointer_push(ptr, "Type"),
+        format!(
+            "step {label} has type {t:?}, which stepwise does not run (SageMaker job types such as \
+             Processing, Training or Lambda are not run by stepwise); supported types: {}",
+            supported_types()
+        ),
+    ));
+    Some(Pending {
         step: Step {
             name,
             kind: StepKind::Pass,
             arguments: Value::Object(Map::new()),
             depends_on: Vec::new(),
-            branch,
+            branch: branch.clone(),
             display_name: None,
             description: None,
             cache: None,
@@ -245,8 +233,33 @@ fn unsupported(
         kind: None,
         explicit_deps: Vec::new(),
         refs: Vec::new(),
-        branch_path,
+        branch_path: branch_path.to_vec(),
         callback_outputs: Vec::new(),
+    })
+}
+
+/// An issue for each step-level key the step's type does not take.
+fn check_step_keys(obj: &Map<String, Value>, kind: Option<StepKind>, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+    for key in obj.keys().filter(|k| !STEP_KEYS.contains(&k.as_str())) {
+        match (key.as_str(), kind) {
+            ("PropertyFiles", Some(StepKind::Command) | None) => {}
+            ("SqsQueueUrl" | "OutputParameters", Some(StepKind::Callback)) => {}
+            ("PropertyFiles", Some(k)) => issues.push(Issue::new(
+                pointer_push(ptr, key),
+                format!(
+                    "PropertyFiles is only allowed on Command steps; step {label} is a {}",
+                    k.as_str()
+                ),
+            )),
+            _ => issues.push(Issue::new(
+                pointer_push(ptr, key),
+                format!(
+                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only), \
+                     SqsQueueUrl and OutputParameters (Callback only)",
+                    STEP_KEYS.join(", ")
+                ),
+            )),
+        }
     }
 }
 
@@ -505,7 +518,7 @@ fn parse_arguments<'a>(
                 ));
             }
         }
-        StepKind::Callback => parsed.callback_outputs = check_callback(obj, &ptr, label, issues),
+        StepKind::Callback => parsed.callback_outputs = callback::check_callback(obj, &ptr, label, issues),
         StepKind::Condition => {
             unknown_keys(obj, &["Conditions", "IfSteps", "ElseSteps"], &ptr, label, issues);
             let cond_ptr = pointer_push(&ptr, "Conditions");
@@ -553,7 +566,13 @@ fn parse_arguments<'a>(
     parsed
 }
 
-fn unknown_keys(obj: &Map<String, Value>, allowed: &[&str], ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+pub(super) fn unknown_keys(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    ptr: &str,
+    label: &str,
+    issues: &mut Vec<Issue>,
+) {
     for key in obj.keys().filter(|k| !allowed.contains(&k.as_str())) {
         issues.push(Issue::new(
             pointer_push(ptr, key),
@@ -569,7 +588,7 @@ fn is_string_like(v: &Value) -> bool {
     v.is_string() || expr::is_expression(v)
 }
 
-fn check_positive_int(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+pub(super) fn check_positive_int(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
     if let Some(v) = obj.get(key) {
         if !(v.as_u64().is_some_and(|n| n > 0) || expr::is_expression(v)) {
             issues.push(Issue::new(
@@ -659,154 +678,4 @@ fn check_command(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut 
             format!("Env of step {label} must be an object, got {}", type_name(other)),
         )),
     }
-}
-
-fn check_callback(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Vec<String> {
-    unknown_keys(obj, &["OutputParameters", "Url", "TimeoutSeconds"], ptr, label, issues);
-    check_positive_int(obj, "TimeoutSeconds", ptr, label, issues);
-    match obj.get("Url") {
-        None => {}
-        Some(Value::String(u)) => {
-            let lower = u.to_ascii_lowercase();
-            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                issues.push(Issue::new(
-                    pointer_push(ptr, "Url"),
-                    format!("Url of step {label} must be an http or https URL, got {u:?}"),
-                ));
-            }
-        }
-        Some(v) if expr::is_expression(v) => {}
-        Some(v) => issues.push(Issue::new(
-            pointer_push(ptr, "Url"),
-            format!("Url of step {label} must be a string, got {}", type_name(v)),
-        )),
-    }
-    check_output_parameters(
-        obj.get("OutputParameters"),
-        &pointer_push(ptr, "OutputParameters"),
-        label,
-        issues,
-    )
-}
-
-/// Whether a Callback step is in the SageMaker SDK's shape: `SqsQueueUrl`
-/// and `OutputParameters` on the step, `Arguments` free-form (the inputs the
-/// SDK sends with the token).
-pub(super) fn is_sdk_callback(obj: &Map<String, Value>) -> bool {
-    obj.contains_key("SqsQueueUrl") || obj.contains_key("OutputParameters")
-}
-
-/// Rewrites the SDK's Callback shape to stepwise's: `Arguments` becomes
-/// `{"OutputParameters": [..], "SqsQueueUrl": "..", "Inputs": {..free-form..}}`.
-/// No Url: the token is delivered as for any Callback without a webhook (the
-/// step's `metadata.callback`), and the queue URL is shown next to it.
-fn parse_sdk_callback<'a>(
-    obj: &Map<String, Value>,
-    step_ptr: &str,
-    label: &str,
-    issues: &mut Vec<Issue>,
-) -> Parsed<'a> {
-    let args_ptr = pointer_push(step_ptr, "Arguments");
-    let inputs = match obj.get("Arguments") {
-        None | Some(Value::Null) => Value::Object(Map::new()),
-        Some(v @ Value::Object(_)) => v.clone(),
-        Some(other) => {
-            issues.push(Issue::new(
-                &args_ptr,
-                format!("Arguments of step {label} must be an object, got {}", type_name(other)),
-            ));
-            Value::Object(Map::new())
-        }
-    };
-    let queue = match obj.get("SqsQueueUrl") {
-        None | Some(Value::Null) => Value::Null,
-        Some(v @ Value::String(_)) => v.clone(),
-        Some(other) => {
-            issues.push(Issue::new(
-                pointer_push(step_ptr, "SqsQueueUrl"),
-                format!("SqsQueueUrl of step {label} must be a string, got {}", type_name(other)),
-            ));
-            Value::Null
-        }
-    };
-    let callback_outputs = check_output_parameters(
-        obj.get("OutputParameters"),
-        &pointer_push(step_ptr, "OutputParameters"),
-        label,
-        issues,
-    );
-    let refs = expr::find_references(&inputs, &args_ptr, issues);
-    let mut arguments = Map::new();
-    arguments.insert(
-        "OutputParameters".into(),
-        obj.get("OutputParameters").cloned().unwrap_or(Value::Array(Vec::new())),
-    );
-    if !queue.is_null() {
-        arguments.insert("SqsQueueUrl".into(), queue);
-    }
-    arguments.insert(SDK_CALLBACK_INPUTS.into(), inputs);
-    Parsed {
-        arguments: Value::Object(arguments),
-        refs,
-        branches: None,
-        callback_outputs,
-    }
-}
-
-/// Where the free-form `Arguments` of an SDK-shaped Callback step are kept.
-pub(super) const SDK_CALLBACK_INPUTS: &str = "Inputs";
-
-fn check_output_parameters(v: Option<&Value>, list_ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Vec<String> {
-    let mut names = Vec::new();
-    let list = match v {
-        None => return names,
-        Some(Value::Array(list)) => list,
-        Some(other) => {
-            issues.push(Issue::new(
-                list_ptr,
-                format!(
-                    "OutputParameters of step {label} must be a list, got {}",
-                    type_name(other)
-                ),
-            ));
-            return names;
-        }
-    };
-    let types = crate::domain::params::ParamType::ALL.map(|t| t.as_str()).join(", ");
-    for (i, item) in list.iter().enumerate() {
-        let ptr = pointer_push(list_ptr, i);
-        let Some(o) = item.as_object() else {
-            issues.push(Issue::new(
-                &ptr,
-                format!("an output parameter of step {label} must be an object"),
-            ));
-            continue;
-        };
-        for key in o.keys().filter(|k| *k != "OutputName" && *k != "OutputType") {
-            issues.push(Issue::new(
-                pointer_push(&ptr, key),
-                format!("unknown key {key:?} in an output parameter of step {label}; allowed: OutputName, OutputType"),
-            ));
-        }
-        match o.get("OutputName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            None => issues.push(Issue::new(
-                pointer_push(&ptr, "OutputName"),
-                format!("an output parameter of step {label} needs OutputName, a non-empty string"),
-            )),
-            Some(n) if names.iter().any(|o| o == n) => issues.push(Issue::new(
-                pointer_push(&ptr, "OutputName"),
-                format!("duplicate output name {n} in step {label}"),
-            )),
-            Some(n) => names.push(n.to_string()),
-        }
-        if let Some(t) = o.get("OutputType") {
-            if t.as_str().and_then(crate::domain::params::ParamType::parse).is_none() {
-                issues.push(Issue::new(
-                    pointer_push(&ptr, "OutputType"),
-                    format!("OutputType {t} in step {label} is not one of: {types}"),
-                ));
-            }
-        }
-    }
-    names
 }
