@@ -210,8 +210,8 @@ fn unsupported_type(
     issues.push(Issue::new(
         pointer_push(ptr, "Type"),
         format!(
-            "step {label} has type {t:?}, which stepwise does not run (SageMaker job types such as \
-             Processing, Training or Lambda are not run by stepwise); supported types: {}",
+            "step {label} has type {t:?}, which is not run by stepwise (it runs no SageMaker jobs such \
+             as Processing, Training or Lambda); supported types: {}",
             supported_types()
         ),
     ));
