@@ -378,6 +378,14 @@ fn walk_json_get(body: &Value, expr_ptr: &str, ptr: &str, out: &mut Vec<Found>, 
         ));
         return;
     };
+    if m.contains_key("S3Uri") {
+        issues.push(Issue::new(
+            pointer_push(ptr, "S3Uri"),
+            "Std:JsonGet with S3Uri (reading a JSON file from S3) is not supported; read a file a Command \
+             step wrote with {\"Step\", \"File\", \"Path\"} or its PropertyFile",
+        ));
+        return;
+    }
     let before = issues.len();
     let string = |key: &str, issues: &mut Vec<Issue>| match m.get(key) {
         Some(Value::String(s)) => Some(s.clone()),

@@ -18,6 +18,15 @@ pub const EXCEPTION_TYPES: [&str; 5] = [
     "Callback.TIMEOUT",
 ];
 
+/// SageMaker's job exception types: accepted in any step's policies so that
+/// SDK definitions load unchanged, and never matched (stepwise runs no
+/// SageMaker job, so no attempt fails with one of these).
+pub const SAGEMAKER_EXCEPTION_TYPES: [&str; 3] = [
+    "SageMaker.JOB_INTERNAL_ERROR",
+    "SageMaker.CAPACITY_ERROR",
+    "SageMaker.RESOURCE_LIMIT",
+];
+
 /// Attempts (in total) granted to `Step.SERVICE_FAULT` when no policy covers
 /// it: a lost worker should not fail a pipeline on its own.
 pub const DEFAULT_SERVICE_FAULT_ATTEMPTS: u32 = 3;
@@ -133,6 +142,7 @@ fn parse_one(v: &Value, path: &str, issues: &mut Vec<Issue>) -> Option<RetryPoli
             for item in items {
                 match item.as_str() {
                     Some(s) if EXCEPTION_TYPES.contains(&s) => exception_types.push(s.to_string()),
+                    Some(s) if SAGEMAKER_EXCEPTION_TYPES.contains(&s) => {}
                     _ => unknown.push(item.to_string()),
                 }
             }
@@ -140,9 +150,10 @@ fn parse_one(v: &Value, path: &str, issues: &mut Vec<Issue>) -> Option<RetryPoli
                 issues.push(Issue::new(
                     &et_path,
                     format!(
-                        "unknown exception type(s) {}; supported: {}",
+                        "unknown exception type(s) {}; supported: {} (SageMaker's {} are accepted and never match)",
                         unknown.join(", "),
-                        EXCEPTION_TYPES.join(", ")
+                        EXCEPTION_TYPES.join(", "),
+                        SAGEMAKER_EXCEPTION_TYPES.join(", ")
                     ),
                 ));
             }
@@ -229,6 +240,23 @@ mod tests {
         assert_eq!(p[0].backoff_rate, 2.0);
         assert_eq!(p[0].max_attempts, Some(5));
         assert_eq!(p[0].expire_after_min, None);
+    }
+
+    #[test]
+    fn sagemaker_job_exception_types_are_accepted_and_never_match() {
+        let (p, issues) = parse(json!([
+            {"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR", "SageMaker.CAPACITY_ERROR", "SageMaker.RESOURCE_LIMIT"], "MaxAttempts": 9},
+            {"ExceptionType": ["Step.THROTTLING", "SageMaker.CAPACITY_ERROR"], "MaxAttempts": 2}
+        ]));
+        assert!(issues.is_empty(), "{issues:#?}");
+        assert_eq!(p.len(), 2);
+        for e in EXCEPTION_TYPES.iter().filter(|e| **e != "Step.THROTTLING") {
+            assert!(!p[0].matches(e) && !p[1].matches(e), "{e}");
+        }
+        assert!(p[1].matches("Step.THROTTLING"));
+        assert_eq!(next_retry(&p, "Command.FAILED", 1, t(0), t(1)), None);
+        let (_, issues) = parse(json!([{"ExceptionType": ["SageMaker.NOPE"]}]));
+        assert!(issues[0].message.contains("SageMaker.NOPE"), "{issues:#?}");
     }
 
     #[test]

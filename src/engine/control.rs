@@ -83,10 +83,12 @@ pub async fn begin_callback(
     attempt: i32,
     token: Uuid,
     timeout_seconds: Option<u64>,
+    sqs_queue_url: Option<&str>,
 ) -> StoreResult<bool> {
     let mut tx = pool.begin().await?;
     let timeout = timeout_seconds.map(|s| s as f64);
-    let Some((execution_id, step_name)) = transitions::begin_callback(&mut tx, id, attempt, token, timeout).await?
+    let Some((execution_id, step_name)) =
+        transitions::begin_callback(&mut tx, id, attempt, token, timeout, sqs_queue_url).await?
     else {
         return Ok(false);
     };

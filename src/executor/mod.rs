@@ -191,6 +191,8 @@ pub enum Run {
         token: Uuid,
         timeout_seconds: Option<u64>,
         url: Option<String>,
+        /// The SageMaker SDK's `SqsQueueUrl`, shown in the step's metadata.
+        sqs_queue_url: Option<String>,
         arguments: Value,
     },
 }
@@ -318,6 +320,7 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
                 token: Uuid::new_v4(),
                 timeout_seconds: args.timeout_seconds,
                 url: args.url,
+                sqs_queue_url: args.sqs_queue_url,
                 arguments,
             },
             Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),

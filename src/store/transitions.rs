@@ -286,17 +286,20 @@ pub async fn begin_callback(
     attempt: i32,
     token: Uuid,
     timeout_seconds: Option<f64>,
+    sqs_queue_url: Option<&str>,
 ) -> StoreResult<Option<(Uuid, String)>> {
     Ok(sqlx::query_as(
         "update step_runs set callback_token = $3, lease_owner = null, lease_expires_at = null, \
            callback_deadline = case when $4::float8 is null then null else now() + make_interval(secs => $4) end, \
-           metadata = metadata || jsonb_build_object('callback', jsonb_build_object('token', $3::text)) \
+           metadata = metadata || jsonb_build_object('callback', \
+             jsonb_strip_nulls(jsonb_build_object('token', $3::text, 'sqs_queue_url', $5::text))) \
          where id = $1 and attempt = $2 and status = 'Executing' returning execution_id, step_name",
     )
     .bind(id)
     .bind(attempt)
     .bind(token)
     .bind(timeout_seconds)
+    .bind(sqs_queue_url)
     .fetch_optional(conn)
     .await?)
 }

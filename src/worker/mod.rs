@@ -381,9 +381,18 @@ impl WorkerPool {
                 token,
                 timeout_seconds,
                 url,
+                sqs_queue_url,
                 arguments,
             } => {
-                let waiting = engine::begin_callback(&inner.db, step.id, step.attempt, token, timeout_seconds).await?;
+                let waiting = engine::begin_callback(
+                    &inner.db,
+                    step.id,
+                    step.attempt,
+                    token,
+                    timeout_seconds,
+                    sqs_queue_url.as_deref(),
+                )
+                .await?;
                 if !waiting {
                     // Stopped (or rescued) before the wait began: say so, fenced
                     // like any report, rather than leave the step to its lease.

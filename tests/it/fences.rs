@@ -526,7 +526,7 @@ async fn a_stop_racing_the_start_of_a_callback_wait_cancels_it(db: PgPool) {
     let step = &claimed[0];
     // The wait begins in a transaction that has not committed yet.
     let mut waiting = app.db.begin().await.unwrap();
-    let begun = stepwise::store::transitions::begin_callback(&mut waiting, step.id, 1, Uuid::new_v4(), None)
+    let begun = stepwise::store::transitions::begin_callback(&mut waiting, step.id, 1, Uuid::new_v4(), None, None)
         .await
         .unwrap();
     assert!(begun.is_some());

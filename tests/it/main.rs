@@ -18,6 +18,7 @@ mod procs;
 mod races;
 mod redaction;
 mod retention;
+mod sdk_definitions;
 mod secrets;
 mod selective;
 mod shutdown;

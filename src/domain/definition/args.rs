@@ -28,6 +28,8 @@ pub struct CallbackArgs {
     pub output_parameters: Vec<(String, ParamType)>,
     pub url: Option<String>,
     pub timeout_seconds: Option<u64>,
+    /// The SageMaker SDK's queue for the token: kept and shown, not used.
+    pub sqs_queue_url: Option<String>,
 }
 
 fn object<'a>(v: &'a Value, what: &str) -> Result<&'a Map<String, Value>, String> {
@@ -153,6 +155,7 @@ impl CallbackArgs {
             output_parameters,
             url,
             timeout_seconds: seconds(obj.get("TimeoutSeconds"), "TimeoutSeconds")?,
+            sqs_queue_url: string(obj.get("SqsQueueUrl"), "SqsQueueUrl")?,
         })
     }
 }

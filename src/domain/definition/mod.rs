@@ -5,6 +5,7 @@
 //! references resolve to known things, and dependencies form a DAG.
 
 mod args;
+mod callback;
 mod refs;
 mod steps;
 
@@ -20,7 +21,17 @@ use super::{dag, duration, params, pointer_push, retry, type_name, Issue};
 /// The only definition version there is (SageMaker's).
 pub const VERSION: &str = "2020-12-01";
 
-const TOP_LEVEL_KEYS: [&str; 5] = ["Version", "Metadata", "Parameters", "PipelineExperimentConfig", "Steps"];
+/// Every top-level key SageMaker accepts. `Metadata`,
+/// `PipelineExperimentConfig` and `MlflowConfig` are kept in the stored
+/// document as given (null or an object) and otherwise unused.
+const TOP_LEVEL_KEYS: [&str; 6] = [
+    "Version",
+    "Metadata",
+    "Parameters",
+    "PipelineExperimentConfig",
+    "MlflowConfig",
+    "Steps",
+];
 
 #[derive(Debug, Clone)]
 pub struct Definition {
@@ -259,7 +270,7 @@ fn check_top_level(top: &Map<String, Value>, issues: &mut Vec<Issue>) {
             format!("Version is required and must be \"{VERSION}\""),
         )),
     }
-    for key in ["Metadata", "PipelineExperimentConfig"] {
+    for key in ["Metadata", "PipelineExperimentConfig", "MlflowConfig"] {
         if let Some(v) = top.get(key).filter(|v| !v.is_object() && !v.is_null()) {
             issues.push(Issue::new(
                 pointer_push("", key),

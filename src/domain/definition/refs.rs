@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet};
 
 use serde_json::json;
 
+use super::callback::{is_sdk_callback, SDK_CALLBACK_INPUTS};
 use super::steps::{check_artifact_path, Pending};
 use super::{Step, StepKind};
 use crate::domain::expr::{format_path, Found, PathSegment, Reference};
@@ -323,9 +324,16 @@ fn check_property(kind: StepKind, step: &str, outputs: &[String], path: &[PathSe
 
 fn apply_rewrites(step: &mut Step, rewrites: Vec<Rewrite>) {
     let prefix = pointer_push(&step.pointer, "Arguments");
+    // An SDK-shaped Callback keeps its free-form Arguments under Inputs.
+    let sdk_callback = step.kind == StepKind::Callback && step.raw.as_object().is_some_and(is_sdk_callback);
     for (ptr, target, file) in rewrites {
         let Some(rel) = ptr.strip_prefix(&prefix) else { continue };
-        let Some(slot) = step.arguments.pointer_mut(rel) else {
+        let rel = if sdk_callback {
+            format!("/{SDK_CALLBACK_INPUTS}{rel}")
+        } else {
+            rel.to_string()
+        };
+        let Some(slot) = step.arguments.pointer_mut(&rel) else {
             continue;
         };
         let path = slot["Std:JsonGet"]["Path"].clone();

@@ -4,7 +4,7 @@
 
 use serde_json::{Map, Value};
 
-use super::{supported_types, Branch, CacheConfig, Step, StepKind};
+use super::{callback, supported_types, Branch, CacheConfig, Step, StepKind};
 use crate::domain::expr::{self, Found};
 use crate::domain::{condition, duration, names, pointer_push, retry, type_name, Issue};
 
@@ -89,6 +89,9 @@ fn parse_step<'a>(
         ));
         return None;
     };
+    if let Some(pending) = unsupported_type(obj, ptr, &branch, &branch_path, issues) {
+        return Some((pending, None));
+    }
     let name_ptr = pointer_push(ptr, "Name");
     let name = match obj.get("Name") {
         Some(Value::String(n)) => {
@@ -108,16 +111,7 @@ fn parse_step<'a>(
         name.clone()
     };
     let kind = match obj.get("Type") {
-        Some(Value::String(t)) => StepKind::parse(t).or_else(|| {
-            issues.push(Issue::new(
-                pointer_push(ptr, "Type"),
-                format!(
-                    "unsupported step type {t:?} in step {label}; supported types: {} (SageMaker job types are not run by stepwise)",
-                    supported_types()
-                ),
-            ));
-            None
-        }),
+        Some(Value::String(t)) => StepKind::parse(t),
         _ => {
             issues.push(Issue::new(
                 pointer_push(ptr, "Type"),
@@ -126,31 +120,19 @@ fn parse_step<'a>(
             None
         }
     };
-    for key in obj.keys().filter(|k| !STEP_KEYS.contains(&k.as_str())) {
-        match (key.as_str(), kind) {
-            ("PropertyFiles", Some(StepKind::Command) | None) => {}
-            ("PropertyFiles", Some(k)) => issues.push(Issue::new(
-                pointer_push(ptr, key),
-                format!(
-                    "PropertyFiles is only allowed on Command steps; step {label} is a {}",
-                    k.as_str()
-                ),
-            )),
-            _ => issues.push(Issue::new(
-                pointer_push(ptr, key),
-                format!(
-                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only)",
-                    STEP_KEYS.join(", ")
-                ),
-            )),
-        }
-    }
+    let sdk_callback = kind == Some(StepKind::Callback) && callback::is_sdk_callback(obj);
+    check_step_keys(obj, kind, ptr, &label, issues);
     let display_name = opt_string(obj, "DisplayName", ptr, &label, issues);
     let description = opt_string(obj, "Description", ptr, &label, issues);
     let explicit_deps = parse_depends_on(obj.get("DependsOn"), ptr, &label, issues);
     let cache = obj
         .get("CacheConfig")
-        .and_then(|c| parse_cache(c, kind, &pointer_push(ptr, "CacheConfig"), &label, issues));
+        // The SDK writes CacheConfig on a CallbackStep too; it is accepted
+        // there and ignored (Callback steps are never cached).
+        .and_then(|c| {
+            let checked = if sdk_callback { None } else { kind };
+            parse_cache(c, checked, &pointer_push(ptr, "CacheConfig"), &label, issues)
+        });
     let retry_policies = obj
         .get("RetryPolicies")
         .map(|r| retry::parse_retry_policies(r, &pointer_push(ptr, "RetryPolicies"), issues))
@@ -162,6 +144,15 @@ fn parse_step<'a>(
         _ => Vec::new(),
     };
     let parsed = match kind {
+        Some(_) if sdk_callback => {
+            let (arguments, refs, callback_outputs) = callback::parse_sdk_callback(obj, ptr, &label, issues);
+            Parsed {
+                arguments,
+                refs,
+                branches: None,
+                callback_outputs,
+            }
+        }
         Some(k) => parse_arguments(k, obj.get("Arguments"), ptr, &label, issues),
         None => Parsed::default(),
     };
@@ -195,6 +186,81 @@ fn parse_step<'a>(
         callback_outputs: parsed.callback_outputs,
     };
     Some((pending, parsed.branches))
+}
+
+/// A type stepwise does not run (a SageMaker job: Processing, Training,
+/// Lambda, ...) is one issue on its Type and nothing else: its other fields
+/// follow that job type's shape, which stepwise does not check. Returns a
+/// placeholder known by name only, so references to it are not reported as
+/// unknown steps.
+fn unsupported_type(
+    obj: &Map<String, Value>,
+    ptr: &str,
+    branch: &Option<Branch>,
+    branch_path: &[(usize, bool)],
+    issues: &mut Vec<Issue>,
+) -> Option<Pending> {
+    let t = obj.get("Type")?.as_str().filter(|t| StepKind::parse(t).is_none())?;
+    let name = obj.get("Name").and_then(Value::as_str).unwrap_or_default().to_string();
+    let label = if name.is_empty() {
+        format!("at {ptr}")
+    } else {
+        name.clone()
+    };
+    issues.push(Issue::new(
+        pointer_push(ptr, "Type"),
+        format!(
+            "step {label} has type {t:?}, which is not run by stepwise (it runs no SageMaker jobs such \
+             as Processing, Training or Lambda); supported types: {}",
+            supported_types()
+        ),
+    ));
+    Some(Pending {
+        step: Step {
+            name,
+            kind: StepKind::Pass,
+            arguments: Value::Object(Map::new()),
+            depends_on: Vec::new(),
+            branch: branch.clone(),
+            display_name: None,
+            description: None,
+            cache: None,
+            retry_policies: Vec::new(),
+            property_files: Vec::new(),
+            pointer: ptr.to_string(),
+            raw: Value::Object(obj.clone()),
+        },
+        kind: None,
+        explicit_deps: Vec::new(),
+        refs: Vec::new(),
+        branch_path: branch_path.to_vec(),
+        callback_outputs: Vec::new(),
+    })
+}
+
+/// An issue for each step-level key the step's type does not take.
+fn check_step_keys(obj: &Map<String, Value>, kind: Option<StepKind>, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+    for key in obj.keys().filter(|k| !STEP_KEYS.contains(&k.as_str())) {
+        match (key.as_str(), kind) {
+            ("PropertyFiles", Some(StepKind::Command) | None) => {}
+            ("SqsQueueUrl" | "OutputParameters", Some(StepKind::Callback)) => {}
+            ("PropertyFiles", Some(k)) => issues.push(Issue::new(
+                pointer_push(ptr, key),
+                format!(
+                    "PropertyFiles is only allowed on Command steps; step {label} is a {}",
+                    k.as_str()
+                ),
+            )),
+            _ => issues.push(Issue::new(
+                pointer_push(ptr, key),
+                format!(
+                    "unknown key {key:?} in step {label}; allowed: {}, PropertyFiles (Command only), \
+                     SqsQueueUrl and OutputParameters (Callback only)",
+                    STEP_KEYS.join(", ")
+                ),
+            )),
+        }
+    }
 }
 
 fn opt_string(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Option<String> {
@@ -452,7 +518,7 @@ fn parse_arguments<'a>(
                 ));
             }
         }
-        StepKind::Callback => parsed.callback_outputs = check_callback(obj, &ptr, label, issues),
+        StepKind::Callback => parsed.callback_outputs = callback::check_callback(obj, &ptr, label, issues),
         StepKind::Condition => {
             unknown_keys(obj, &["Conditions", "IfSteps", "ElseSteps"], &ptr, label, issues);
             let cond_ptr = pointer_push(&ptr, "Conditions");
@@ -500,7 +566,13 @@ fn parse_arguments<'a>(
     parsed
 }
 
-fn unknown_keys(obj: &Map<String, Value>, allowed: &[&str], ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+pub(super) fn unknown_keys(
+    obj: &Map<String, Value>,
+    allowed: &[&str],
+    ptr: &str,
+    label: &str,
+    issues: &mut Vec<Issue>,
+) {
     for key in obj.keys().filter(|k| !allowed.contains(&k.as_str())) {
         issues.push(Issue::new(
             pointer_push(ptr, key),
@@ -516,7 +588,7 @@ fn is_string_like(v: &Value) -> bool {
     v.is_string() || expr::is_expression(v)
 }
 
-fn check_positive_int(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
+pub(super) fn check_positive_int(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
     if let Some(v) = obj.get(key) {
         if !(v.as_u64().is_some_and(|n| n > 0) || expr::is_expression(v)) {
             issues.push(Issue::new(
@@ -606,79 +678,4 @@ fn check_command(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut 
             format!("Env of step {label} must be an object, got {}", type_name(other)),
         )),
     }
-}
-
-fn check_callback(obj: &Map<String, Value>, ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Vec<String> {
-    unknown_keys(obj, &["OutputParameters", "Url", "TimeoutSeconds"], ptr, label, issues);
-    check_positive_int(obj, "TimeoutSeconds", ptr, label, issues);
-    match obj.get("Url") {
-        None => {}
-        Some(Value::String(u)) => {
-            let lower = u.to_ascii_lowercase();
-            if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-                issues.push(Issue::new(
-                    pointer_push(ptr, "Url"),
-                    format!("Url of step {label} must be an http or https URL, got {u:?}"),
-                ));
-            }
-        }
-        Some(v) if expr::is_expression(v) => {}
-        Some(v) => issues.push(Issue::new(
-            pointer_push(ptr, "Url"),
-            format!("Url of step {label} must be a string, got {}", type_name(v)),
-        )),
-    }
-    let mut names = Vec::new();
-    let list_ptr = pointer_push(ptr, "OutputParameters");
-    let list = match obj.get("OutputParameters") {
-        None => return names,
-        Some(Value::Array(list)) => list,
-        Some(other) => {
-            issues.push(Issue::new(
-                list_ptr,
-                format!(
-                    "OutputParameters of step {label} must be a list, got {}",
-                    type_name(other)
-                ),
-            ));
-            return names;
-        }
-    };
-    let types = crate::domain::params::ParamType::ALL.map(|t| t.as_str()).join(", ");
-    for (i, item) in list.iter().enumerate() {
-        let ptr = pointer_push(&list_ptr, i);
-        let Some(o) = item.as_object() else {
-            issues.push(Issue::new(
-                &ptr,
-                format!("an output parameter of step {label} must be an object"),
-            ));
-            continue;
-        };
-        for key in o.keys().filter(|k| *k != "OutputName" && *k != "OutputType") {
-            issues.push(Issue::new(
-                pointer_push(&ptr, key),
-                format!("unknown key {key:?} in an output parameter of step {label}; allowed: OutputName, OutputType"),
-            ));
-        }
-        match o.get("OutputName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-            None => issues.push(Issue::new(
-                pointer_push(&ptr, "OutputName"),
-                format!("an output parameter of step {label} needs OutputName, a non-empty string"),
-            )),
-            Some(n) if names.iter().any(|o| o == n) => issues.push(Issue::new(
-                pointer_push(&ptr, "OutputName"),
-                format!("duplicate output name {n} in step {label}"),
-            )),
-            Some(n) => names.push(n.to_string()),
-        }
-        if let Some(t) = o.get("OutputType") {
-            if t.as_str().and_then(crate::domain::params::ParamType::parse).is_none() {
-                issues.push(Issue::new(
-                    pointer_push(&ptr, "OutputType"),
-                    format!("OutputType {t} in step {label} is not one of: {types}"),
-                ));
-            }
-        }
-    }
-    names
 }

@@ -332,6 +332,135 @@ fn unsupported_step_type_lists_supported() {
 }
 
 #[test]
+fn unsupported_step_type_is_one_issue_and_nothing_else() {
+    // As the SDK writes a ProcessingStep: job arguments, PropertyFiles,
+    // CacheConfig and SageMaker retry types; and a LambdaStep.
+    let processing = json!({"Name": "bad name", "Type": "Processing",
+        "Arguments": {"ProcessingResources": {"ClusterConfig": {"InstanceCount": 1}}, "AppSpecification": {"ImageUri": "x"}},
+        "PropertyFiles": [{"PropertyFileName": "Report", "OutputName": "evaluation", "FilePath": "evaluation.json"}],
+        "CacheConfig": {"Enabled": true, "ExpireAfter": "not a duration"},
+        "RetryPolicies": [{"ExceptionType": ["SageMaker.JOB_INTERNAL_ERROR"], "MaxAttempts": 99}],
+        "DependsOn": ["Nowhere"]});
+    let lambda = json!({"Name": "L", "Type": "Lambda", "DependsOn": [],
+        "FunctionArn": "arn:aws:lambda:us-east-1:000000000000:function:f",
+        "OutputParameters": [{"OutputName": "o", "OutputType": "String"}],
+        "Arguments": {"x": {"Get": "Parameters.Nope"}}});
+    let v = doc(json!([processing, lambda, cmd("After")]));
+    let all = issues(v);
+    let paths: Vec<_> = all.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(paths, ["/Steps/0/Type", "/Steps/1/Type"], "{all:#?}");
+    for (issue, t) in all.iter().zip(["\"Processing\"", "\"Lambda\""]) {
+        assert!(issue.message.contains(t), "{}", issue.message);
+        assert!(
+            issue.message.contains("Command, Pass, Condition, Fail, Callback"),
+            "{}",
+            issue.message
+        );
+        assert!(issue.message.contains("not run by stepwise"), "{}", issue.message);
+    }
+}
+
+#[test]
+fn sagemaker_top_level_keys_are_accepted_and_kept() {
+    for mlflow in [
+        json!(null),
+        json!({"MlflowResourceArn": "arn:x", "MlflowExperimentName": "e"}),
+    ] {
+        let mut v = doc(json!([cmd("A")]));
+        v["MlflowConfig"] = mlflow.clone();
+        v["PipelineExperimentConfig"] = json!(null);
+        v["Metadata"] = json!({});
+        let d = parse_definition(&v).unwrap();
+        assert_eq!(d.document["MlflowConfig"], mlflow);
+        assert!(d.document.as_object().unwrap().contains_key("PipelineExperimentConfig"));
+    }
+    let mut v = doc(json!([cmd("A")]));
+    v["MlflowConfig"] = json!("yes");
+    assert_issue(v, "/MlflowConfig", &["MlflowConfig must be an object"]);
+}
+
+#[test]
+fn sdk_callback_shape_becomes_a_stepwise_callback() {
+    let cb = json!({"Name": "Approve", "Type": "Callback", "DependsOn": ["A"],
+        "Arguments": {"model": {"Get": "Steps.A.Outputs.model"}, "Url": "not-a-url", "note": "free-form"},
+        "SqsQueueUrl": "https://sqs.us-east-1.amazonaws.com/000000000000/q",
+        "OutputParameters": [{"OutputName": "approved", "OutputType": "Boolean"}],
+        "CacheConfig": {"Enabled": true, "ExpireAfter": "PT1H"}});
+    let mut after = cmd("After");
+    after["Arguments"]["Command"] = json!(["echo", {"Get": "Steps.Approve.OutputParameters['approved']"}]);
+    let d = parse_definition(&doc(json!([cmd("A"), cb, after]))).unwrap();
+    let step = d.step("Approve").unwrap();
+    assert_eq!(step.kind, StepKind::Callback);
+    assert!(!step.caching_enabled());
+    assert_eq!(step.depends_on, ["A"]);
+    let args = CallbackArgs::from_resolved(&step.arguments).unwrap();
+    assert_eq!(args.url, None);
+    assert_eq!(
+        args.output_parameters,
+        [("approved".to_string(), params::ParamType::Boolean)]
+    );
+    assert_eq!(
+        args.sqs_queue_url.as_deref(),
+        Some("https://sqs.us-east-1.amazonaws.com/000000000000/q")
+    );
+    assert_eq!(step.arguments["Inputs"]["note"], "free-form");
+    assert_eq!(d.step("After").unwrap().depends_on, ["Approve"]);
+    assert_eq!(
+        d.document["Steps"][1]["SqsQueueUrl"],
+        "https://sqs.us-east-1.amazonaws.com/000000000000/q"
+    );
+
+    // Bad shapes are still issues, and an undeclared output is refused.
+    let cb = json!({"Name": "Approve", "Type": "Callback", "SqsQueueUrl": 5,
+        "OutputParameters": [{"OutputName": "a", "OutputType": "Date"}]});
+    let all = issues(doc(json!([cb])));
+    let paths: Vec<_> = all.iter().map(|i| i.path.as_str()).collect();
+    assert_eq!(
+        paths,
+        ["/Steps/0/SqsQueueUrl", "/Steps/0/OutputParameters/0/OutputType"],
+        "{all:#?}"
+    );
+    // SqsQueueUrl and OutputParameters belong to Callback steps only.
+    let mut c = cmd("C");
+    c["SqsQueueUrl"] = json!("q");
+    assert_issue(
+        doc(json!([c])),
+        "/Steps/0/SqsQueueUrl",
+        &["unknown key", "Callback only"],
+    );
+}
+
+#[test]
+fn sdk_callback_inputs_read_a_property_file() {
+    let mut a = cmd("A");
+    a["PropertyFiles"] = json!([{"PropertyFileName": "R", "FilePath": "r.json"}]);
+    let cb = json!({"Name": "Ask", "Type": "Callback", "SqsQueueUrl": "q", "OutputParameters": [],
+        "Arguments": {"acc": {"Std:JsonGet": {"PropertyFile": {"Get": "Steps.A.PropertyFiles.R"}, "Path": "acc"}}}});
+    let d = parse_definition(&doc(json!([a, cb]))).unwrap();
+    assert_eq!(
+        d.step("Ask").unwrap().arguments["Inputs"]["acc"],
+        json!({"Std:JsonGet": {"Step": "A", "File": "r.json", "Path": "acc"}})
+    );
+}
+
+#[test]
+fn json_get_with_s3_uri_is_one_issue() {
+    let mut v = doc(json!([{"Name": "Gate", "Type": "Condition", "Arguments": {
+        "Conditions": [{"Type": "GreaterThanOrEqualTo",
+            "LeftValue": {"Std:JsonGet": {"S3Uri": {"Std:Join": {"On": "/", "Values": ["s3://b", "m.json"]}}, "Path": "acc"}},
+            "RightValue": 0.5}],
+        "IfSteps": [], "ElseSteps": []}}]));
+    v["Parameters"] = json!([]);
+    let all = issues(v);
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(
+        all[0].path,
+        "/Steps/0/Arguments/Conditions/0/LeftValue/Std:JsonGet/S3Uri"
+    );
+    assert!(all[0].message.contains("not supported"));
+}
+
+#[test]
 fn bad_duration() {
     let mut a = cmd("A");
     a["CacheConfig"] = json!({"Enabled": true, "ExpireAfter": "P30X"});

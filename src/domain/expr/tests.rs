@@ -234,3 +234,18 @@ fn per_execution_values_are_listed() {
         ["Execution.CurrentDateTime", "Execution.PipelineExecutionId"]
     );
 }
+
+#[test]
+fn json_get_with_s3_uri_is_one_clear_issue() {
+    // As the SageMaker SDK writes JsonGet(s3_uri=Join(...), json_path=...).
+    let v = json!({"Std:JsonGet": {
+        "S3Uri": {"Std:Join": {"On": "/", "Values": ["s3://bucket", {"Get": "Execution.PipelineExecutionId"}, "m.json"]}},
+        "Path": "metrics.accuracy"
+    }});
+    let mut issues = Vec::new();
+    let found = find_references(&v, "/X", &mut issues);
+    assert!(found.is_empty());
+    assert_eq!(issues.len(), 1, "{issues:#?}");
+    assert_eq!(issues[0].path, "/X/Std:JsonGet/S3Uri");
+    assert!(issues[0].message.contains("S3Uri") && issues[0].message.contains("not supported"));
+}
