@@ -17,7 +17,7 @@ use serde::ser::Serializer;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-use super::definition::Definition;
+use super::definition::{Definition, Step};
 use super::expr::{self, Reference};
 use super::Issue;
 
@@ -336,8 +336,9 @@ fn branch_key(if_branch: bool) -> &'static str {
 /// The `"changed"` selection: steps whose resolved definition (raw step with
 /// parameter references substituted), dependency set or branch membership
 /// differs from the source's snapshot, every step that did not succeed in the
-/// source (or is missing from it), and all of their descendants. Empty when
-/// nothing changed; the caller reports that nothing needs to run.
+/// source (or is missing from it) unless it lies in a branch the source's
+/// Condition did not take, and all of their descendants. Empty when nothing
+/// changed; the caller reports that nothing needs to run.
 ///
 /// References to steps and execution variables are compared as written: a
 /// step whose upstream changed is caught as a descendant, and execution
@@ -358,20 +359,43 @@ pub fn changed_steps(
             let Some(before) = source_def.step(&step.name) else {
                 return true;
             };
-            if !source.get(&step.name).is_some_and(SourceStep::succeeded) {
-                return true;
-            }
             let deps: BTreeSet<&String> = step.depends_on.iter().collect();
             let deps_before: BTreeSet<&String> = before.depends_on.iter().collect();
-            deps != deps_before
+            let edited = deps != deps_before
                 || step.branch != before.branch
                 || substitute_parameters(&cosmetic_free(&step.raw), params)
-                    != substitute_parameters(&cosmetic_free(&before.raw), source_params)
+                    != substitute_parameters(&cosmetic_free(&before.raw), source_params);
+            if edited {
+                return true;
+            }
+            // Not run in the source: changed, unless the source's Condition
+            // took the other branch (and nothing about the step changed).
+            !source.get(&step.name).is_some_and(SourceStep::succeeded) && !in_branch_not_taken(def, step, source)
         })
         .map(|(i, _)| i)
         .collect();
     let reached = g.reach(&changed, &g.children);
     g.set((0..g.names.len()).filter(|&i| reached[i].is_some()))
+}
+
+/// Whether `step` lies (through its chain of enclosing Conditions) in a
+/// branch that a Condition of the source execution did not take.
+fn in_branch_not_taken(def: &Definition, step: &Step, source: &HashMap<String, SourceStep>) -> bool {
+    let mut cur = step;
+    while let Some(branch) = &cur.branch {
+        let outcome = source
+            .get(&branch.condition)
+            .filter(|s| s.succeeded())
+            .and_then(|s| s.outcome);
+        if outcome.is_some_and(|o| o != branch.if_branch) {
+            return true;
+        }
+        match def.step(&branch.condition) {
+            Some(c) => cur = c,
+            None => return false,
+        }
+    }
+    false
 }
 
 /// The step without `DisplayName` and `Description`: renaming a step for

@@ -731,3 +731,51 @@ async fn the_log_of_a_reused_step_says_where_it_ran(db: PgPool) {
         .await
         .expect(200);
 }
+
+/// Issue 11, item 1: `T -> Gate(If [Ok], Else [No (Fail)])`, SageMaker's
+/// commonest shape. `No` never ran in the source (its branch was not
+/// taken): that alone is no change, so "changed" is not refused by rule 9.
+#[sqlx::test]
+async fn changed_ignores_a_branch_the_source_did_not_take(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let gate = |shell: &str| {
+        definition_with(
+            json!([]),
+            json!([
+                {"Name": "T", "Type": "Command", "Arguments": {"Shell": shell}},
+                {"Name": "Gate", "Type": "Condition", "DependsOn": ["T"], "Arguments": {
+                    "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 1}],
+                    "IfSteps": [{"Name": "Ok", "Type": "Pass", "Arguments": {}}],
+                    "ElseSteps": [{"Name": "No", "Type": "Fail", "Arguments": {"ErrorMessage": "bad"}}]}}
+            ]),
+        )
+    };
+    let count = count_run(dir.path());
+    app.create_pipeline("gate", gate(&count)).await;
+    let source = run_full(&app, "gate", json!({})).await;
+    let changed = json!({"source_execution": source["execution_arn"], "selected_steps": "changed"});
+    let plan = app
+        .post(
+            "/v1/pipelines/gate/executions/plan",
+            &json!({"selective_execution": changed}),
+        )
+        .await;
+    let plan = plan.expect(200).clone();
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    assert!(
+        plan["steps"].as_array().unwrap().iter().all(|s| s["verdict"] != "Run"),
+        "nothing changed, nothing runs: {plan}"
+    );
+    // T edited: T and what follows it run again; the Condition decides anew.
+    app.put(
+        "/v1/pipelines/gate",
+        &json!({"definition": gate(&format!("{count}; true"))}),
+    )
+    .await
+    .expect(200);
+    let started = start_selective(&app, "gate", changed).await.expect(201).clone();
+    let id = started["execution_id"].as_str().unwrap();
+    assert_eq!(app.wait_terminal(id).await["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "T"), 2);
+}

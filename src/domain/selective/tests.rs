@@ -303,6 +303,35 @@ fn an_edited_step_and_a_failed_source_step_are_changed() {
     );
 }
 
+/// T -> Gate(If [Ok], Else [No (Fail)]): SageMaker's commonest shape.
+fn gate(message: &str) -> Definition {
+    parse(
+        json!([]),
+        json!([
+            pass("T", &[]),
+            {"Name": "Gate", "Type": "Condition", "DependsOn": ["T"], "Arguments": {
+                "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 1}],
+                "IfSteps": [pass("Ok", &[])],
+                "ElseSteps": [{"Name": "No", "Type": "Fail", "Arguments": {"ErrorMessage": message}}]}}
+        ]),
+    )
+}
+
+#[test]
+fn a_branch_the_source_did_not_take_is_not_changed() {
+    let def = gate("bad");
+    let p = Map::new();
+    let mut src = all_succeeded(&def);
+    src.get_mut("Gate").unwrap().outcome = Some(true);
+    src.get_mut("No").unwrap().status = "Skipped".into();
+    assert!(changed_steps(&def, &p, &def, &p, &src).is_empty());
+    // Edited, it is changed all the same.
+    assert_eq!(changed_steps(&gate("worse"), &p, &def, &p, &src), set(&["No"]));
+    // On the branch the source took, a step that did not succeed is changed.
+    src.get_mut("Ok").unwrap().status = "Failed".into();
+    assert_eq!(changed_steps(&def, &p, &def, &p, &src), set(&["Ok"]));
+}
+
 #[test]
 fn a_new_step_and_a_new_dependency_are_changed() {
     let before = parse(json!([]), json!([pass("A", &[]), pass("B", &[])]));
