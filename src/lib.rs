@@ -6,6 +6,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod content;
 pub mod domain;
 pub mod engine;
 pub mod executor;
