@@ -22,10 +22,7 @@ pub fn init(config: &LogConfig, redactor: Redactor) {
         .or_else(|_| EnvFilter::try_new(&config.filter))
         .unwrap_or_else(|_| EnvFilter::new("info"));
     let writer = Scrubbing(Arc::new(redactor));
-    let colour = use_colour(
-        std::io::stderr().is_terminal(),
-        std::env::var_os("NO_COLOR").as_deref(),
-    );
+    let colour = use_colour(std::io::stderr().is_terminal(), std::env::var_os("NO_COLOR").as_deref());
     let builder = fmt().with_env_filter(filter).with_writer(writer).with_ansi(colour);
     match config.format {
         LogFormat::Json => builder.json().flatten_event(true).init(),

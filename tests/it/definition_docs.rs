@@ -2,8 +2,9 @@
 //! server: every ```` ```json ```` block is marked with what it is
 //! (`pipeline`, `step`, `refused` or `fragment`), complete definitions are
 //! created (and those marked `run` or `fails` run to that end), single steps
-//! are created as the only step of a definition, and refused definitions
-//! are refused with the message the document quotes.
+//! are created as the only step of a definition, refused definitions
+//! are refused with the messages the document quotes, and fragments are
+//! parts of the examples that run.
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -59,14 +60,41 @@ fn examples() -> Vec<(Block, Kind, Value)> {
 /// The document's text with every run of whitespace made one space, so a
 /// quoted message may be wrapped over lines.
 fn document_text() -> String {
-    markdown::read(DOCUMENT).split_whitespace().collect::<Vec<_>>().join(" ")
+    markdown::read(DOCUMENT)
+        .split_whitespace()
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// Whether `needle` is `haystack` or a value somewhere inside it.
+fn holds(haystack: &Value, needle: &Value) -> bool {
+    haystack == needle
+        || match haystack {
+            Value::Object(m) => m.values().any(|v| holds(v, needle)),
+            Value::Array(a) => a.iter().any(|v| holds(v, needle)),
+            _ => false,
+        }
 }
 
 #[test]
-fn every_example_is_marked_and_is_json() {
+fn every_example_is_marked_and_every_fragment_is_part_of_one_that_runs() {
     let examples = examples();
+    for (block, kind, value) in &examples {
+        if *kind == Kind::Fragment {
+            assert!(
+                examples
+                    .iter()
+                    .any(|(_, k, v)| matches!(k, Kind::Pipeline(Some(_))) && holds(v, value)),
+                "{DOCUMENT} line {}: the fragment is in no example that runs",
+                block.line
+            );
+        }
+    }
     let count = |k: fn(&Kind) -> bool| examples.iter().filter(|(_, kind, _)| k(kind)).count();
-    assert!(count(|k| matches!(k, Kind::Pipeline(Some("Succeeded")))) >= 4, "{examples:?}");
+    assert!(
+        count(|k| matches!(k, Kind::Pipeline(Some("Succeeded")))) >= 4,
+        "{examples:?}"
+    );
     assert!(count(|k| matches!(k, Kind::Pipeline(Some("Failed")))) >= 1);
     assert!(count(|k| *k == Kind::Step) >= 5);
     assert!(count(|k| *k == Kind::Refused) >= 1);
@@ -96,7 +124,10 @@ async fn examples_are_accepted_and_run_as_described(db: PgPool) {
                     "{at}: the document does not quote the issue {detail}"
                 );
                 let path = detail["path"].as_str().unwrap();
-                assert!(text.contains(&format!("`{path}`")), "{at}: the document does not name {path}");
+                assert!(
+                    text.contains(&format!("`{path}`")),
+                    "{at}: the document does not name {path}"
+                );
             }
             continue;
         }
@@ -138,7 +169,10 @@ async fn example_runs_do_what_the_text_says(db: PgPool) {
     app.wait_terminal(&id).await;
     let status = |steps: &[Value], name: &str| {
         let s = steps.iter().find(|s| s["step_name"] == name).unwrap();
-        (s["status"].as_str().unwrap().to_string(), s["skip_reason"].as_str().map(String::from))
+        (
+            s["status"].as_str().unwrap().to_string(),
+            s["skip_reason"].as_str().map(String::from),
+        )
     };
     let steps = app.steps(&id).await;
     assert_eq!(status(&steps, "Large"), ("Succeeded".into(), None));
@@ -167,7 +201,10 @@ async fn example_runs_do_what_the_text_says(db: PgPool) {
     let summary = app.step(&id, "Summary").await;
     assert_eq!(summary["properties"]["Outputs"]["first_label"], "cat", "{summary}");
     let report = summary["properties"]["Outputs"]["report"].as_str().unwrap();
-    assert!(report.starts_with('/') && report.ends_with("/evaluation.json"), "{report}");
+    assert!(
+        report.starts_with('/') && report.ends_with("/evaluation.json"),
+        "{report}"
+    );
 
     // The overview: the gate passes, Register collects the values.
     app.create_pipeline("overview", by_first_step("Prepare")).await;

@@ -93,10 +93,14 @@ pub fn blocks(text: &str) -> Vec<Block> {
 
 #[test]
 fn blocks_and_sections_are_found() {
-    let text = "# T\n\n## A\n\n```sh\necho a\n```\n\n### A.1\n\n```json pipeline run\n{}\n```\n\n## B\n\n```sh\necho b\n```\n";
+    let text =
+        "# T\n\n## A\n\n```sh\necho a\n```\n\n### A.1\n\n```json pipeline run\n{}\n```\n\n## B\n\n```sh\necho b\n```\n";
     let a = blocks(&section(text, "## A"));
     assert_eq!(a.len(), 2);
-    assert_eq!((a[0].info.as_str(), a[0].body.as_str(), a[0].line), ("sh", "echo a\n", 5));
+    assert_eq!(
+        (a[0].info.as_str(), a[0].body.as_str(), a[0].line),
+        ("sh", "echo a\n", 5)
+    );
     assert_eq!(a[1].words(), ["json", "pipeline", "run"]);
     assert_eq!(a[1].language(), "json");
     assert_eq!(blocks(&section(text, "## B"))[0].body, "echo b\n");

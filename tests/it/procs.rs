@@ -54,7 +54,12 @@ impl StepwiseProcess {
         Self::serve_with(url, data_dir, &[], false).await
     }
 
-    async fn serve_with(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)], no_color: bool) -> StepwiseProcess {
+    async fn serve_with(
+        url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        no_color: bool,
+    ) -> StepwiseProcess {
         let args = ["serve", "--listen", "127.0.0.1:0"];
         let mut process = Self::spawn(&args, url, data_dir, env, no_color).await;
         assert!(process.base_url.is_some(), "serve logged its address");

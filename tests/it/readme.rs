@@ -69,7 +69,11 @@ async fn walk_through_runs_as_written(db: PgPool) {
     let stderr = String::from_utf8_lossy(&output.stderr);
     let server_log = server.log.lock().unwrap().join("\n");
     let context = format!("stdout:\n{stdout}\nstderr:\n{stderr}\nserver log:\n{server_log}");
-    assert!(output.status.success(), "the walk-through failed: {}\n{context}", output.status);
+    assert!(
+        output.status.success(),
+        "the walk-through failed: {}\n{context}",
+        output.status
+    );
 
     // What the README's comments say the snippets print.
     for expected in [
@@ -83,7 +87,10 @@ async fn walk_through_runs_as_written(db: PgPool) {
         "/input.csv is missing\n",
         "Succeeded\nFetch Succeeded attempts: 1\nLoad Succeeded attempts: 2\n",
     ] {
-        assert!(stdout.contains(expected), "the walk-through did not print {expected:?}\n{context}");
+        assert!(
+            stdout.contains(expected),
+            "the walk-through did not print {expected:?}\n{context}"
+        );
     }
     // The stop of an ended run was refused.
     assert!(stdout.contains("\"code\":\"Conflict\""), "{context}");
@@ -91,7 +98,10 @@ async fn walk_through_runs_as_written(db: PgPool) {
     let client = crate::helpers::authed_client(Duration::from_secs(30));
     for pipeline in ["demo", "ingest"] {
         let list: serde_json::Value = client
-            .get(format!("{}/v1/pipelines/{pipeline}/executions", server.base_url.as_deref().unwrap()))
+            .get(format!(
+                "{}/v1/pipelines/{pipeline}/executions",
+                server.base_url.as_deref().unwrap()
+            ))
             .send()
             .await
             .unwrap()
@@ -105,7 +115,10 @@ async fn walk_through_runs_as_written(db: PgPool) {
             .map(|e| e["status"].as_str().unwrap().to_string())
             .collect();
         assert!(!statuses.is_empty(), "{pipeline} has executions");
-        assert!(statuses.iter().all(|s| s == "Succeeded"), "{pipeline}: {statuses:?}\n{context}");
+        assert!(
+            statuses.iter().all(|s| s == "Succeeded"),
+            "{pipeline}: {statuses:?}\n{context}"
+        );
     }
 }
 
