@@ -132,6 +132,16 @@ async fn examples_are_accepted_and_run_as_described(db: PgPool) {
             continue;
         }
         assert_eq!(resp.status, 201, "{at}: the example is refused: {}", resp.text);
+        if let Kind::Pipeline(_) = kind {
+            // The string form SageMaker's clients send is the same definition.
+            let string_form = json!({"name": format!("{name}-string"), "definition": value.to_string()});
+            let resp = app.post("/v1/pipelines", &string_form).await;
+            assert_eq!(
+                resp.status, 201,
+                "{at}: the example as a string is refused: {}",
+                resp.text
+            );
+        }
         let Kind::Pipeline(Some(expected)) = kind else { continue };
         let id = app.start(&name, json!({})).await;
         let execution = app.wait_terminal(&id).await;
@@ -217,4 +227,30 @@ async fn example_runs_do_what_the_text_says(db: PgPool) {
     assert_eq!(outputs["model"], format!("overview/{id}"));
     let log = app.get(&format!("/v1/executions/{id}/steps/Train/logs")).await;
     assert!(log.text.contains("fast mode, 3 epochs, 10 rows"), "{}", log.text);
+
+    // The SDK-shaped Callback: the token and the queue in its metadata, the
+    // reported value typed in OutputParameters.
+    let review = examples()
+        .into_iter()
+        .find(|(_, _, v)| v["Name"] == "ManualReview")
+        .expect("the SDK Callback example")
+        .2;
+    app.create_pipeline("review", definition_with(json!([]), json!([review])))
+        .await;
+    let id = app.start("review", json!({})).await;
+    let step = app
+        .wait_step(&id, "ManualReview", |s| s["metadata"]["callback"]["token"].is_string())
+        .await;
+    assert_eq!(
+        step["metadata"]["callback"]["sqs_queue_url"], review["SqsQueueUrl"],
+        "{step}"
+    );
+    let token = step["metadata"]["callback"]["token"].as_str().unwrap();
+    let report = json!({"output_parameters": {"verdict": "approved"}});
+    app.post(&format!("/v1/callbacks/{token}/success"), &report)
+        .await
+        .expect(200);
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let step = app.step(&id, "ManualReview").await;
+    assert_eq!(step["properties"]["OutputParameters"], json!({"verdict": "approved"}));
 }
