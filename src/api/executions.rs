@@ -25,8 +25,8 @@ use crate::{
     domain::selective::SelectedSteps,
     engine::{
         self,
-        plan::{self, ExecutionPlan},
         decide::Settings,
+        plan::{self, ExecutionPlan},
         request::{CacheMode, SelectiveRequest, StartError, StartRequest},
         start,
     },

@@ -14,7 +14,7 @@ use serde_json::Value;
 use crate::{
     domain::{
         cache::{compute_key, CacheKey},
-        definition::{CommandArgs, StepKind},
+        definition::{cache_input_paths, StepKind},
     },
     store::cache::Entry,
 };
@@ -22,7 +22,8 @@ use crate::{
 /// The cache key of a step run from its resolved arguments, hashing the
 /// content of a Command's `CacheInputs`: what the worker computes and the
 /// plan predicts, one way. `resolved` (secrets as markers) makes the key;
-/// `revealed` (what the process gets) says where the inputs are. An error
+/// `revealed` (what the process gets, or `resolved` when planning) says
+/// where the inputs are. An error
 /// says what is wrong with the inputs.
 pub async fn step_key(
     kind: StepKind,
@@ -33,9 +34,9 @@ pub async fn step_key(
 ) -> Result<CacheKey, String> {
     let mut hashes = BTreeMap::new();
     if kind == StepKind::Command {
-        let args = CommandArgs::from_resolved(revealed)?;
-        if !args.cache_inputs.is_empty() {
-            hashes = inputs::hash_inputs(args.working_directory.as_deref(), &args.cache_inputs, limits)
+        let (working_directory, paths) = cache_input_paths(revealed)?;
+        if !paths.is_empty() {
+            hashes = inputs::hash_inputs(working_directory.as_deref(), &paths, limits)
                 .await
                 .map_err(|m| format!("CacheInputs: {m}"))?;
         }

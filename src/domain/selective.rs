@@ -427,7 +427,10 @@ pub fn changes(
 /// nearest such step it descends from (`downstream of Train`).
 pub fn downstream_of<T>(def: &Definition, changed: &BTreeMap<String, T>) -> BTreeMap<String, String> {
     let g = Graph::new(def);
-    let mut starts: Vec<usize> = changed.keys().filter_map(|n| g.index.get(n.as_str()).copied()).collect();
+    let mut starts: Vec<usize> = changed
+        .keys()
+        .filter_map(|n| g.index.get(n.as_str()).copied())
+        .collect();
     starts.sort_unstable();
     let reached = g.reach(&starts, &g.children);
     (0..g.names.len())

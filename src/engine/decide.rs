@@ -171,7 +171,11 @@ pub async fn prepare(
         check_secrets(conn, definition, &steps).await?;
         return Ok(Prepared {
             parameters,
-            plans: definition.steps.iter().map(|s| (s.name.clone(), StepPlan::run())).collect(),
+            plans: definition
+                .steps
+                .iter()
+                .map(|s| (s.name.clone(), StepPlan::run()))
+                .collect(),
             steps,
             selective: None,
             source_arn: None,
@@ -234,4 +238,3 @@ async fn check_secrets(conn: &mut PgConnection, definition: &Definition, steps: 
         }
     }
 }
-

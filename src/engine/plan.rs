@@ -157,7 +157,10 @@ struct Predictor<'a> {
 
 /// What the cache will do for a step that runs.
 enum Prediction {
-    Hit { arn: String, properties: Value },
+    Hit {
+        arn: String,
+        properties: Value,
+    },
     /// Its key depends on these steps, which run first.
     MayHit(Vec<String>),
     Miss(String),
@@ -194,7 +197,9 @@ impl Predictor<'_> {
                     ..verdict(step, "Reuse", why, Vec::new())
                 });
             }
-            StepPlan::Skip { reason, why } => return Ok(verdict(step, "Skip", format!("{why} ({reason})"), Vec::new())),
+            StepPlan::Skip { reason, why } => {
+                return Ok(verdict(step, "Skip", format!("{why} ({reason})"), Vec::new()))
+            }
             StepPlan::Run { why, cutoff } => (why, cutoff),
         };
         if let Some(reason) = self.not_reached(step) {
@@ -211,7 +216,11 @@ impl Predictor<'_> {
                 why,
             )
         } else {
-            let runs = if why.is_empty() { "runs".to_string() } else { why.join("; ") };
+            let runs = if why.is_empty() {
+                "runs".to_string()
+            } else {
+                why.join("; ")
+            };
             match self.predict(step).await? {
                 Prediction::Hit { arn, properties } => {
                     if branch.is_none() {
@@ -219,7 +228,12 @@ impl Predictor<'_> {
                     }
                     StepVerdict {
                         source_execution_arn: Some(arn),
-                        ..verdict(step, "CacheHit", "a usable cache entry with the same key exists".into(), why)
+                        ..verdict(
+                            step,
+                            "CacheHit",
+                            "a usable cache entry with the same key exists".into(),
+                            why,
+                        )
                     }
                 }
                 Prediction::MayHit(upstream) => verdict(

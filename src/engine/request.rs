@@ -74,7 +74,6 @@ impl StartError {
     }
 }
 
-
 pub fn resolve_parameters(
     definition: &Definition,
     given: &serde_json::Map<String, Value>,

@@ -284,7 +284,12 @@ async fn changed_selection(
         Err(_) => definition
             .steps
             .iter()
-            .map(|s| (s.name.clone(), vec!["the source's definition no longer validates".into()]))
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    vec!["the source's definition no longer validates".into()],
+                )
+            })
             .collect(),
     };
     let candidates: Vec<(&Step, &SourceRun)> = definition
@@ -357,7 +362,9 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
         "WorkingDirectory": step.arguments.get("WorkingDirectory"),
     });
     let Ok(resolved) = evaluate(&wanted, &resolver) else {
-        return vec!["CacheInputs: they use other steps' outputs, so their content is compared when the step runs".into()];
+        return vec![
+            "CacheInputs: they use other steps' outputs, so their content is compared when the step runs".into(),
+        ];
     };
     let paths: Vec<String> = resolved["CacheInputs"]
         .as_array()

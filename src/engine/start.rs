@@ -1,7 +1,6 @@
 //! Starting an execution: the step runs of a definition are created in one
 //! statement, the ready ones queued, in one transaction with the execution.
 
-
 use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;

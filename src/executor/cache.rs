@@ -116,4 +116,3 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> St
     cache::record(ctx.db, step.id, step.attempt, &record).await?;
     Ok(Decision::Run)
 }
-

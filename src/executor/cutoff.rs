@@ -54,7 +54,9 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
         return Ok(runs("its run in the source execution no longer exists".into()));
     };
     let Some(mut before) = source.cache_components.clone() else {
-        return Ok(runs("its run in the source execution recorded no inputs to compare with".into()));
+        return Ok(runs(
+            "its run in the source execution recorded no inputs to compare with".into(),
+        ));
     };
     let limits = inputs::Limits {
         max_bytes: ctx.config.worker.cache_input_max_bytes,
@@ -71,7 +73,9 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
     }
     if key_of(kind, &before) != key.key {
         let difference = explain_difference(&key.components, &before).unwrap_or_else(|| "its key differs".into());
-        return Ok(runs(format!("its inputs differ from its run in the source: {difference}")));
+        return Ok(runs(format!(
+            "its inputs differ from its run in the source: {difference}"
+        )));
     }
     if source.status != "Succeeded" {
         return Ok(runs(format!("its run in the source is {}", source.status)));
@@ -84,7 +88,7 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
         "source_step_run_id": run,
         "reason": REASON,
     });
-    if !steps::record_reuse(ctx.db, step.id, step.attempt, &reused_from).await? {
+    if !steps::record_reuse(ctx.db, step.id, step.attempt, &reused_from, (&key.key, &key.components)).await? {
         // The attempt is no longer current; its report will be dropped too.
         return Ok(runs("the attempt lost its lease".into()));
     }
@@ -137,6 +141,9 @@ mod tests {
     fn replace_text_reaches_every_string() {
         let mut v = json!({"Command": ["cat", "/d/1/data.csv"], "Env": {"D": "/d/1"}, "n": 1});
         replace_text(&mut v, "/d/1", "/d/2");
-        assert_eq!(v, json!({"Command": ["cat", "/d/2/data.csv"], "Env": {"D": "/d/2"}, "n": 1}));
+        assert_eq!(
+            v,
+            json!({"Command": ["cat", "/d/2/data.csv"], "Env": {"D": "/d/2"}, "n": 1})
+        );
     }
 }

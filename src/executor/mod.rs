@@ -305,7 +305,12 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         max_bytes: ctx.config.worker.cache_input_max_bytes,
         timeout: std::time::Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
     };
-    let uses_cache = ctx.step.cache_config.as_ref().and_then(|c| c.get("Enabled")) == Some(&Value::Bool(true));
+    let uses_cache = ctx
+        .step
+        .cache_config
+        .clone()
+        .and_then(|c| serde_json::from_value::<crate::domain::definition::CacheConfig>(c).ok())
+        .is_some_and(|c| c.enabled);
     let key = match crate::content::step_key(kind, &ctx.step.arguments, arguments, revealed, limits).await {
         Ok(key) => key,
         // A step that neither uses the cache nor may be cut off runs as

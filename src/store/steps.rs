@@ -482,13 +482,22 @@ pub async fn cutoff_source(pool: &PgPool, run: Uuid, dependencies: &[String]) ->
 
 /// Records that the current attempt takes the outputs of an earlier run
 /// (early cut-off), fenced by attempt like every write of a running step.
-pub async fn record_reuse(pool: &PgPool, id: Uuid, attempt: i32, reused_from: &Value) -> StoreResult<bool> {
+pub async fn record_reuse(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    reused_from: &Value,
+    key: (&str, &Value),
+) -> StoreResult<bool> {
     Ok(sqlx::query(
-        "update step_runs set reused_from = $3 where id = $1 and attempt = $2 and status = 'Executing'",
+        "update step_runs set reused_from = $3, cache_key = $4, cache_components = $5 \
+         where id = $1 and attempt = $2 and status = 'Executing'",
     )
     .bind(id)
     .bind(attempt)
     .bind(reused_from)
+    .bind(key.0)
+    .bind(key.1)
     .execute(pool)
     .await?
     .rows_affected()

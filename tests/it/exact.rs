@@ -25,7 +25,11 @@ async fn plan(app: &TestApp, pipeline: &str, body: Value) -> Vec<(String, Value)
 }
 
 fn verdict_of<'a>(plan: &'a [(String, Value)], step: &str) -> &'a Value {
-    &plan.iter().find(|(n, _)| n == step).unwrap_or_else(|| panic!("{step} in plan")).1
+    &plan
+        .iter()
+        .find(|(n, _)| n == step)
+        .unwrap_or_else(|| panic!("{step} in plan"))
+        .1
 }
 
 fn changed() -> Value {
@@ -134,7 +138,10 @@ async fn changed_sees_an_edited_code_file(db: PgPool) {
     let same = plan(&app, "ml", changed()).await;
     for step in ["Prepare", "Train", "Report"] {
         assert_eq!(verdict_of(&same, step)["verdict"], "Reuse", "{same:?}");
-        assert_eq!(verdict_of(&same, step)["reason"], "unchanged since the source execution");
+        assert_eq!(
+            verdict_of(&same, step)["reason"],
+            "unchanged since the source execution"
+        );
     }
 
     std::fs::write(code.path().join("train.py"), "echo v2\n").unwrap();
@@ -153,7 +160,10 @@ async fn changed_sees_an_edited_code_file(db: PgPool) {
     assert_eq!(runs_of(dir.path(), "Prepare"), 1);
     // Report's inputs are the same after Train re-ran: reused after all.
     let report = app.step(&id, "Report").await;
-    assert_eq!(report["reused_from"]["reason"], "inputs unchanged after upstream re-ran", "{report}");
+    assert_eq!(
+        report["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+        "{report}"
+    );
 
     // The next "changed" compares with the run that saw the new content.
     let again = plan(&app, "ml", changed()).await;
@@ -187,18 +197,28 @@ async fn early_cut_off_reuses_a_step_whose_upstream_reran_to_the_same_outputs(db
 
     // Prepare's command changes, but not what it writes.
     let same_output = format!("echo refactored; {write}");
-    app.put("/v1/pipelines/cut", &json!({"definition": cutoff_pipeline(dir.path(), &same_output)}))
-        .await
-        .expect(200);
+    app.put(
+        "/v1/pipelines/cut",
+        &json!({"definition": cutoff_pipeline(dir.path(), &same_output)}),
+    )
+    .await
+    .expect(200);
     let predicted = plan(&app, "cut", changed()).await;
     assert_eq!(verdict_of(&predicted, "Prepare")["verdict"], "Run");
     assert_eq!(verdict_of(&predicted, "Expensive")["verdict"], "RunUnlessUnchanged");
     let (id, done) = run(&app, "cut", changed()).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(runs_of(dir.path(), "Prepare"), 2);
-    assert_eq!(runs_of(dir.path(), "Expensive"), 1, "early cut-off saved the expensive step");
+    assert_eq!(
+        runs_of(dir.path(), "Expensive"),
+        1,
+        "early cut-off saved the expensive step"
+    );
     let expensive = app.step(&id, "Expensive").await;
-    assert_eq!(expensive["reused_from"]["reason"], "inputs unchanged after upstream re-ran");
+    assert_eq!(
+        expensive["reused_from"]["reason"],
+        "inputs unchanged after upstream re-ran"
+    );
     assert_eq!(expensive["attempts"][0]["status"], "Succeeded", "{expensive}");
     // Its log is the source run's, and the answer says where.
     let log = app.get(&format!("/v1/executions/{id}/steps/Expensive/logs")).await;
@@ -207,9 +227,12 @@ async fn early_cut_off_reuses_a_step_whose_upstream_reran_to_the_same_outputs(db
 
     // Now Prepare writes other data: Expensive runs, and says why.
     let other_data = "echo 4,5,6 > $STEPWISE_ARTIFACTS/data.csv; echo '{\"rows\": 3}' > $STEPWISE_OUTPUTS";
-    app.put("/v1/pipelines/cut", &json!({"definition": cutoff_pipeline(dir.path(), other_data)}))
-        .await
-        .expect(200);
+    app.put(
+        "/v1/pipelines/cut",
+        &json!({"definition": cutoff_pipeline(dir.path(), other_data)}),
+    )
+    .await
+    .expect(200);
     let (id, done) = run(&app, "cut", changed()).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(runs_of(dir.path(), "Expensive"), 2);
@@ -228,7 +251,7 @@ async fn plan_reasons_name_what_changed(db: PgPool) {
             json!({"Name": "Train", "Type": "Command",
                    "Arguments": {"Command": ["sh", "-c", "true", arg], "Env": {"E": {"Get": "Parameters.Epochs"}}}}),
             json!({"Name": "Report", "Type": "Pass", "DependsOn": ["Train"], "Arguments": {}}),
-            json!({"Name": "Flaky", "Type": "Command", "Arguments": {"Shell": "exit $CODE", "Env": {"CODE": {"Get": "Parameters.Code"}}}}),
+            json!({"Name": "Flaky", "Type": "Command", "DependsOn": ["Report"], "Arguments": {"Shell": "exit $CODE", "Env": {"CODE": {"Get": "Parameters.Code"}}}}),
         ];
         if with_new {
             steps.push(json!({"Name": "Extra", "Type": "Pass", "Arguments": {}}));
@@ -276,17 +299,26 @@ async fn reuse_checks_that_the_source_outputs_still_exist(db: PgPool) {
     let body = json!({"selective_execution": {"selected_steps": ["Expensive"]}});
     let refused = app.post("/v1/pipelines/gone/executions", &body).await;
     let message = refused.expect_error(400, "ValidationError");
-    assert!(message.contains("\"Prepare\"") && message.contains(&artifacts), "{message}");
+    assert!(
+        message.contains("\"Prepare\"") && message.contains(&artifacts),
+        "{message}"
+    );
     let planned = app.post("/v1/pipelines/gone/executions/plan", &body).await;
     let planned = planned.expect(200);
-    assert!(planned["errors"][0]["message"].as_str().unwrap().contains("Prepare"), "{planned}");
+    assert!(
+        planned["errors"][0]["message"].as_str().unwrap().contains("Prepare"),
+        "{planned}"
+    );
 
     // With "changed", the step whose outputs are gone is selected.
     let predicted = plan(&app, "gone", changed()).await;
     let prepare = verdict_of(&predicted, "Prepare");
     assert_eq!(prepare["verdict"], "Run", "{predicted:?}");
     assert!(
-        prepare["changes"][0].as_str().unwrap().starts_with("its outputs in the source are gone"),
+        prepare["changes"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("its outputs in the source are gone"),
         "{prepare}"
     );
     let (_, done) = run(&app, "gone", changed()).await;

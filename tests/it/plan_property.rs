@@ -94,7 +94,8 @@ fn generate(rng: &mut Rng) -> Vec<Gen> {
 }
 
 fn parameter(rng: &mut Rng) -> Value {
-    json!({"P": ["a", "b"][rng.below(2) as usize]})
+    let value = ["a", "b"][rng.below(2) as usize];
+    json!({ "P": value })
 }
 
 /// Checks the plan's verdict of every step against what the execution did.

@@ -86,6 +86,12 @@ async fn walk_through_runs_as_written(db: PgPool) {
         "Failed - step \"Load\" failed: Command.FAILED: the command exited with code 3\n",
         "/input.csv is missing\n",
         "Succeeded\nFetch Succeeded attempts: 1\nLoad Succeeded attempts: 2\n",
+        // "changed" catches an edited code file, and early cut-off saves a step
+        "Featurize Reuse []\nTrain Run ['CacheInputs train.sh: content changed']\n\
+         Evaluate RunUnlessUnchanged ['downstream of Train']\n",
+        "{'Outputs': {'score': 0.84}}\n",
+        "Featurize Succeeded ran\nTrain Succeeded inputs unchanged after upstream re-ran\n\
+         Evaluate Succeeded inputs unchanged after upstream re-ran\n",
     ] {
         assert!(
             stdout.contains(expected),
@@ -96,7 +102,7 @@ async fn walk_through_runs_as_written(db: PgPool) {
     assert!(stdout.contains("\"code\":\"Conflict\""), "{context}");
     // Every run the walk-through started has ended, none is left failed.
     let client = crate::helpers::authed_client(Duration::from_secs(30));
-    for pipeline in ["demo", "ingest"] {
+    for pipeline in ["demo", "ingest", "model"] {
         let list: serde_json::Value = client
             .get(format!(
                 "{}/v1/pipelines/{pipeline}/executions",

@@ -504,7 +504,10 @@ async fn changed_selects_what_a_change_affects(db: PgPool) {
     for step in ["Evaluate", "Report"] {
         let run = app.step(id, step).await;
         assert_eq!(run["status"], "Succeeded", "{run}");
-        assert_eq!(run["reused_from"]["reason"], "inputs unchanged after upstream re-ran", "{run}");
+        assert_eq!(
+            run["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+            "{run}"
+        );
     }
 
     // A parameter change: only the steps that read it, and what follows them.
