@@ -354,7 +354,10 @@ pub fn changed_steps(
 /// parameter it uses (`parameter Epochs: 10 -> 12`); its definition as
 /// written, with parameters substituted (`Arguments.Command[2]: "a" ->
 /// "b"`); or that it did not succeed in the source (`Failed in the
-/// source`), unless it lies in a branch the source's Condition did not take.
+/// source`). A step in a branch that a Condition of the source did not
+/// take would not run: unchanged, it is not changed; edited or new, it
+/// makes that Condition changed, so the Condition runs again and the step
+/// comes in as its descendant.
 /// Renaming a step for people (`DisplayName`, `Description`) changes
 /// nothing. What a step reads from files (`CacheInputs`) and whether its
 /// outputs are still there are for the caller, which reads them.
@@ -370,10 +373,16 @@ pub fn changes(
     source_params: &Map<String, Value>,
     source: &HashMap<String, SourceStep>,
 ) -> BTreeMap<String, Vec<String>> {
-    let mut out = BTreeMap::new();
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for step in &def.steps {
         let Some(before) = source_def.step(&step.name) else {
-            out.insert(step.name.clone(), vec!["new step".to_string()]);
+            match not_taken_by(def, step, source) {
+                Some(condition) => out
+                    .entry(condition.to_string())
+                    .or_default()
+                    .push(format!("new step {:?} in a branch it did not take", step.name)),
+                None => out.entry(step.name.clone()).or_default().push("new step".into()),
+            }
             continue;
         };
         let mut why = Vec::new();
@@ -409,7 +418,17 @@ pub fn changes(
                 why.push("a parameter it uses changed".into());
             }
         }
-        if why.is_empty() && !in_branch_not_taken(def, step, source) {
+        if let Some(condition) = not_taken_by(def, step, source) {
+            // It would not run: its Condition takes the same branch as in
+            // the source. Edited, it makes that Condition run again, and
+            // the step comes in as its descendant.
+            if !why.is_empty() {
+                let entry: &mut Vec<String> = out.entry(condition.to_string()).or_default();
+                entry.push(format!("step {:?} in a branch it did not take changed", step.name));
+            }
+            continue;
+        }
+        if why.is_empty() {
             match source.get(&step.name) {
                 None => why.push("not run in the source".into()),
                 Some(s) if !s.succeeded() => why.push(format!("{} in the source", s.status)),
@@ -417,10 +436,31 @@ pub fn changes(
             }
         }
         if !why.is_empty() {
-            out.insert(step.name.clone(), why);
+            out.entry(step.name.clone()).or_default().extend(why);
         }
     }
     out
+}
+
+/// The outermost Condition of the source whose branch not taken holds
+/// `step` (through its chain of enclosing Conditions), if any.
+fn not_taken_by<'a>(def: &'a Definition, step: &'a Step, source: &HashMap<String, SourceStep>) -> Option<&'a str> {
+    let mut found = None;
+    let mut cur = step;
+    while let Some(branch) = &cur.branch {
+        let outcome = source
+            .get(&branch.condition)
+            .filter(|s| s.succeeded())
+            .and_then(|s| s.outcome);
+        if outcome.is_some_and(|o| o != branch.if_branch) {
+            found = Some(branch.condition.as_str());
+        }
+        match def.step(&branch.condition) {
+            Some(c) => cur = c,
+            None => break,
+        }
+    }
+    found
 }
 
 /// Every step downstream of a step of `changed` that is not in it, with the
@@ -472,26 +512,6 @@ fn parameters_used(v: &Value) -> Vec<String> {
     let mut out = Vec::new();
     walk(v, &mut out);
     out
-}
-
-/// Whether `step` lies (through its chain of enclosing Conditions) in a
-/// branch that a Condition of the source execution did not take.
-fn in_branch_not_taken(def: &Definition, step: &Step, source: &HashMap<String, SourceStep>) -> bool {
-    let mut cur = step;
-    while let Some(branch) = &cur.branch {
-        let outcome = source
-            .get(&branch.condition)
-            .filter(|s| s.succeeded())
-            .and_then(|s| s.outcome);
-        if outcome.is_some_and(|o| o != branch.if_branch) {
-            return true;
-        }
-        match def.step(&branch.condition) {
-            Some(c) => cur = c,
-            None => return false,
-        }
-    }
-    false
 }
 
 /// The step without `DisplayName` and `Description`: renaming a step for

@@ -789,4 +789,38 @@ async fn changed_ignores_a_branch_the_source_did_not_take(db: PgPool) {
     let id = started["execution_id"].as_str().unwrap();
     assert_eq!(app.wait_terminal(id).await["status"], "Succeeded");
     assert_eq!(runs_of(dir.path(), "T"), 2);
+
+    // Only the Fail step on the branch not taken is edited: it is noticed
+    // (its Condition runs again, with a reason that names it), the branch
+    // is decided anew and skipped, and nothing is refused.
+    let mut edited = gate(&format!("{count}; true"));
+    edited["Steps"][1]["Arguments"]["ElseSteps"][0]["Arguments"]["ErrorMessage"] = json!("worse");
+    app.put("/v1/pipelines/gate", &json!({"definition": edited}))
+        .await
+        .expect(200);
+    let changed = json!({"selected_steps": "changed"});
+    let plan = app
+        .post(
+            "/v1/pipelines/gate/executions/plan",
+            &json!({"selective_execution": changed}),
+        )
+        .await;
+    let plan = plan.expect(200).clone();
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    let gate_verdict = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == "Gate")
+        .unwrap();
+    assert_eq!(gate_verdict["verdict"], "Run", "{plan}");
+    assert_eq!(
+        gate_verdict["changes"],
+        json!(["step \"No\" in a branch it did not take changed"])
+    );
+    let started = start_selective(&app, "gate", changed).await.expect(201).clone();
+    let id = started["execution_id"].as_str().unwrap();
+    assert_eq!(app.wait_terminal(id).await["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "T"), 2);
+    assert_eq!(app.step(id, "No").await["skip_reason"], "ConditionNotMet");
 }

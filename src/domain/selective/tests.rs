@@ -325,8 +325,17 @@ fn a_branch_the_source_did_not_take_is_not_changed() {
     src.get_mut("Gate").unwrap().outcome = Some(true);
     src.get_mut("No").unwrap().status = "Skipped".into();
     assert!(changed_steps(&def, &p, &def, &p, &src).is_empty());
-    // Edited, it is changed all the same.
-    assert_eq!(changed_steps(&gate("worse"), &p, &def, &p, &src), set(&["No"]));
+    // Edited, it makes its Condition run again (so the branch is decided
+    // anew) and comes in as the Condition's descendant, with the rest.
+    assert_eq!(
+        changed_steps(&gate("worse"), &p, &def, &p, &src),
+        set(&["Gate", "No", "Ok"])
+    );
+    let why = changes(&gate("worse"), &p, &def, &p, &src);
+    assert_eq!(
+        why.get("Gate").unwrap(),
+        &vec!["step \"No\" in a branch it did not take changed".to_string()]
+    );
     // On the branch the source took, a step that did not succeed is changed.
     src.get_mut("Ok").unwrap().status = "Failed".into();
     assert_eq!(changed_steps(&def, &p, &def, &p, &src), set(&["Ok"]));
