@@ -179,57 +179,11 @@ pub async fn plan(
     }
 
     if let Some(source) = &source {
-        let summaries = source.summaries();
-        let mut issues = selective::check_upstream(selection, &summaries, &source.arn);
-        issues.extend(selective::check_branches(definition, selection, &summaries));
-        if issues.is_empty() && matches!(request.selected_steps, SelectedSteps::Names(_)) {
-            issues.extend(check_reusable(conn, definition, selection, source).await?);
-        }
-        if !issues.is_empty() {
-            return Err(invalid_all(issues));
-        }
+        let by_hand = matches!(request.selected_steps, SelectedSteps::Names(_));
+        check_source(conn, definition, selection, source, by_hand).await?;
     }
 
-    let reuse_why = match request.selected_steps {
-        SelectedSteps::Changed => UNCHANGED,
-        SelectedSteps::Names(_) => NOT_SELECTED,
-    };
-    let mut plans = HashMap::new();
-    for step in &definition.steps {
-        let name = &step.name;
-        let plan = if selection.selected.contains(name) {
-            let cutoff = if chosen.downstream_only.contains(name) && step.kind.is_cacheable() {
-                source.as_ref().and_then(|s| s.succeeded(name)).map(|run| CutOff {
-                    step_run: run.id,
-                    execution: source.as_ref().expect("a run has a source").execution.id,
-                })
-            } else {
-                None
-            };
-            StepPlan::Run {
-                why: chosen.why.get(name).cloned().unwrap_or_default(),
-                cutoff,
-            }
-        } else if selection.downstream.contains(name) {
-            StepPlan::Skip {
-                reason: "NotSelected".into(),
-                why: "not selected, and downstream of a selected step".into(),
-            }
-        } else {
-            match source.as_ref().and_then(|s| s.succeeded(name).map(|r| (s, r))) {
-                Some((source, run)) => StepPlan::Reuse {
-                    step_run: run.id,
-                    source_execution_arn: source.arn.clone(),
-                    why: reuse_why.into(),
-                },
-                None => StepPlan::Skip {
-                    reason: "NotSelected".into(),
-                    why: "not selected, and it did not succeed in the source execution".into(),
-                },
-            }
-        };
-        plans.insert(name.clone(), plan);
-    }
+    let plans = step_plans(definition, &chosen, source.as_ref(), &request.selected_steps);
 
     let requested = match &request.selected_steps {
         SelectedSteps::Names(names) => json!(names),
@@ -249,6 +203,58 @@ pub async fn plan(
         source,
         record,
     })
+}
+
+/// What becomes of each step, given the selection and the source.
+fn step_plans(
+    definition: &Definition,
+    chosen: &Chosen,
+    source: Option<&Source>,
+    requested: &SelectedSteps,
+) -> HashMap<String, StepPlan> {
+    let selection = &chosen.selection;
+    let reuse_why = match requested {
+        SelectedSteps::Changed => UNCHANGED,
+        SelectedSteps::Names(_) => NOT_SELECTED,
+    };
+    let mut plans = HashMap::new();
+    for step in &definition.steps {
+        let name = &step.name;
+        let plan = if selection.selected.contains(name) {
+            let cutoff = match source {
+                Some(source) if chosen.downstream_only.contains(name) && step.kind.is_cacheable() => {
+                    source.succeeded(name).map(|run| CutOff {
+                        step_run: run.id,
+                        execution: source.execution.id,
+                    })
+                }
+                _ => None,
+            };
+            StepPlan::Run {
+                why: chosen.why.get(name).cloned().unwrap_or_default(),
+                cutoff,
+            }
+        } else if selection.downstream.contains(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+                why: "not selected, and downstream of a selected step".into(),
+            }
+        } else {
+            match source.and_then(|s| s.succeeded(name).map(|r| (s, r))) {
+                Some((source, run)) => StepPlan::Reuse {
+                    step_run: run.id,
+                    source_execution_arn: source.arn.clone(),
+                    why: reuse_why.into(),
+                },
+                None => StepPlan::Skip {
+                    reason: "NotSelected".into(),
+                    why: "not selected, and it did not succeed in the source execution".into(),
+                },
+            }
+        };
+        plans.insert(name.clone(), plan);
+    }
+    plans
 }
 
 /// What the `"changed"` selection needs besides the definitions.
@@ -423,6 +429,28 @@ impl Resolver for ParametersOnly<'_> {
     }
     fn secret(&self, name: &str) -> Result<Value, String> {
         Err(format!("Secrets.{name} is not known before the run"))
+    }
+}
+
+/// Checks the selection against the source (rules 3 and 9) and, with a
+/// hand selection, that every step it reuses still has its outputs.
+async fn check_source(
+    conn: &mut PgConnection,
+    definition: &Definition,
+    selection: &Selection,
+    source: &Source,
+    by_hand: bool,
+) -> Result<(), StartError> {
+    let summaries = source.summaries();
+    let mut issues = selective::check_upstream(selection, &summaries, &source.arn);
+    issues.extend(selective::check_branches(definition, selection, &summaries));
+    if issues.is_empty() && by_hand {
+        issues.extend(check_reusable(conn, definition, selection, source).await?);
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(invalid_all(issues))
     }
 }
 
