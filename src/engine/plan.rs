@@ -24,6 +24,7 @@ use uuid::Uuid;
 use super::{
     decide::{prepare, Settings, StepPlan},
     definitions::Definitions,
+    known::KnownNow,
     request::{CacheMode, StartError, StartRequest},
     start::load_definition,
 };
@@ -33,7 +34,7 @@ use crate::{
         condition::evaluate_conditions,
         definition::{Definition, Step, StepKind},
         duration::cache_valid_since,
-        expr::{evaluate, uses_per_execution_value, ExecutionVar, Resolver},
+        expr::{evaluate, uses_per_execution_value},
         json_list, Issue,
     },
     ids::Arns,
@@ -387,44 +388,5 @@ impl Predictor<'_> {
             }
         }
         Ok(Prediction::Miss("no usable cache entry has its key".into()))
-    }
-}
-
-/// Resolves what is known before the execution exists: parameters and the
-/// properties of reused steps and predicted hits. Anything else makes the
-/// key unknowable now.
-struct KnownNow<'a> {
-    parameters: &'a serde_json::Map<String, Value>,
-    known: &'a HashMap<String, Value>,
-    pipeline_name: &'a str,
-    arns: &'a Arns,
-    /// The keyed digest of each secret the step uses, by name.
-    secret_digests: HashMap<String, String>,
-}
-
-impl Resolver for KnownNow<'_> {
-    fn parameter(&self, name: &str) -> Option<Value> {
-        self.parameters.get(name).cloned()
-    }
-    fn execution_var(&self, var: ExecutionVar) -> Value {
-        match var {
-            ExecutionVar::PipelineName => Value::String(self.pipeline_name.to_string()),
-            ExecutionVar::PipelineArn => Value::String(self.arns.pipeline(self.pipeline_name)),
-            // Per-execution values are not known yet.
-            _ => Value::Null,
-        }
-    }
-    fn step_properties(&self, step: &str) -> Option<Value> {
-        self.known.get(step).cloned()
-    }
-    fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
-        Err("artifact contents are not read when planning".into())
-    }
-    fn secret(&self, name: &str) -> Result<Value, String> {
-        let digest = self
-            .secret_digests
-            .get(name)
-            .ok_or_else(|| format!("secret {name:?} does not exist"))?;
-        Ok(crate::domain::secrets::marker(name, digest))
     }
 }

@@ -12,13 +12,14 @@ use uuid::Uuid;
 
 use super::{
     decide::{CutOff, Settings, StepPlan},
+    known::KnownNow,
     request::{resolve_parameters, CacheMode, SelectiveRequest, StartError, StartRequest},
 };
 use crate::{
     content::{artifacts, inputs},
     domain::{
         definition::{parse_definition, Definition, Step, StepKind},
-        expr::{evaluate, ExecutionVar, Resolver},
+        expr::evaluate,
         json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
         Issue,
@@ -361,10 +362,13 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     let Some(recorded) = facts.and_then(|f| f.input_hashes.as_ref()).and_then(Value::as_object) else {
         return vec!["CacheInputs: the source's run recorded no content to compare with".into()];
     };
-    let resolver = ParametersOnly {
+    let nothing_ran = HashMap::new();
+    let resolver = KnownNow {
         parameters: context.parameters,
+        known: &nothing_ran,
         pipeline_name: &context.pipeline.name,
         arns: context.arns,
+        secret_digests: HashMap::new(),
     };
     let wanted = json!({
         "CacheInputs": declared,
@@ -400,36 +404,6 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
         }
     }
     why
-}
-
-/// Resolves parameters and the pipeline's own names: what `CacheInputs`
-/// and `WorkingDirectory` may use to be known before the run.
-struct ParametersOnly<'a> {
-    parameters: &'a Map<String, Value>,
-    pipeline_name: &'a str,
-    arns: &'a Arns,
-}
-
-impl Resolver for ParametersOnly<'_> {
-    fn parameter(&self, name: &str) -> Option<Value> {
-        self.parameters.get(name).cloned()
-    }
-    fn execution_var(&self, var: ExecutionVar) -> Value {
-        match var {
-            ExecutionVar::PipelineName => Value::String(self.pipeline_name.to_string()),
-            ExecutionVar::PipelineArn => Value::String(self.arns.pipeline(self.pipeline_name)),
-            _ => Value::Null,
-        }
-    }
-    fn step_properties(&self, _step: &str) -> Option<Value> {
-        None
-    }
-    fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
-        Err("not known before the run".into())
-    }
-    fn secret(&self, name: &str) -> Result<Value, String> {
-        Err(format!("Secrets.{name} is not known before the run"))
-    }
 }
 
 /// Checks the selection against the source (rules 3 and 9) and, with a
