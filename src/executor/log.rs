@@ -13,6 +13,11 @@ use std::{
 };
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use uuid::Uuid;
+
+/// How often a running attempt's log file is looked at for new output to
+/// write to the database.
+const SHIP_EVERY: Duration = Duration::from_secs(1);
 
 /// Room kept for the marker between head and tail.
 const MARKER_RESERVE: u64 = 64;
@@ -27,6 +32,12 @@ const READ_CAP: u64 = 64 * 1024 * 1024;
 /// The text between the head and the tail of a truncated log.
 pub fn marker(omitted: u64) -> String {
     format!("\n[... {omitted} bytes omitted ...]\n")
+}
+
+/// Where the text after a truncated log's marker begins, if it has one.
+pub fn end_of_marker(log: &[u8]) -> Option<usize> {
+    const END: &[u8] = b" bytes omitted ...]\n";
+    log.windows(END.len()).position(|w| w == END).map(|at| at + END.len())
 }
 
 /// How a bound of `max` bytes is split: (head, tail).
@@ -147,6 +158,50 @@ pub async fn read_log_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
     file.take(tail).read_to_end(&mut rest).await.ok()?;
     buf.extend_from_slice(&rest);
     Some(buf)
+}
+
+/// Writes the log of a running attempt to the database as it grows, so
+/// that any API process can serve and follow it whichever machine runs the
+/// step: at most once per [`SHIP_EVERY`], only when the file changed, the
+/// new bytes appended while the file only grew (the whole bounded log when
+/// it was rewritten). Runs until the attempt ends (the caller drops it when
+/// the process ends; the end's report writes the final log).
+pub async fn ship_while_running(db: &sqlx::PgPool, step_run_id: Uuid, attempt: i32, path: &Path, max: u64) {
+    let mut shipped: Vec<u8> = Vec::new();
+    // After a write whose outcome is unknown, the next one replaces.
+    let mut replace = false;
+    let mut last_seen = None;
+    loop {
+        tokio::time::sleep(SHIP_EVERY).await;
+        let Ok(meta) = tokio::fs::metadata(path).await else {
+            continue;
+        };
+        let seen = (meta.len(), meta.modified().ok());
+        if last_seen == Some(seen) {
+            continue;
+        }
+        let Some(bytes) = read_log_bounded(path, max).await else {
+            continue;
+        };
+        if bytes == shipped && !replace {
+            last_seen = Some(seen);
+            continue;
+        }
+        let append = !replace && bytes.starts_with(&shipped);
+        let chunk = if append { &bytes[shipped.len()..] } else { &bytes[..] };
+        match crate::store::steps::write_running_log(db, step_run_id, attempt, append, chunk).await {
+            Ok(true) => {
+                shipped = bytes;
+                replace = false;
+                last_seen = Some(seen);
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a running step's log failed; trying again");
+                replace = true;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
