@@ -338,7 +338,7 @@ fn setting_keys() -> &'static [String] {
 /// Whether `key` (after `STEPWISE_`, any case) names a setting.
 fn is_setting(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    setting_keys().iter().any(|k| *k == key)
+    setting_keys().contains(&key)
 }
 
 /// `STEPWISE_*` variables that are not settings but are expected in a

@@ -39,8 +39,8 @@ pub struct Follow {
     pub execution_id: Uuid,
     pub step_run_id: Uuid,
     pub step: String,
-    /// A given attempt; by default the latest (waiting for the first one
-    /// when the step has not started yet).
+    /// A given attempt; by default the latest, or the next one when the
+    /// step waits to start (not started yet, or queued for a retry).
     pub attempt: Option<i32>,
     /// Bytes the client already has.
     pub offset: u64,
@@ -92,13 +92,14 @@ impl Following {
                     let row = store::steps::get_by_name(&self.state.db, self.follow.execution_id, &self.follow.step)
                         .await
                         .ok()?;
-                    if row.attempt >= 1 {
-                        self.follow.attempt = Some(row.attempt);
-                        row.attempt
-                    } else if matches!(row.status.as_str(), "Pending" | "Starting") {
-                        // Not started yet: wait for it.
+                    if matches!(row.status.as_str(), "Pending" | "Starting") {
+                        // Not started yet, or queued for a retry: wait for
+                        // the attempt to come.
                         self.wait().await;
                         continue;
+                    } else if row.attempt >= 1 {
+                        self.follow.attempt = Some(row.attempt);
+                        row.attempt
                     } else {
                         return None;
                     }
