@@ -5,6 +5,7 @@
 mod auth;
 mod cache;
 mod callbacks;
+mod cli;
 mod connections;
 mod errors;
 mod executions;
