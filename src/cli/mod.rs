@@ -249,9 +249,17 @@ fn start_body(args: &RunArgs) -> anyhow::Result<Value> {
 }
 
 pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
-    let body = start_body(&args)?;
+    let mut body = start_body(&args)?;
     let api = Client::new(&args.client.server)?;
     let output = args.client.output;
+    // The first run of a pipeline has nothing to compare with: in CI, where
+    // --changed runs on every commit, that is a full run, not an error.
+    if args.changed && args.source.is_none() && !has_finished_execution(&api, &args.name).await? {
+        follow::Say::new(output).line("no finished execution to compare with: every step runs");
+        body.as_object_mut()
+            .expect("the body is an object")
+            .remove("selective_execution");
+    }
     if args.plan {
         let request = api.request(Method::POST, &["v1", "pipelines", &args.name, "executions", "plan"]);
         let plan = api.json(request.json(&body)).await?;
@@ -274,6 +282,21 @@ pub async fn run(args: RunArgs) -> anyhow::Result<i32> {
     let id = execution["execution_id"].as_str().unwrap_or_default().to_string();
     let last = follow::follow_run(&api, &id, args.logs, &say).await?;
     Ok(finish(&last, output))
+}
+
+/// Whether pipeline `name` has an execution that ended (the source a
+/// `"changed"` selection compares with by default).
+async fn has_finished_execution(api: &Client, name: &str) -> Result<bool, ClientError> {
+    for status in ["Succeeded", "Failed", "Stopped"] {
+        let request = api
+            .request(Method::GET, &["v1", "pipelines", name, "executions"])
+            .query(&[("status", status), ("limit", "1")]);
+        let list = api.json(request).await?;
+        if list["executions"].as_array().is_some_and(|e| !e.is_empty()) {
+            return Ok(true);
+        }
+    }
+    Ok(false)
 }
 
 fn print_plan(plan: &Value, output: Output) {

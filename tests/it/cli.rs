@@ -183,8 +183,16 @@ async fn select_changed_and_plan_start_selective_executions(db: PgPool) {
     };
     let file = write_definition(dir.path(), "def.json", &steps("echo train v1"));
     assert_eq!(run(cli(&app, &["pipeline", "apply", "ml", "-f", &file])).await.code, 0);
-    let full = run(cli(&app, &["run", "ml", "--wait"])).await;
+    // The first --changed has nothing to compare with: a full run.
+    let full = run(cli(&app, &["run", "ml", "--changed", "--wait"])).await;
     assert_eq!(full.code, 0, "{}\n{}", full.stdout, full.stderr);
+    assert!(
+        full.stdout
+            .contains("no finished execution to compare with: every step runs"),
+        "{}",
+        full.stdout
+    );
+    assert!(full.stdout.contains("Prepare: succeeded"), "{}", full.stdout);
     let selected = run(cli(
         &app,
         &["run", "ml", "--select", "Report", "--wait", "--output", "json"],
@@ -386,4 +394,76 @@ async fn an_unknown_stepwise_variable_warns_and_the_server_starts(db: PgPool) {
         !log.contains("STEPWISE_URL") && !log.contains("STEPWISE_TOKEN"),
         "{log}"
     );
+}
+
+#[sqlx::test]
+async fn stop_retry_and_logs_from_the_cli(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let shell = format!("echo holding; read word < {}; echo \"got $word\"", fifo.display());
+    app.create_pipeline(
+        "hold",
+        definition_with(json!([]), json!([shell_step("Hold", &shell, &[])])),
+    )
+    .await;
+    let mut follow = cli(&app, &["run", "hold", "--wait", "--logs"]);
+    follow.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = follow.spawn().unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let arn = next_line(&mut lines).await.unwrap();
+    let arn = arn
+        .strip_prefix("started ")
+        .expect("the first line names the execution")
+        .to_string();
+    // The log line arrives while the step still runs (it waits on the fifo).
+    let mut seen = Vec::new();
+    while !seen.iter().any(|l: &String| l == "  Hold | holding") {
+        seen.push(
+            next_line(&mut lines)
+                .await
+                .unwrap_or_else(|| panic!("run ended early: {seen:?}")),
+        );
+    }
+    let stopped = run(cli(&app, &["executions", "stop", &arn, "--wait"])).await;
+    assert_eq!(stopped.code, 0, "{}\n{}", stopped.stdout, stopped.stderr);
+    assert!(stopped.stdout.starts_with("execution Stopped"), "{}", stopped.stdout);
+    let mut rest = Vec::new();
+    while let Some(line) = next_line(&mut lines).await {
+        rest.push(line);
+    }
+    let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(status.code(), Some(3), "{rest:?}");
+    assert!(
+        rest.iter().any(|l| l.starts_with("Hold: stopped: Step.STOPPED")),
+        "{rest:?}"
+    );
+    assert!(rest.iter().any(|l| l == "execution Stopped"), "{rest:?}");
+    // Retry in place; the step runs again and this time gets its word.
+    let mut retry = cli(&app, &["executions", "retry", &arn, "--wait"]);
+    retry.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let retry = retry.spawn().unwrap();
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(&fifo, "again\n"));
+    let output = tokio::time::timeout(Duration::from_secs(120), retry.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    writer.await.unwrap().unwrap();
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let latest = run(cli(&app, &["logs", &arn, "Hold"])).await;
+    assert_eq!(latest.stdout, "holding\ngot again\n");
+    let first = run(cli(&app, &["logs", &arn, "Hold", "--attempt", "1"])).await;
+    assert_eq!(first.stdout, "holding\n");
+    let missing = run(cli(&app, &["logs", &arn, "Nope"])).await;
+    assert_eq!(missing.code, 4, "{}", missing.stderr);
+    app.stop().await;
 }
