@@ -23,6 +23,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 const POLL_ROUND_SECONDS: u64 = 60;
 /// How long the last log lines are waited for once the execution ended.
 const LOG_DRAIN: Duration = Duration::from_secs(30);
+/// The longest one log-following request may take.
+const FOLLOW_ROUND_LIMIT: Duration = Duration::from_secs(600);
 /// Lost connections tolerated in a row before giving up.
 const MAX_RECONNECTS: u32 = 10;
 
@@ -136,9 +138,12 @@ pub async fn follow_step_log(
     let mut failures = 0;
     loop {
         let started = Instant::now();
+        // The server ends a stream after its api.max_wait_seconds (300 by
+        // default); a connection silent for longer than this is lost.
         let mut request = api
             .request(Method::GET, &["v1", "executions", execution, "steps", step, "logs"])
-            .query(&[("follow", "true")]);
+            .query(&[("follow", "true")])
+            .timeout(FOLLOW_ROUND_LIMIT);
         if let Some(attempt) = attempt {
             request = request.query(&[("attempt", attempt.to_string()), ("offset", offset.to_string())]);
         }
