@@ -23,10 +23,13 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(60);
 const POLL_ROUND_SECONDS: u64 = 60;
 /// How long the last log lines are waited for once the execution ended.
 const LOG_DRAIN: Duration = Duration::from_secs(30);
+/// Logs followed at once by `run --logs` (one connection each); the others
+/// wait their turn and then read what was written.
+const MAX_LOG_FOLLOWERS: usize = 16;
 /// The longest one log-following request may take.
 const FOLLOW_ROUND_LIMIT: Duration = Duration::from_secs(600);
 /// Lost connections tolerated in a row before giving up.
-const MAX_RECONNECTS: u32 = 10;
+const MAX_RECONNECTS: u32 = 30;
 
 /// Where progress and log lines go: stdout for people, stderr when stdout
 /// carries the JSON document.
@@ -167,7 +170,13 @@ pub async fn follow_step_log(
             }
             Err(e) => return Err(e),
         }
-        let now = api.get(&["v1", "executions", execution, "steps", step]).await?;
+        let now = match api.get(&["v1", "executions", execution, "steps", step]).await {
+            Ok(now) => now,
+            // The server went away between two rounds: the next request
+            // waits for it.
+            Err(ClientError::Unreachable(_)) => continue,
+            Err(e) => return Err(e),
+        };
         let status = now["status"].as_str().unwrap_or("");
         let count = now["attempt_count"].as_i64().unwrap_or(0) as i32;
         match status {
@@ -237,6 +246,7 @@ struct Run<'a> {
     logs: bool,
     running: BTreeSet<String>,
     followers: JoinSet<()>,
+    follower_slots: Arc<tokio::sync::Semaphore>,
     started: Instant,
 }
 
@@ -251,6 +261,7 @@ pub async fn follow_run(api: &Client, id: &str, logs: bool, say: &Say) -> anyhow
         logs,
         running: BTreeSet::new(),
         followers: JoinSet::new(),
+        follower_slots: Arc::new(tokio::sync::Semaphore::new(MAX_LOG_FOLLOWERS)),
         started: Instant::now(),
     };
     let mut last_event: Option<String> = None;
@@ -278,9 +289,10 @@ pub async fn follow_run(api: &Client, id: &str, logs: bool, say: &Say) -> anyhow
         }
         // The stream ended early (a server shutting down, a lost
         // connection): go on from the last event unless it has ended.
-        let now = api.get(&["v1", "executions", id]).await?;
-        if is_terminal(&now) {
-            break;
+        match api.get(&["v1", "executions", id]).await {
+            Ok(now) if is_terminal(&now) => break,
+            Ok(_) | Err(ClientError::Unreachable(_)) => {}
+            Err(e) => return Err(e.into()),
         }
     }
     let drain = async { while run.followers.join_next().await.is_some() {} };
@@ -428,7 +440,9 @@ impl Run<'_> {
             partial: Mutex::new(Vec::new()),
         };
         let step = step.to_string();
+        let slots = self.follower_slots.clone();
         self.followers.spawn(async move {
+            let Ok(_slot) = slots.acquire_owned().await else { return };
             if let Err(e) = follow_step_log(&api, &id, &step, Some(attempt), &out).await {
                 eprintln!("following the log of {step}: {e}");
             }
