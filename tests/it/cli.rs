@@ -467,3 +467,51 @@ async fn stop_retry_and_logs_from_the_cli(db: PgPool) {
     assert_eq!(missing.code, 4, "{}", missing.stderr);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn a_log_follow_request_is_bounded_and_resumes_from_an_offset(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.api.max_wait_seconds = 2).await;
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("go");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let shell = format!("echo one; read word < {}; echo \"two $word\"", fifo.display());
+    app.create_pipeline(
+        "bounded",
+        definition_with(json!([]), json!([shell_step("Wait", &shell, &[])])),
+    )
+    .await;
+    let id = app.start("bounded", json!({})).await;
+    let logs = format!("/v1/executions/{id}/steps/Wait/logs");
+    // The running step's first line reaches the database (and any API process).
+    crate::helpers::wait_until(Duration::from_secs(60), || async {
+        (app.get(&logs).await.text == "one\n").then_some(())
+    })
+    .await
+    .expect("the running step's log reached the API");
+    // A follow request ends after api.max_wait_seconds while the step runs on.
+    let first = app.get(&format!("{logs}?follow=true")).await;
+    assert_eq!((first.status, first.text.as_str()), (200, "one\n"));
+    assert_eq!(app.step(&id, "Wait").await["status"], "Executing");
+    // The next one goes on from what was received, and ends with the step.
+    let writer = tokio::task::spawn_blocking(move || std::fs::write(&fifo, "go\n"));
+    let mut rounds = 0;
+    let rest = loop {
+        rounds += 1;
+        assert!(rounds <= 30, "the rest of the log never came");
+        let rest = app.get(&format!("{logs}?follow=true&attempt=1&offset=4")).await;
+        assert_eq!(rest.status, 200);
+        if !rest.text.is_empty() {
+            break rest;
+        }
+    };
+    writer.await.unwrap().unwrap();
+    assert_eq!(rest.text, "two go\n");
+    app.wait_step(&id, "Wait", |s| s["status"] == "Succeeded").await;
+    // Reconnecting after the end reads nothing more, at once.
+    assert_eq!(
+        app.get(&format!("{logs}?follow=true&attempt=1&offset=11")).await.text,
+        ""
+    );
+    let refused = app.get(&format!("{logs}?offset=4")).await;
+    assert!(refused.expect_error(400, "ValidationError").contains("follow=true"));
+}
