@@ -7,6 +7,7 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
+pub mod content;
 pub mod domain;
 pub mod engine;
 pub mod executor;

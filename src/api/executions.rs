@@ -25,8 +25,10 @@ use crate::{
     domain::selective::SelectedSteps,
     engine::{
         self,
+        decide::Settings,
         plan::{self, ExecutionPlan},
-        start::{self, CacheMode, SelectiveRequest, StartError, StartRequest},
+        request::{CacheMode, SelectiveRequest, StartError, StartRequest},
+        start,
     },
     notify,
     store::{
@@ -208,7 +210,15 @@ async fn start(
     JsonBody(body): JsonBody<StartBody>,
 ) -> ApiResult<(StatusCode, Json<Execution>)> {
     let request = body.into_request()?;
-    let (row, created) = start::start_execution(&state.db, &state.arns, &state.definitions, &name, &request).await?;
+    let (row, created) = start::start_execution(
+        &state.db,
+        &state.arns,
+        &Settings::from_config(&state.config),
+        &state.definitions,
+        &name,
+        &request,
+    )
+    .await?;
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     Ok((status, Json(state.execution_view(row))))
 }
@@ -228,10 +238,10 @@ async fn plan(
         plan::plan_execution(
             &state.db,
             &state.arns,
+            &Settings::from_config(&state.config),
             &state.definitions,
             &name,
             &request,
-            state.config.cache.max_expire_after,
         )
         .await?,
     ))

@@ -158,8 +158,9 @@ async fn describe(
 ) -> ApiResult<Json<StepDetail>> {
     let execution = state.find_execution(&reference).await?;
     let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
-    // A reused step made no attempt here; its id is the run it reused.
-    let attempts = if row.reused_from.is_some() {
+    // A step reused at the start made no attempt here (its id is the run it
+    // reused); one reused by early cut-off shows the attempt that compared.
+    let attempts = if row.reused_from.is_some() && row.attempt == 0 {
         Vec::new()
     } else {
         store::steps::attempts(&state.db, row.id).await?
@@ -191,8 +192,13 @@ async fn logs(
 ) -> ApiResult<Response> {
     let execution = state.find_execution(&reference).await?;
     let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
-    if row.reused_from.is_some() {
-        return Err(reused_log(&state, &step, row.id).await?);
+    if let Some(reused_from) = &row.reused_from {
+        let run = reused_from
+            .get("source_step_run_id")
+            .and_then(Value::as_str)
+            .and_then(|id| id.parse().ok())
+            .unwrap_or(row.id);
+        return Err(reused_log(&state, &step, run).await?);
     }
     if q.offset.is_some() && !q.follow {
         return Err(ApiError::invalid(
@@ -248,7 +254,7 @@ async fn reused_log(state: &AppState, step: &str, run: Uuid) -> ApiResult<ApiErr
     };
     let arn = state.arns.execution(&origin.pipeline_name, origin.execution_id);
     Ok(ApiError::not_found(format!(
-        "step {step:?} was reused and made no attempt in this execution; it ran as step {:?} of execution {arn}, \
+        "step {step:?} was reused, so it has no log in this execution; it ran as step {:?} of execution {arn}, \
          whose log is at /v1/executions/{}/steps/{}/logs",
         origin.step_name, origin.execution_id, origin.step_name
     )))

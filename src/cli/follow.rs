@@ -397,10 +397,13 @@ impl Run<'_> {
             "Starting" => None,
             "Succeeded" => {
                 self.running.remove(step);
-                Some(match detail["cache_hit"].as_object() {
-                    Some(hit) => format!("succeeded (cache hit: the outputs of {})", source_of(hit)),
-                    None => "succeeded".to_string(),
-                })
+                Some(
+                    match (detail["cache_hit"].as_object(), detail["reused_from"].as_object()) {
+                        (Some(hit), _) => format!("succeeded (cache hit: the outputs of {})", source_of(hit)),
+                        (None, Some(from)) => format!("reused (the outputs of {}: unchanged)", source_of(from)),
+                        (None, None) => "succeeded".to_string(),
+                    },
+                )
             }
             "Failed" | "Stopped" => {
                 self.running.remove(step);
@@ -443,8 +446,11 @@ impl Run<'_> {
         let slots = self.follower_slots.clone();
         self.followers.spawn(async move {
             let Ok(_slot) = slots.acquire_owned().await else { return };
-            if let Err(e) = follow_step_log(&api, &id, &step, Some(attempt), &out).await {
-                eprintln!("following the log of {step}: {e}");
+            match follow_step_log(&api, &id, &step, Some(attempt), &out).await {
+                // Reused while it ran (early cut-off): it has no log here.
+                Err(e) if e.status() == Some(reqwest::StatusCode::NOT_FOUND) => {}
+                Err(e) => eprintln!("following the log of {step}: {e}"),
+                Ok(()) => {}
             }
         });
     }

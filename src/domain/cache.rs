@@ -1,7 +1,7 @@
 //! Step cache keys (SPEC 4): the canonical document of a step run's key
 //! attributes, its SHA-256, warnings about components that can never repeat,
 //! and the explanation of a miss against an earlier entry. Pure: the content
-//! hashes of `CacheInputs` are computed by `executor::inputs`, lookups,
+//! hashes of `CacheInputs` are computed by `content::inputs`, lookups,
 //! expiry and storage of entries belong to the store.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -37,7 +37,7 @@ pub struct CacheKey {
 /// Builds the key of a step run. `resolved_args` are the step's Arguments
 /// after expression evaluation; `raw_args` the Arguments as written, used to
 /// warn about per-execution values; `input_hashes` maps each `CacheInputs`
-/// path to its content hash (`executor::inputs::hash_input`).
+/// path to its content hash (`content::inputs::hash_input`).
 ///
 /// Command components: `{"Type", "Command" or "Shell", "Env",
 /// "WorkingDirectory", "CacheInputs"}` (a missing `Env` counts as `{}` and a
@@ -84,17 +84,7 @@ pub fn compute_key(
             json!({"Arguments": raw_args}),
         ),
     };
-    // Hashed as the process sees it; stored as resolved, so a miss is
-    // explained in the values the definition wrote.
-    let hashed = match kind {
-        StepKind::Command => as_the_process_sees_it(&components),
-        _ => components.clone(),
-    };
-    let canonical = serde_jcs::to_string(&hashed)
-        // A `serde_json::Value` holds no NaN or infinity, the only values
-        // canonical JSON cannot represent.
-        .expect("a JSON value always has a canonical form");
-    let key = hex::encode(Sha256::digest(canonical.as_bytes()));
+    let key = key_of(kind, &components);
     let mut warnings = Vec::new();
     per_execution_warnings(&raw_components, &mut Vec::new(), &mut warnings);
     CacheKey {
@@ -102,6 +92,21 @@ pub fn compute_key(
         components,
         warnings,
     }
+}
+
+/// The key of a step's components: hashed as the process sees them, while
+/// they are stored as resolved, so a miss is explained in the values the
+/// definition wrote.
+pub fn key_of(kind: StepKind, components: &Value) -> String {
+    let hashed = match kind {
+        StepKind::Command => as_the_process_sees_it(components),
+        _ => components.clone(),
+    };
+    let canonical = serde_jcs::to_string(&hashed)
+        // A `serde_json::Value` holds no NaN or infinity, the only values
+        // canonical JSON cannot represent.
+        .expect("a JSON value always has a canonical form");
+    hex::encode(Sha256::digest(canonical.as_bytes()))
 }
 
 /// Command components as the process receives them: an `Env` value or a
@@ -191,8 +196,7 @@ fn render_path(path: &[PathSegment]) -> String {
 /// removed key or list element, joined with `"; "`. Values are shown as JSON
 /// (strings quoted) and long ones shortened. `None` when they are identical.
 pub fn explain_difference(current: &Value, previous: &Value) -> Option<String> {
-    let mut diffs = Vec::new();
-    diff(Some(current), Some(previous), &mut Vec::new(), &mut diffs);
+    let mut diffs = differences(current, previous);
     if diffs.is_empty() {
         return None;
     }
@@ -203,6 +207,14 @@ pub fn explain_difference(current: &Value, previous: &Value) -> Option<String> {
         out.push_str(&format!("; and {extra} more"));
     }
     Some(out)
+}
+
+/// Each differing leaf of two documents, as `Env.EPOCHS: 10 -> 12` (see
+/// [`explain_difference`]), in document order.
+pub fn differences(current: &Value, previous: &Value) -> Vec<String> {
+    let mut diffs = Vec::new();
+    diff(Some(current), Some(previous), &mut Vec::new(), &mut diffs);
+    diffs
 }
 
 fn diff(cur: Option<&Value>, prev: Option<&Value>, path: &mut Vec<PathSegment>, out: &mut Vec<String>) {

@@ -9,7 +9,7 @@
 //! the graph: closure is two multi-source searches over the whole selection,
 //! never a search per pair of selected steps.
 
-use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
 use std::fmt;
 
 use serde::de::{self, Deserializer, SeqAccess, Visitor};
@@ -333,16 +333,9 @@ fn branch_key(if_branch: bool) -> &'static str {
     }
 }
 
-/// The `"changed"` selection: steps whose resolved definition (raw step with
-/// parameter references substituted), dependency set or branch membership
-/// differs from the source's snapshot, every step that did not succeed in the
-/// source (or is missing from it) unless it lies in a branch the source's
-/// Condition did not take, and all of their descendants. Empty when nothing
-/// changed; the caller reports that nothing needs to run.
-///
-/// References to steps and execution variables are compared as written: a
-/// step whose upstream changed is caught as a descendant, and execution
-/// variables differ in every execution by design.
+/// The `"changed"` selection: the steps that changed themselves
+/// ([`changes`]) and all of their descendants. Empty when nothing changed;
+/// the caller reports that nothing needs to run.
 pub fn changed_steps(
     def: &Definition,
     params: &Map<String, Value>,
@@ -350,32 +343,135 @@ pub fn changed_steps(
     source_params: &Map<String, Value>,
     source: &HashMap<String, SourceStep>,
 ) -> BTreeSet<String> {
-    let g = Graph::new(def);
-    let changed: Vec<usize> = def
-        .steps
-        .iter()
-        .enumerate()
-        .filter(|(_, step)| {
-            let Some(before) = source_def.step(&step.name) else {
-                return true;
-            };
-            let deps: BTreeSet<&String> = step.depends_on.iter().collect();
-            let deps_before: BTreeSet<&String> = before.depends_on.iter().collect();
-            let edited = deps != deps_before
-                || step.branch != before.branch
-                || substitute_parameters(&cosmetic_free(&step.raw), params)
-                    != substitute_parameters(&cosmetic_free(&before.raw), source_params);
-            if edited {
-                return true;
+    let changed = changes(def, params, source_def, source_params, source);
+    let mut all: BTreeSet<String> = changed.keys().cloned().collect();
+    all.extend(downstream_of(def, &changed).into_keys());
+    all
+}
+
+/// The steps of `def` that changed themselves against the source, each with
+/// what changed, for people: a new step; its dependency set or branch; a
+/// parameter it uses (`parameter Epochs: 10 -> 12`); its definition as
+/// written, with parameters substituted (`Arguments.Command[2]: "a" ->
+/// "b"`); or that it did not succeed in the source (`Failed in the
+/// source`), unless it lies in a branch the source's Condition did not take.
+/// Renaming a step for people (`DisplayName`, `Description`) changes
+/// nothing. What a step reads from files (`CacheInputs`) and whether its
+/// outputs are still there are for the caller, which reads them.
+///
+/// References to steps and execution variables are compared as written: a
+/// step whose upstream changed is caught as a descendant
+/// ([`downstream_of`]), and execution variables differ in every execution
+/// by design.
+pub fn changes(
+    def: &Definition,
+    params: &Map<String, Value>,
+    source_def: &Definition,
+    source_params: &Map<String, Value>,
+    source: &HashMap<String, SourceStep>,
+) -> BTreeMap<String, Vec<String>> {
+    let mut out = BTreeMap::new();
+    for step in &def.steps {
+        let Some(before) = source_def.step(&step.name) else {
+            out.insert(step.name.clone(), vec!["new step".to_string()]);
+            continue;
+        };
+        let mut why = Vec::new();
+        let deps: BTreeSet<&String> = step.depends_on.iter().collect();
+        let deps_before: BTreeSet<&String> = before.depends_on.iter().collect();
+        if deps != deps_before {
+            why.push(format!(
+                "dependencies: {} -> {}",
+                super::json_list(deps_before),
+                super::json_list(deps)
+            ));
+        }
+        if step.branch != before.branch {
+            why.push(format!(
+                "branch: {} -> {}",
+                describe_branch(before.branch.as_ref()),
+                describe_branch(step.branch.as_ref())
+            ));
+        }
+        let (now, then) = (cosmetic_free(&step.raw), cosmetic_free(&before.raw));
+        if substitute_parameters(&now, params) != substitute_parameters(&then, source_params) {
+            for name in parameters_used(&now) {
+                let (new, old) = (params.get(&name), source_params.get(&name));
+                if new != old {
+                    why.push(format!("parameter {name}: {} -> {}", show(old), show(new)));
+                }
             }
-            // Not run in the source: changed, unless the source's Condition
-            // took the other branch (and nothing about the step changed).
-            !source.get(&step.name).is_some_and(SourceStep::succeeded) && !in_branch_not_taken(def, step, source)
-        })
-        .map(|(i, _)| i)
+            if now != then {
+                why.extend(super::cache::differences(&now, &then));
+            }
+            if why.is_empty() {
+                // Only a parameter value that the step used before changed.
+                why.push("a parameter it uses changed".into());
+            }
+        }
+        if why.is_empty() && !in_branch_not_taken(def, step, source) {
+            match source.get(&step.name) {
+                None => why.push("not run in the source".into()),
+                Some(s) if !s.succeeded() => why.push(format!("{} in the source", s.status)),
+                Some(_) => {}
+            }
+        }
+        if !why.is_empty() {
+            out.insert(step.name.clone(), why);
+        }
+    }
+    out
+}
+
+/// Every step downstream of a step of `changed` that is not in it, with the
+/// nearest such step it descends from (`downstream of Train`).
+pub fn downstream_of<T>(def: &Definition, changed: &BTreeMap<String, T>) -> BTreeMap<String, String> {
+    let g = Graph::new(def);
+    let mut starts: Vec<usize> = changed
+        .keys()
+        .filter_map(|n| g.index.get(n.as_str()).copied())
         .collect();
-    let reached = g.reach(&changed, &g.children);
-    g.set((0..g.names.len()).filter(|&i| reached[i].is_some()))
+    starts.sort_unstable();
+    let reached = g.reach(&starts, &g.children);
+    (0..g.names.len())
+        .filter(|i| !changed.contains_key(g.names[*i]))
+        .filter_map(|i| Some((g.names[i].to_string(), g.names[reached[i]?].to_string())))
+        .collect()
+}
+
+fn describe_branch(branch: Option<&super::definition::Branch>) -> String {
+    match branch {
+        None => "in no branch".into(),
+        Some(b) => format!("in the {} of {:?}", branch_key(b.if_branch), b.condition),
+    }
+}
+
+fn show(v: Option<&Value>) -> String {
+    v.map_or_else(|| "(absent)".to_string(), Value::to_string)
+}
+
+/// The parameters `v` reads with `{"Get": "Parameters.X"}`, in order, once.
+fn parameters_used(v: &Value) -> Vec<String> {
+    fn walk(v: &Value, out: &mut Vec<String>) {
+        match v {
+            Value::Object(m) => {
+                if let (1, Some(Value::String(s))) = (m.len(), m.get("Get")) {
+                    if let Ok(Reference::Parameter(p)) = expr::parse_get(s) {
+                        if !out.contains(&p) {
+                            out.push(p);
+                        }
+                        return;
+                    }
+                }
+                m.values().for_each(|c| walk(c, out));
+            }
+            Value::Array(a) => a.iter().for_each(|c| walk(c, out)),
+            _ => {}
+        }
+    }
+    let mut out = Vec::new();
+    walk(v, &mut out);
+    out
 }
 
 /// Whether `step` lies (through its chain of enclosing Conditions) in a

@@ -36,8 +36,10 @@
 
 mod complete;
 pub mod control;
+pub mod decide;
 pub mod definitions;
 pub mod plan;
+pub mod request;
 pub mod retention;
 pub mod selective;
 pub mod start;
@@ -78,6 +80,18 @@ pub enum StepOutcome {
 }
 
 impl StepOutcome {
+    /// The outcome with `value` at `key` of its metadata (a stopped step
+    /// has none).
+    pub fn with_metadata(mut self, key: &str, value: Value) -> StepOutcome {
+        if let StepOutcome::Succeeded { metadata, .. } | StepOutcome::Failed { metadata, .. } = &mut self {
+            if !metadata.is_object() {
+                *metadata = json!({});
+            }
+            metadata[key] = value;
+        }
+        self
+    }
+
     pub fn failed(error_type: &str, message: impl Into<String>) -> StepOutcome {
         StepOutcome::Failed {
             error_type: error_type.to_string(),

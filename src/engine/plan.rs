@@ -1,8 +1,17 @@
-//! The dry run of a start (`POST .../executions/plan`): the same checks and
-//! decisions as a start, written nowhere, reported per step. A step that
-//! would run is reported as a `CacheHit` when its key can be computed now
-//! (its inputs are parameters and reused steps' properties) and a usable
-//! entry exists.
+//! The dry run of a start (`POST .../executions/plan`): the decisions of a
+//! start (`decide::prepare`, the same function), written nowhere, and for
+//! each step what will happen to it and why.
+//!
+//! Steps are predicted in dependency order, each with what is known before
+//! anything runs: parameters, the outputs of reused steps, and the outputs
+//! of cache entries that predicted hits will hand on. A cached step whose
+//! key can be computed from those is a `CacheHit` when a usable entry
+//! exists, computed as the worker computes it (`content::step_key`, the same
+//! hashing of `CacheInputs`, the same expiry and artifacts checks). What
+//! depends on a step that runs cannot be known: such a step is
+//! `RunUnlessUnchanged` when it may still be reused (early cut-off) or hit
+//! the cache, else `Run`. Conditions whose inputs are known are evaluated,
+//! so the steps of the branch they will not take are `Skip`.
 
 use std::collections::HashMap;
 
@@ -10,29 +19,36 @@ use chrono::Utc;
 use serde::Serialize;
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
+use uuid::Uuid;
 
 use super::{
+    decide::{prepare, Settings, StepPlan},
     definitions::Definitions,
-    start::{load_definition, prepare, CacheMode, StartError, StartRequest, StepPlan},
+    request::{CacheMode, StartError, StartRequest},
+    start::load_definition,
 };
 use crate::{
+    content,
     domain::{
-        cache::compute_key,
-        definition::Step,
-        duration::{cache_valid_since, ExpireAfter},
-        expr::{evaluate, ExecutionVar, Resolver},
-        Issue,
+        condition::evaluate_conditions,
+        definition::{Definition, Step, StepKind},
+        duration::cache_valid_since,
+        expr::{evaluate, uses_per_execution_value, ExecutionVar, Resolver},
+        json_list, Issue,
     },
-    executor::cache::{expired, missing_artifacts},
     ids::Arns,
-    store::{cache, pipelines, secrets, steps, StoreError},
+    store::{cache, pipelines, secrets, selective, StoreError},
 };
 
 #[derive(Debug, Serialize)]
 pub struct StepVerdict {
     pub step_name: String,
+    /// `Run`, `RunUnlessUnchanged`, `Reuse`, `CacheHit` or `Skip`.
     pub verdict: &'static str,
     pub reason: String,
+    /// What changed, for a step that runs because of a change
+    /// (`parameter Epochs: 10 -> 12`, `downstream of Train`).
+    pub changes: Vec<String>,
     pub source_execution_arn: Option<String>,
 }
 
@@ -61,10 +77,10 @@ impl ExecutionPlan {
 pub async fn plan_execution(
     pool: &PgPool,
     arns: &Arns,
+    settings: &Settings,
     definitions: &Definitions,
     pipeline_name: &str,
     req: &StartRequest,
-    cache_cap: ExpireAfter,
 ) -> Result<ExecutionPlan, StoreError> {
     // A transaction that is never committed: nothing a plan does is kept.
     let mut tx = pool.begin().await?;
@@ -74,64 +90,47 @@ pub async fn plan_execution(
         Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
         Err(StartError::Store(e)) => return Err(e),
     };
-    let prepared = match prepare(&mut tx, arns, &pipeline, &definition, req).await {
+    let prepared = match prepare(&mut tx, arns, settings, &pipeline, &definition, req).await {
         Ok(p) => p,
         Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
         Err(StartError::Store(e)) => return Err(e),
     };
-    let selective = req.selective_execution.is_some();
-    let lookup_for_selected = req.cache_mode == Some(CacheMode::Use);
-    let mut steps = Vec::with_capacity(definition.steps.len());
-    for step in &definition.steps {
-        let plan = prepared.plans.get(&step.name).cloned().unwrap_or(StepPlan::Run);
-        let verdict = match plan {
-            StepPlan::Reuse {
-                source_execution_arn, ..
-            } => StepVerdict {
-                step_name: step.name.clone(),
-                verdict: "Reuse",
-                reason: "succeeded in the source execution; its outputs are reused".into(),
-                source_execution_arn: Some(source_execution_arn),
-            },
-            StepPlan::Skip { reason } => StepVerdict {
-                step_name: step.name.clone(),
-                verdict: "Skip",
-                reason,
-                source_execution_arn: None,
-            },
-            StepPlan::Run => {
-                let looks_up = match req.cache_mode.unwrap_or_default() {
-                    CacheMode::Use => !selective || lookup_for_selected,
-                    CacheMode::Refresh | CacheMode::Off => false,
-                };
-                let hit = if looks_up {
-                    let known = Known {
-                        parameters: &prepared.parameters,
-                        plans: &prepared.plans,
-                        cache_cap,
-                    };
-                    cache_hit_now(&mut tx, arns, &pipeline, step, &known).await?
-                } else {
-                    None
-                };
-                match hit {
-                    Some(arn) => StepVerdict {
-                        step_name: step.name.clone(),
-                        verdict: "CacheHit",
-                        reason: "a cache entry with the same key exists".into(),
-                        source_execution_arn: Some(arn),
-                    },
-                    None => StepVerdict {
-                        step_name: step.name.clone(),
-                        verdict: "Run",
-                        reason: if selective { "selected".into() } else { "runs".into() },
-                        source_execution_arn: None,
-                    },
-                }
-            }
-        };
-        steps.push(verdict);
+    let reused: Vec<Uuid> = prepared
+        .plans
+        .values()
+        .filter_map(|p| match p {
+            StepPlan::Reuse { step_run, .. } => Some(*step_run),
+            _ => None,
+        })
+        .collect();
+    let reused_properties = selective::run_properties(&mut tx, &reused).await?;
+    let looks_up = match req.cache_mode.unwrap_or_default() {
+        // Selected steps of a selective execution look up only when asked.
+        CacheMode::Use => req.selective_execution.is_none() || req.cache_mode == Some(CacheMode::Use),
+        CacheMode::Refresh | CacheMode::Off => false,
+    };
+    let mut predictor = Predictor {
+        conn: &mut tx,
+        arns,
+        settings,
+        pipeline: &pipeline,
+        parameters: &prepared.parameters,
+        looks_up,
+        known: HashMap::new(),
+        verdicts: HashMap::new(),
+        outcomes: HashMap::new(),
+    };
+    for name in definition.dag.topological_order() {
+        let Some(step) = definition.step(&name) else { continue };
+        let plan = prepared.plans.get(&name).cloned().unwrap_or_else(StepPlan::run);
+        let verdict = predictor.verdict(&definition, step, plan, &reused_properties).await?;
+        predictor.verdicts.insert(name, verdict);
     }
+    let steps = definition
+        .steps
+        .iter()
+        .filter_map(|s| predictor.verdicts.remove(&s.name))
+        .collect();
     tx.rollback().await?;
     Ok(ExecutionPlan {
         steps,
@@ -140,11 +139,259 @@ pub async fn plan_execution(
     })
 }
 
+/// What the plan knows as it walks the steps in dependency order.
+struct Predictor<'a> {
+    conn: &'a mut PgConnection,
+    arns: &'a Arns,
+    settings: &'a Settings,
+    pipeline: &'a pipelines::PipelineHead,
+    parameters: &'a serde_json::Map<String, Value>,
+    /// Whether steps that run look up the cache.
+    looks_up: bool,
+    /// The property documents known before anything runs, by step.
+    known: HashMap<String, Value>,
+    verdicts: HashMap<String, StepVerdict>,
+    /// The outcome of each Condition whose inputs are known.
+    outcomes: HashMap<String, bool>,
+}
+
+/// What the cache will do for a step that runs.
+enum Prediction {
+    Hit {
+        arn: String,
+        properties: Value,
+    },
+    /// Its key depends on these steps, which run first.
+    MayHit(Vec<String>),
+    Miss(String),
+}
+
+fn verdict(step: &Step, verdict: &'static str, reason: String, changes: Vec<String>) -> StepVerdict {
+    StepVerdict {
+        step_name: step.name.clone(),
+        verdict,
+        reason,
+        changes,
+        source_execution_arn: None,
+    }
+}
+
+impl Predictor<'_> {
+    async fn verdict(
+        &mut self,
+        definition: &Definition,
+        step: &Step,
+        plan: StepPlan,
+        reused_properties: &HashMap<Uuid, Value>,
+    ) -> Result<StepVerdict, StoreError> {
+        let (why, cutoff) = match plan {
+            StepPlan::Reuse {
+                step_run,
+                source_execution_arn,
+                why,
+            } => {
+                let properties = reused_properties.get(&step_run).cloned().unwrap_or(Value::Null);
+                self.learn(step, properties);
+                return Ok(StepVerdict {
+                    source_execution_arn: Some(source_execution_arn),
+                    ..verdict(step, "Reuse", why, Vec::new())
+                });
+            }
+            StepPlan::Skip { reason, why } => {
+                return Ok(verdict(step, "Skip", format!("{why} ({reason})"), Vec::new()))
+            }
+            StepPlan::Run { why, cutoff } => (why, cutoff),
+        };
+        if let Some(reason) = self.not_reached(step) {
+            return Ok(verdict(step, "Skip", reason, why));
+        }
+        let branch = self.undecided_branch(definition, step);
+        let mut out = if cutoff.is_some() {
+            verdict(
+                step,
+                "RunUnlessUnchanged",
+                "runs unless, once its upstream has run, its inputs equal those of its run in the source \
+                 execution (early cut-off)"
+                    .into(),
+                why,
+            )
+        } else {
+            let runs = if why.is_empty() {
+                "runs".to_string()
+            } else {
+                why.join("; ")
+            };
+            match self.predict(step).await? {
+                Prediction::Hit { arn, properties } => {
+                    if branch.is_none() {
+                        self.learn(step, properties);
+                    }
+                    StepVerdict {
+                        source_execution_arn: Some(arn),
+                        ..verdict(
+                            step,
+                            "CacheHit",
+                            "a usable cache entry with the same key exists".into(),
+                            why,
+                        )
+                    }
+                }
+                Prediction::MayHit(upstream) => verdict(
+                    step,
+                    "RunUnlessUnchanged",
+                    format!(
+                        "{runs}; cached, so it is served from the cache if what {} produce matches an entry",
+                        json_list(&upstream)
+                    ),
+                    why,
+                ),
+                Prediction::Miss(miss) => verdict(step, "Run", format!("{runs}; {miss}"), why),
+            }
+        };
+        if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
+            self.evaluate_condition(step);
+        }
+        if let Some(branch) = branch {
+            out.reason = format!("{}; if {branch}", out.reason);
+        }
+        Ok(out)
+    }
+
+    /// Records the outputs a step will have, for the steps after it.
+    fn learn(&mut self, step: &Step, properties: Value) {
+        if step.kind == StepKind::Condition {
+            if let Some(outcome) = properties.get("Outcome").and_then(Value::as_bool) {
+                self.outcomes.insert(step.name.clone(), outcome);
+            }
+        }
+        self.known.insert(step.name.clone(), properties);
+    }
+
+    /// Why a step will never run although it was planned to: it is in the
+    /// branch its Condition will not take, or below a skipped step. Worded
+    /// as the execution will report it.
+    fn not_reached(&self, step: &Step) -> Option<String> {
+        if let Some(branch) = &step.branch {
+            if let Some(outcome) = self.outcomes.get(&branch.condition) {
+                if *outcome != branch.if_branch {
+                    return Some(format!(
+                        "condition {:?} will take the other branch (ConditionNotMet)",
+                        branch.condition
+                    ));
+                }
+            }
+        }
+        step.depends_on
+            .iter()
+            .find(|d| self.verdicts.get(*d).is_some_and(|v| v.verdict == "Skip"))
+            .map(|d| format!("{d:?} will not run (UpstreamNotRun)"))
+    }
+
+    /// The nearest enclosing Condition whose outcome is not known yet, as
+    /// `condition "Gate" takes the IfSteps branch`.
+    fn undecided_branch(&self, definition: &Definition, step: &Step) -> Option<String> {
+        let mut cur = step;
+        while let Some(branch) = &cur.branch {
+            if !self.outcomes.contains_key(&branch.condition) {
+                let side = if branch.if_branch { "IfSteps" } else { "ElseSteps" };
+                return Some(format!("condition {:?} takes the {side} branch", branch.condition));
+            }
+            cur = definition.step(&branch.condition)?;
+        }
+        None
+    }
+
+    fn evaluate_condition(&mut self, step: &Step) {
+        if !uses_per_execution_value(&step.arguments).is_empty() {
+            return;
+        }
+        let resolver = self.resolver(HashMap::new());
+        if let Ok(resolved) = evaluate(&step.arguments, &resolver) {
+            if let Ok(outcome) = evaluate_conditions(&resolved["Conditions"]) {
+                self.outcomes.insert(step.name.clone(), outcome);
+            }
+        }
+    }
+
+    fn resolver(&self, secret_digests: HashMap<String, String>) -> KnownNow<'_> {
+        KnownNow {
+            parameters: self.parameters,
+            known: &self.known,
+            pipeline_name: &self.pipeline.name,
+            arns: self.arns,
+            secret_digests,
+        }
+    }
+
+    async fn predict(&mut self, step: &Step) -> Result<Prediction, StoreError> {
+        if !step.caching_enabled() {
+            return Ok(Prediction::Miss("it does not use the cache".into()));
+        }
+        if !self.looks_up {
+            return Ok(Prediction::Miss("the cache is not looked up in this start".into()));
+        }
+        let per_execution = uses_per_execution_value(&step.arguments);
+        if !per_execution.is_empty() {
+            return Ok(Prediction::Miss(format!(
+                "it uses {}, which differs in every execution, so it never hits the cache",
+                per_execution.join(" and ")
+            )));
+        }
+        let unknown: Vec<String> = step
+            .depends_on
+            .iter()
+            .filter(|d| !self.known.contains_key(*d))
+            .cloned()
+            .collect();
+        if !unknown.is_empty() {
+            let any_entry = cache::nearest_entry(self.conn, self.pipeline.id, &step.name).await?;
+            return Ok(match any_entry {
+                Some(_) => Prediction::MayHit(unknown),
+                None => Prediction::Miss("the cache holds no entry for it".into()),
+            });
+        }
+        let used: Vec<String> = crate::domain::secrets::env_secrets(&step.arguments)
+            .into_iter()
+            .map(|(_, name)| name)
+            .collect();
+        let secret_digests = if used.is_empty() {
+            HashMap::new()
+        } else {
+            secrets::sealed(self.conn, &used)
+                .await?
+                .into_iter()
+                .map(|row| (row.name, row.digest))
+                .collect()
+        };
+        let resolved = match evaluate(&step.arguments, &self.resolver(secret_digests)) {
+            Ok(r) => r,
+            Err(e) => return Ok(Prediction::Miss(format!("its arguments cannot be resolved: {e}"))),
+        };
+        let key = match content::step_key(step.kind, &step.arguments, &resolved, &resolved, self.settings.inputs).await
+        {
+            Ok(k) => k,
+            Err(e) => return Ok(Prediction::Miss(format!("its cache key cannot be computed: {e}"))),
+        };
+        let expire_after = step.cache.and_then(|c| c.expire_after);
+        let earliest = cache_valid_since(expire_after, self.settings.cache_cap, Utc::now());
+        for entry in cache::entries_with_key(self.conn, self.pipeline.id, &step.name, &key.key, 20).await? {
+            if content::usable(&entry, earliest).is_ok() {
+                return Ok(Prediction::Hit {
+                    arn: self.arns.execution(&entry.pipeline_name, entry.execution_id),
+                    properties: entry.properties.unwrap_or_else(|| Value::Object(Default::default())),
+                });
+            }
+        }
+        Ok(Prediction::Miss("no usable cache entry has its key".into()))
+    }
+}
+
 /// Resolves what is known before the execution exists: parameters and the
-/// properties of reused steps. Anything else makes the key unknowable now.
+/// properties of reused steps and predicted hits. Anything else makes the
+/// key unknowable now.
 struct KnownNow<'a> {
     parameters: &'a serde_json::Map<String, Value>,
-    reused: HashMap<String, Value>,
+    known: &'a HashMap<String, Value>,
     pipeline_name: &'a str,
     arns: &'a Arns,
     /// The keyed digest of each secret the step uses, by name.
@@ -164,7 +411,7 @@ impl Resolver for KnownNow<'_> {
         }
     }
     fn step_properties(&self, step: &str) -> Option<Value> {
-        self.reused.get(step).cloned()
+        self.known.get(step).cloned()
     }
     fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
         Err("artifact contents are not read when planning".into())
@@ -176,75 +423,4 @@ impl Resolver for KnownNow<'_> {
             .ok_or_else(|| format!("secret {name:?} does not exist"))?;
         Ok(crate::domain::secrets::marker(name, digest))
     }
-}
-
-/// What a plan knows before the execution exists.
-struct Known<'a> {
-    parameters: &'a serde_json::Map<String, Value>,
-    plans: &'a HashMap<String, StepPlan>,
-    /// `cache.max_expire_after`.
-    cache_cap: ExpireAfter,
-}
-
-async fn cache_hit_now(
-    conn: &mut PgConnection,
-    arns: &Arns,
-    pipeline: &pipelines::PipelineHead,
-    step: &Step,
-    known: &Known<'_>,
-) -> Result<Option<String>, StoreError> {
-    let (parameters, plans, cache_cap) = (known.parameters, known.plans, known.cache_cap);
-    if !step.caching_enabled() {
-        return Ok(None);
-    }
-    let mut reused = HashMap::new();
-    for dependency in &step.depends_on {
-        match plans.get(dependency) {
-            Some(StepPlan::Reuse { step_run, .. }) => {
-                let properties = steps::properties(conn, *step_run).await?;
-                reused.insert(
-                    dependency.clone(),
-                    properties.unwrap_or_else(|| Value::Object(Default::default())),
-                );
-            }
-            _ => return Ok(None),
-        }
-    }
-    let per_execution = crate::domain::expr::uses_per_execution_value(&step.arguments);
-    let has_inputs = step.arguments.get("CacheInputs").is_some();
-    if !per_execution.is_empty() || has_inputs {
-        return Ok(None);
-    }
-    let used: Vec<String> = crate::domain::secrets::env_secrets(&step.arguments)
-        .into_iter()
-        .map(|(_, name)| name)
-        .collect();
-    let secret_digests = if used.is_empty() {
-        HashMap::new()
-    } else {
-        secrets::sealed(conn, &used)
-            .await?
-            .into_iter()
-            .map(|row| (row.name, row.digest))
-            .collect()
-    };
-    let resolver = KnownNow {
-        parameters,
-        reused,
-        pipeline_name: &pipeline.name,
-        arns,
-        secret_digests,
-    };
-    let Ok(resolved) = evaluate(&step.arguments, &resolver) else {
-        return Ok(None);
-    };
-    let key = compute_key(step.kind, &step.arguments, &resolved, &Default::default());
-    let expire_after = step.cache.and_then(|c| c.expire_after);
-    let earliest = cache_valid_since(expire_after, cache_cap, Utc::now());
-    for entry in cache::entries_with_key(conn, pipeline.id, &step.name, &key.key, 20).await? {
-        if !expired(&entry, earliest) && missing_artifacts(&entry).is_none() {
-            return Ok(Some(arns.execution(&entry.pipeline_name, entry.execution_id)));
-        }
-    }
-    Ok(None)
 }

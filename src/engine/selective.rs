@@ -1,18 +1,24 @@
 //! Selective execution (SPEC 5): resolve the source execution, check the
 //! selection against it, and decide for every step whether it runs, is
-//! reused from the source, or is skipped. Pure rules live in
-//! `domain::selective`; this module loads what they need.
+//! reused from the source, or is skipped, and why. Pure rules live in
+//! `domain::selective`; this module loads what they need (SQL in
+//! `store::selective`, file content through `content`).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use serde_json::{json, Map, Value};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
-use super::start::{resolve_parameters, SelectiveRequest, StartError, StepPlan};
+use super::{
+    decide::{CutOff, Settings, StepPlan},
+    request::{resolve_parameters, CacheMode, SelectiveRequest, StartError, StartRequest},
+};
 use crate::{
+    content::{artifacts, inputs},
     domain::{
-        definition::{parse_definition, Definition},
+        definition::{parse_definition, Definition, Step, StepKind},
+        expr::{evaluate, ExecutionVar, Resolver},
         json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
         Issue,
@@ -21,48 +27,40 @@ use crate::{
     store::{
         executions::{self, ExecutionRow},
         pipelines::PipelineHead,
-        retention, StoreError,
+        retention,
+        selective::{self as store, RunFacts, SourceRun},
+        StoreError,
     },
 };
 
-/// One step of the source execution: what the rules need, not its outputs
-/// (a reusing execution refers to them by `id`).
-#[derive(Debug, Clone, sqlx::FromRow)]
-pub struct SourceRun {
-    /// The step run that produced the outputs: the source's own, or the one
-    /// the source itself reused.
-    pub id: Uuid,
-    pub step_name: String,
-    pub status: String,
-    /// A Condition step's `Outcome`.
-    pub outcome: Option<bool>,
-}
+/// Why a reused step is reused, with `"changed"` and with a hand selection.
+const UNCHANGED: &str = "unchanged since the source execution";
+const NOT_SELECTED: &str = "not selected; reused from the source execution";
 
 pub struct Source {
     pub execution: ExecutionRow,
-    /// The source's definition snapshot, loaded only for "changed".
-    pub definition: Option<Value>,
     pub arn: String,
     pub runs: HashMap<String, SourceRun>,
 }
 
 impl Source {
     fn summaries(&self) -> HashMap<String, SourceStep> {
-        let definition = self.definition.as_ref().and_then(|d| parse_definition(d).ok());
         self.runs
             .values()
             .map(|r| {
                 let step = SourceStep {
                     status: r.status.clone(),
                     outcome: r.outcome,
-                    raw: definition
-                        .as_ref()
-                        .and_then(|d| d.step(&r.step_name))
-                        .map(|s| s.raw.clone()),
+                    raw: None,
                 };
                 (r.step_name.clone(), step)
             })
             .collect()
+    }
+
+    /// The run of `step` in the source, if it succeeded there.
+    fn succeeded(&self, step: &str) -> Option<&SourceRun> {
+        self.runs.get(step).filter(|r| r.status == selective::SUCCEEDED)
     }
 }
 
@@ -70,7 +68,6 @@ impl Source {
 pub struct SelectivePlan {
     pub parameters: Map<String, Value>,
     pub plans: HashMap<String, StepPlan>,
-    pub selection: Selection,
     pub source: Option<Source>,
     /// What the execution records as its `selective_execution`.
     pub record: Value,
@@ -92,28 +89,34 @@ fn invalid_all(issues: Vec<Issue>) -> StartError {
     StartError::invalid(message, issues)
 }
 
+/// What the selection is and why each selected step is in it.
+struct Chosen {
+    selection: Selection,
+    /// Why each selected step runs.
+    why: BTreeMap<String, Vec<String>>,
+    /// Selected only because an upstream step changed: early cut-off may
+    /// still reuse it.
+    downstream_only: BTreeSet<String>,
+}
+
 pub async fn plan(
     conn: &mut PgConnection,
     arns: &Arns,
+    settings: &Settings,
     pipeline: &PipelineHead,
     definition: &Definition,
-    given_parameters: &Map<String, Value>,
+    start: &StartRequest,
     request: &SelectiveRequest,
-    cache_lookup: bool,
 ) -> Result<SelectivePlan, StartError> {
+    let given_parameters = &start.parameters;
+    // SPEC 5 rule 7: selected steps look up the cache only when asked to.
+    let cache_lookup = start.cache_mode == Some(CacheMode::Use);
     let mut source = match &request.source_execution {
         Some(reference) => Some(load_source(conn, arns, pipeline, reference).await?),
         None => None,
     };
     if source.is_none() && matches!(request.selected_steps, SelectedSteps::Changed) {
-        let latest: Option<Uuid> = sqlx::query_scalar(
-            "select id from executions where pipeline_id = $1 and status in ('Succeeded', 'Failed', 'Stopped') \
-             order by created_at desc limit 1",
-        )
-        .bind(pipeline.id)
-        .fetch_optional(&mut *conn)
-        .await?;
-        let Some(latest) = latest else {
+        let Some(latest) = store::latest_ended(conn, pipeline.id).await? else {
             return Err(invalid(
                 SOURCE_EXECUTION_PATH,
                 format!("selected_steps \"changed\" compares against a source execution, and pipeline {:?} has no finished execution", pipeline.name),
@@ -144,71 +147,83 @@ pub async fn plan(
         request.inherit_parameters,
     )?;
 
-    let selection = match named {
-        Some(selection) => selection,
-        None => {
-            let source = source.as_ref().expect("a source was found above");
-            let snapshot = executions::definition(conn, source.execution.id).await?;
-            let source_definition = parse_definition(&snapshot);
-            let changed: Vec<String> = match source_definition {
-                Ok(source_definition) => {
-                    let source_params = source.execution.parameters.as_object().cloned().unwrap_or_default();
-                    selective::changed_steps(
-                        definition,
-                        &parameters,
-                        &source_definition,
-                        &source_params,
-                        &source.summaries(),
-                    )
-                    .into_iter()
-                    .collect()
-                }
-                // A snapshot that no longer validates: treat everything as changed.
-                Err(_) => definition.steps.iter().map(|s| s.name.clone()).collect(),
-            };
-            if changed.is_empty() {
-                Selection {
-                    selected: BTreeSet::new(),
-                    upstream: BTreeSet::new(),
-                    downstream: BTreeSet::new(),
-                    others: definition.steps.iter().map(|s| s.name.clone()).collect(),
-                }
-            } else {
-                selective::select(definition, &changed).map_err(invalid_all)?
+    let chosen = match named {
+        Some(selection) => {
+            let why = selection
+                .selected
+                .iter()
+                .map(|s| (s.clone(), vec!["selected".to_string()]))
+                .collect();
+            Chosen {
+                selection,
+                why,
+                downstream_only: BTreeSet::new(),
             }
         }
+        None => {
+            let source = source.as_ref().expect("a source was found above");
+            let context = Context {
+                pipeline,
+                arns,
+                parameters: &parameters,
+                settings,
+            };
+            changed_selection(conn, definition, source, &context).await?
+        }
     };
+    let selection = &chosen.selection;
 
     if source.is_none() && !selection.upstream.is_empty() {
-        source = Some(pick_source(conn, arns, pipeline, &selection, false).await?);
+        source = Some(pick_source(conn, arns, pipeline, selection, false).await?);
     }
 
     if let Some(source) = &source {
         let summaries = source.summaries();
-        let mut issues = selective::check_upstream(&selection, &summaries, &source.arn);
-        issues.extend(selective::check_branches(definition, &selection, &summaries));
+        let mut issues = selective::check_upstream(selection, &summaries, &source.arn);
+        issues.extend(selective::check_branches(definition, selection, &summaries));
+        if issues.is_empty() && matches!(request.selected_steps, SelectedSteps::Names(_)) {
+            issues.extend(check_reusable(conn, definition, selection, source).await?);
+        }
         if !issues.is_empty() {
             return Err(invalid_all(issues));
         }
     }
 
+    let reuse_why = match request.selected_steps {
+        SelectedSteps::Changed => UNCHANGED,
+        SelectedSteps::Names(_) => NOT_SELECTED,
+    };
     let mut plans = HashMap::new();
     for step in &definition.steps {
         let name = &step.name;
         let plan = if selection.selected.contains(name) {
-            StepPlan::Run
+            let cutoff = if chosen.downstream_only.contains(name) && step.kind.is_cacheable() {
+                source.as_ref().and_then(|s| s.succeeded(name)).map(|run| CutOff {
+                    step_run: run.id,
+                    execution: source.as_ref().expect("a run has a source").execution.id,
+                })
+            } else {
+                None
+            };
+            StepPlan::Run {
+                why: chosen.why.get(name).cloned().unwrap_or_default(),
+                cutoff,
+            }
         } else if selection.downstream.contains(name) {
             StepPlan::Skip {
                 reason: "NotSelected".into(),
+                why: "not selected, and downstream of a selected step".into(),
             }
         } else {
-            match source.as_ref().and_then(|s| s.runs.get(name).map(|r| (s, r))) {
-                Some((source, run)) if run.status == "Succeeded" => StepPlan::Reuse {
+            match source.as_ref().and_then(|s| s.succeeded(name).map(|r| (s, r))) {
+                Some((source, run)) => StepPlan::Reuse {
                     step_run: run.id,
                     source_execution_arn: source.arn.clone(),
+                    why: reuse_why.into(),
                 },
-                _ => StepPlan::Skip {
+                None => StepPlan::Skip {
                     reason: "NotSelected".into(),
+                    why: "not selected, and it did not succeed in the source execution".into(),
                 },
             }
         };
@@ -230,10 +245,207 @@ pub async fn plan(
     Ok(SelectivePlan {
         parameters,
         plans,
-        selection,
         source,
         record,
     })
+}
+
+/// What the `"changed"` selection needs besides the definitions.
+struct Context<'a> {
+    pipeline: &'a PipelineHead,
+    arns: &'a Arns,
+    parameters: &'a Map<String, Value>,
+    settings: &'a Settings,
+}
+
+/// The `"changed"` selection: steps whose definition changed
+/// (`selective::changes`), whose `CacheInputs` content differs from what
+/// the source's run recorded, or whose outputs in the source are gone, and
+/// everything downstream of them.
+async fn changed_selection(
+    conn: &mut PgConnection,
+    definition: &Definition,
+    source: &Source,
+    context: &Context<'_>,
+) -> Result<Chosen, StartError> {
+    let snapshot = executions::definition(conn, source.execution.id).await?;
+    let mut changed = match parse_definition(&snapshot) {
+        Ok(source_definition) => {
+            let source_params = source.execution.parameters.as_object().cloned().unwrap_or_default();
+            selective::changes(
+                definition,
+                context.parameters,
+                &source_definition,
+                &source_params,
+                &source.summaries(),
+            )
+        }
+        // A snapshot that no longer validates: everything counts as changed.
+        Err(_) => definition
+            .steps
+            .iter()
+            .map(|s| {
+                (
+                    s.name.clone(),
+                    vec!["the source's definition no longer validates".into()],
+                )
+            })
+            .collect(),
+    };
+    let candidates: Vec<(&Step, &SourceRun)> = definition
+        .steps
+        .iter()
+        .filter(|s| !changed.contains_key(&s.name))
+        .filter_map(|s| source.succeeded(&s.name).map(|r| (s, r)))
+        .collect();
+    let ids: Vec<Uuid> = candidates.iter().map(|(_, r)| r.id).collect();
+    let facts = store::run_facts(conn, &ids).await?;
+    for (step, run) in candidates {
+        let mut why = Vec::new();
+        let facts = facts.get(&run.id);
+        if let Some(gone) = facts.and_then(outputs_gone) {
+            why.push(format!("its outputs in the source are gone: {gone}"));
+        }
+        why.extend(input_changes(step, facts, context).await);
+        if !why.is_empty() {
+            changed.insert(step.name.clone(), why);
+        }
+    }
+    let downstream = selective::downstream_of(definition, &changed);
+    let names: Vec<String> = changed.keys().chain(downstream.keys()).cloned().collect();
+    let selection = if names.is_empty() {
+        Selection {
+            others: definition.steps.iter().map(|s| s.name.clone()).collect(),
+            ..Selection::default()
+        }
+    } else {
+        selective::select(definition, &names).map_err(invalid_all)?
+    };
+    let mut why = changed;
+    for (step, from) in &downstream {
+        why.insert(step.clone(), vec![format!("downstream of {from}")]);
+    }
+    Ok(Chosen {
+        selection,
+        why,
+        downstream_only: downstream.into_keys().collect(),
+    })
+}
+
+/// What is wrong with a run's artifacts directory, if it is gone or emptied.
+fn outputs_gone(facts: &RunFacts) -> Option<String> {
+    let uri = facts.artifacts_uri.as_deref()?;
+    artifacts::missing(uri, facts.artifact_entries.unwrap_or(0).max(0) as u64)
+}
+
+/// How the content of a Command step's `CacheInputs` differs from what its
+/// run in the source recorded: `CacheInputs train.py: content changed`.
+/// Hashed now, as the worker will hash them.
+async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<'_>) -> Vec<String> {
+    if step.kind != StepKind::Command {
+        return Vec::new();
+    }
+    let declared = step.arguments.get("CacheInputs");
+    if declared.is_none_or(|v| v.as_array().is_some_and(Vec::is_empty)) {
+        return Vec::new();
+    }
+    let Some(recorded) = facts.and_then(|f| f.input_hashes.as_ref()).and_then(Value::as_object) else {
+        return vec!["CacheInputs: the source's run recorded no content to compare with".into()];
+    };
+    let resolver = ParametersOnly {
+        parameters: context.parameters,
+        pipeline_name: &context.pipeline.name,
+        arns: context.arns,
+    };
+    let wanted = json!({
+        "CacheInputs": declared,
+        "WorkingDirectory": step.arguments.get("WorkingDirectory"),
+    });
+    let Ok(resolved) = evaluate(&wanted, &resolver) else {
+        return vec![
+            "CacheInputs: they use other steps' outputs, so their content is compared when the step runs".into(),
+        ];
+    };
+    let paths: Vec<String> = resolved["CacheInputs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+        .unwrap_or_default();
+    let working_directory = resolved["WorkingDirectory"].as_str();
+    let hashes = match inputs::hash_inputs(working_directory, &paths, context.settings.inputs).await {
+        Ok(h) => h,
+        Err(message) => return vec![format!("CacheInputs: {message}")],
+    };
+    let mut why = Vec::new();
+    for (path, hash) in &hashes {
+        match recorded.get(path).and_then(Value::as_str) {
+            Some(before) if before == hash => {}
+            Some(_) => why.push(format!("CacheInputs {path}: content changed")),
+            None => why.push(format!("CacheInputs {path}: not read by the source's run")),
+        }
+    }
+    why
+}
+
+/// Resolves parameters and the pipeline's own names: what `CacheInputs`
+/// and `WorkingDirectory` may use to be known before the run.
+struct ParametersOnly<'a> {
+    parameters: &'a Map<String, Value>,
+    pipeline_name: &'a str,
+    arns: &'a Arns,
+}
+
+impl Resolver for ParametersOnly<'_> {
+    fn parameter(&self, name: &str) -> Option<Value> {
+        self.parameters.get(name).cloned()
+    }
+    fn execution_var(&self, var: ExecutionVar) -> Value {
+        match var {
+            ExecutionVar::PipelineName => Value::String(self.pipeline_name.to_string()),
+            ExecutionVar::PipelineArn => Value::String(self.arns.pipeline(self.pipeline_name)),
+            _ => Value::Null,
+        }
+    }
+    fn step_properties(&self, _step: &str) -> Option<Value> {
+        None
+    }
+    fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
+        Err("not known before the run".into())
+    }
+    fn secret(&self, name: &str) -> Result<Value, String> {
+        Err(format!("Secrets.{name} is not known before the run"))
+    }
+}
+
+/// With a hand selection, every step that would be reused must still have
+/// its outputs: one issue for each whose artifacts are gone.
+async fn check_reusable(
+    conn: &mut PgConnection,
+    definition: &Definition,
+    selection: &Selection,
+    source: &Source,
+) -> Result<Vec<Issue>, StoreError> {
+    let reused: Vec<&SourceRun> = definition
+        .steps
+        .iter()
+        .filter(|s| selection.upstream.contains(&s.name) || selection.others.contains(&s.name))
+        .filter_map(|s| source.succeeded(&s.name))
+        .collect();
+    let ids: Vec<Uuid> = reused.iter().map(|r| r.id).collect();
+    let facts = store::run_facts(conn, &ids).await?;
+    Ok(reused
+        .into_iter()
+        .filter_map(|run| {
+            let gone = outputs_gone(facts.get(&run.id)?)?;
+            Some(Issue::new(
+                selective::SELECTED_STEPS_PATH,
+                format!(
+                    "step {:?} cannot be reused from execution {}: its artifacts directory {gone}; select it so it \
+                     runs again, or use \"changed\"",
+                    run.step_name, source.arn
+                ),
+            ))
+        })
+        .collect())
 }
 
 /// Rule 10: defaults (or, inheriting, the source's values for parameters
@@ -319,17 +531,8 @@ async fn load_source(
             ),
         ));
     }
-    let runs: Vec<SourceRun> = sqlx::query_as(
-        "select id, step_name, status, \
-           case when jsonb_typeof(properties -> 'Outcome') = 'boolean' then (properties ->> 'Outcome')::boolean end \
-           as outcome from execution_steps \
-         where execution_id = $1",
-    )
-    .bind(execution.id)
-    .fetch_all(&mut *conn)
-    .await?;
+    let runs = store::source_runs(conn, execution.id).await?;
     Ok(Source {
-        definition: None,
         arn: arns.execution(&execution.pipeline_name, execution.id),
         execution,
         runs: runs.into_iter().map(|r| (r.step_name.clone(), r)).collect(),
@@ -367,17 +570,7 @@ async fn pick_source(
     for_inherit: bool,
 ) -> Result<Source, StartError> {
     let upstream: Vec<String> = selection.upstream.iter().cloned().collect();
-    let picked: Option<Uuid> = sqlx::query_scalar(
-        "select e.id from executions e where e.pipeline_id = $1 and e.status in ('Succeeded', 'Failed', 'Stopped') \
-         and (select count(*) from execution_steps s where s.execution_id = e.id and s.step_name = any($2) \
-              and s.status = 'Succeeded') = cardinality($2) \
-         order by e.created_at desc limit 1",
-    )
-    .bind(pipeline.id)
-    .bind(&upstream)
-    .fetch_optional(&mut *conn)
-    .await?;
-    match picked {
+    match store::latest_with_succeeded(conn, pipeline.id, &upstream).await? {
         Some(id) => load_source(conn, arns, pipeline, &id.to_string()).await,
         None if upstream.is_empty() && for_inherit => Err(invalid(
             "/selective_execution/inherit_parameters",

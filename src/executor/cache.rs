@@ -3,16 +3,15 @@
 //! recent entry with the same key, and record the decision with an
 //! explanation when it misses.
 
-use std::{collections::BTreeMap, time::Duration};
-
-use chrono::{DateTime, Utc};
+use chrono::Utc;
 use serde_json::{json, Value};
 
-use super::{artifacts_path, inputs, StepContext, INPUT_ERROR};
+use super::StepContext;
 use crate::{
+    content::Unusable,
     domain::{
-        cache::{compute_key, explain_difference},
-        definition::{CacheConfig, CommandArgs, StepKind},
+        cache::{explain_difference, CacheKey},
+        definition::{CacheConfig, StepKind},
         duration::cache_valid_since,
     },
     engine::StepOutcome,
@@ -25,43 +24,19 @@ use crate::{
 pub enum Decision {
     Run,
     Hit(StepOutcome),
-    Fail(StepOutcome),
 }
 
-/// Decides whether the claimed step runs or is served from the cache.
-/// `resolved` holds secrets as markers (name and keyed digest) and makes the
-/// key; `revealed` is what the process gets, read for its working directory
-/// and `CacheInputs` only.
-pub async fn decide(
-    ctx: &StepContext<'_>,
-    kind: StepKind,
-    resolved: &Value,
-    revealed: &Value,
-) -> StoreResult<Decision> {
+/// Decides whether the claimed step runs or is served from the cache, given
+/// its key (`content::step_key`). A step that does not use the cache still
+/// records its key: later runs are compared with it (`"changed"`, early
+/// cut-off).
+pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> StoreResult<Decision> {
     let step = ctx.step;
     let config: Option<CacheConfig> = step.cache_config.clone().and_then(|c| serde_json::from_value(c).ok());
     let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
+        cache::record_key(ctx.db, step.id, step.attempt, &key.key, &key.components).await?;
         return Ok(Decision::Run);
     };
-    let mut hashes = BTreeMap::new();
-    if kind == StepKind::Command {
-        let args = match CommandArgs::from_resolved(revealed) {
-            Ok(a) => a,
-            Err(m) => return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, m))),
-        };
-        let limits = inputs::Limits {
-            max_bytes: ctx.config.worker.cache_input_max_bytes,
-            timeout: Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
-        };
-        match inputs::hash_inputs(args.working_directory.as_deref(), &args.cache_inputs, limits).await {
-            Ok(h) => hashes = h,
-            Err(m) => {
-                let message = format!("CacheInputs: {m}");
-                return Ok(Decision::Fail(StepOutcome::failed(INPUT_ERROR, message)));
-            }
-        }
-    }
-    let key = compute_key(kind, &step.arguments, resolved, &hashes);
     let warnings = json!(key.warnings);
     let status = if step.cache_mode == "off" {
         "disabled"
@@ -89,13 +64,16 @@ pub async fn decide(
     let mut expired_entry: Option<&Entry> = None;
     let mut artifacts_gone: Option<(&Entry, String)> = None;
     for entry in &candidates {
-        if expired(entry, earliest) {
-            expired_entry.get_or_insert(entry);
-            continue;
-        }
-        if let Some(missing) = missing_artifacts(entry) {
-            artifacts_gone.get_or_insert((entry, missing));
-            continue;
+        match crate::content::usable(entry, earliest) {
+            Ok(()) => {}
+            Err(Unusable::Expired) => {
+                expired_entry.get_or_insert(entry);
+                continue;
+            }
+            Err(Unusable::ArtifactsGone(missing)) => {
+                artifacts_gone.get_or_insert((entry, missing));
+                continue;
+            }
         }
         let hit = json!({
             "source_execution_arn": ctx.arns.execution(&entry.pipeline_name, entry.execution_id),
@@ -137,38 +115,4 @@ pub async fn decide(
     record.miss_reason = Some(&reason);
     cache::record(ctx.db, step.id, step.attempt, &record).await?;
     Ok(Decision::Run)
-}
-
-/// Whether an entry ended before `earliest`, the oldest end its step's
-/// `ExpireAfter` and the server's cap allow (`cache_valid_since`).
-pub fn expired(entry: &Entry, earliest: DateTime<Utc>) -> bool {
-    entry.ended_at.is_some_and(|t| t < earliest)
-}
-
-/// The artifacts directory an entry refers to, when it no longer exists, or
-/// is empty although the step had left entries in it (recorded as
-/// `metadata.command.artifact_entries` when it ended).
-pub fn missing_artifacts(entry: &Entry) -> Option<String> {
-    let uri = entry.properties.as_ref()?.get("ArtifactsUri")?.as_str()?;
-    let path = artifacts_path(uri);
-    if !path.exists() {
-        return Some(path.display().to_string());
-    }
-    let left = entry
-        .metadata
-        .pointer("/command/artifact_entries")
-        .and_then(Value::as_u64)
-        .unwrap_or(0);
-    let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
-    (left > 0 && empty).then(|| {
-        format!(
-            "{} is empty, and the step had left {left}{} entries in it",
-            path.display(),
-            if left as usize >= super::command::ARTIFACT_ENTRIES_COUNTED {
-                " or more"
-            } else {
-                ""
-            }
-        )
-    })
 }

@@ -358,9 +358,7 @@ async fn exit_outcome(
     }
 }
 
-/// How many entries of an artifacts directory are counted at most: enough
-/// to say "it had files", bounded for a step that writes millions.
-pub const ARTIFACT_ENTRIES_COUNTED: usize = 1000;
+use crate::content::artifacts::ARTIFACT_ENTRIES_COUNTED;
 
 /// The number of entries directly in `dir`, up to `cap` (0 if unreadable).
 async fn count_entries(dir: &Path, cap: usize) -> usize {

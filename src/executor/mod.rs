@@ -5,7 +5,7 @@
 
 pub mod cache;
 pub mod command;
-pub mod inputs;
+pub mod cutoff;
 pub mod log;
 pub mod mask;
 pub mod run_as;
@@ -13,7 +13,7 @@ pub mod secrets;
 pub mod supervised;
 pub mod supervisor;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use chrono::{DateTime, SecondsFormat, Utc};
 use serde_json::{json, Map, Value};
@@ -22,6 +22,7 @@ use uuid::Uuid;
 
 use crate::{
     config::Config,
+    content::inputs,
     domain::{
         condition::evaluate_conditions,
         definition::{CallbackArgs, CommandArgs, StepKind},
@@ -168,10 +169,7 @@ pub fn nul_at(value: &Value) -> Option<String> {
     Some(at)
 }
 
-/// The directory an `ArtifactsUri` names (a `file://` prefix is accepted).
-pub fn artifacts_path(uri: &str) -> PathBuf {
-    PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri))
-}
+pub use crate::content::artifacts::artifacts_path;
 
 /// `ArtifactsUri` is the directory's absolute path: what a downstream
 /// command can use directly (`cat "$DATA/train.csv"`), on any machine that
@@ -275,18 +273,77 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
         let message = format!("the resolved Arguments hold a NUL character (\\u0000) in {at}");
         return done(StepOutcome::failed(INPUT_ERROR, message));
     }
+    let mut cutoff_note = None;
     if let Some(kind) = StepKind::parse(&ctx.step.step_type).filter(|k| k.is_cacheable()) {
-        match cache::decide(ctx, kind, &arguments, &revealed).await {
-            Ok(cache::Decision::Run) => {}
-            Ok(cache::Decision::Hit(outcome) | cache::Decision::Fail(outcome)) => return done(outcome),
-            Err(e) => {
-                return done(StepOutcome::failed(
-                    "Step.SERVICE_FAULT",
-                    format!("the cache lookup failed: {e}"),
-                ))
-            }
+        match keyed(ctx, kind, &arguments, &revealed).await {
+            Keyed::Decided(outcome) => return done(outcome),
+            Keyed::Runs(note) => cutoff_note = note,
         }
     }
+    let run = run_by_type(ctx, &arguments, &revealed, &secrets, stop).await;
+    match (run, cutoff_note) {
+        (Run::Done { outcome, log }, Some(note)) => Run::Done {
+            outcome: outcome.with_metadata("early_cutoff", note),
+            log,
+        },
+        (run, _) => run,
+    }
+}
+
+/// What the key of a cacheable step decided.
+enum Keyed {
+    /// Reused (early cut-off), served from the cache, or failed.
+    Decided(StepOutcome),
+    /// It runs; with why an early cut-off did not reuse it.
+    Runs(Option<Value>),
+}
+
+/// Computes the key of a cacheable step, which every run records, and
+/// decides with it: early cut-off first, then the cache.
+async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, revealed: &Value) -> Keyed {
+    let limits = inputs::Limits {
+        max_bytes: ctx.config.worker.cache_input_max_bytes,
+        timeout: std::time::Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
+    };
+    let uses_cache = ctx
+        .step
+        .cache_config
+        .clone()
+        .and_then(|c| serde_json::from_value::<crate::domain::definition::CacheConfig>(c).ok())
+        .is_some_and(|c| c.enabled);
+    let key = match crate::content::step_key(kind, &ctx.step.arguments, arguments, revealed, limits).await {
+        Ok(key) => key,
+        // A step that neither uses the cache nor may be cut off runs as
+        // before; what is wrong with its inputs shows when it runs.
+        Err(_) if !uses_cache && ctx.step.cutoff_run.is_none() => return Keyed::Runs(None),
+        Err(message) => return Keyed::Decided(StepOutcome::failed(INPUT_ERROR, message)),
+    };
+    let fault = |e: crate::store::StoreError| {
+        Keyed::Decided(StepOutcome::failed(
+            "Step.SERVICE_FAULT",
+            format!("the cache lookup failed: {e}"),
+        ))
+    };
+    let note = match cutoff::check(ctx, kind, &key).await {
+        Ok(cutoff::CutOff::Reused(outcome)) => return Keyed::Decided(outcome),
+        Ok(cutoff::CutOff::Runs(note)) => Some(note),
+        Ok(cutoff::CutOff::None) => None,
+        Err(e) => return fault(e),
+    };
+    match cache::decide(ctx, kind, &key).await {
+        Ok(cache::Decision::Run) => Keyed::Runs(note),
+        Ok(cache::Decision::Hit(outcome)) => Keyed::Decided(outcome),
+        Err(e) => fault(e),
+    }
+}
+
+async fn run_by_type(
+    ctx: &StepContext<'_>,
+    arguments: &Value,
+    revealed: &Value,
+    secrets: &secrets::StepSecrets,
+    stop: CancellationToken,
+) -> Run {
     match ctx.step.step_type.as_str() {
         "Pass" => done(StepOutcome::Succeeded {
             properties: json!({ "Outputs": arguments }),
@@ -315,17 +372,17 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
                 by_fail_step: true,
             })
         }
-        "Callback" => match CallbackArgs::from_resolved(&arguments) {
+        "Callback" => match CallbackArgs::from_resolved(arguments) {
             Ok(args) => Run::WaitForCallback {
                 token: Uuid::new_v4(),
                 timeout_seconds: args.timeout_seconds,
                 url: args.url,
                 sqs_queue_url: args.sqs_queue_url,
-                arguments,
+                arguments: arguments.clone(),
             },
             Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),
         },
-        "Command" => match CommandArgs::from_resolved(&revealed) {
+        "Command" => match CommandArgs::from_resolved(revealed) {
             Ok(args) => {
                 let (outcome, log) = command::run(ctx, &args, secrets.values(), stop).await;
                 Run::Done {

@@ -84,6 +84,9 @@ pub struct NewStepRun {
     pub remaining_deps: i32,
     pub branch_of: Option<String>,
     pub branch_if: Option<bool>,
+    /// Early cut-off: the source run compared with, and its execution.
+    pub cutoff_run: Option<Uuid>,
+    pub cutoff_execution: Option<Uuid>,
 }
 
 /// One field of every row, as an array to bind and `unnest`.
@@ -136,14 +139,16 @@ pub async fn insert_step_runs(
     sqlx::query(
         "insert into step_runs (id, execution_id, pipeline_id, step_name, step_type, position, status, skip_reason, \
            arguments, retry_policies, cache_config, dependencies, dependents, remaining_deps, branch_of, branch_if, \
-           started_at, ended_at) \
+           started_at, ended_at, cutoff_run, cutoff_execution) \
          select u.id, $1, $2, u.name, u.type, u.position, u.status, u.skip_reason, u.arguments, u.retry, u.cache, \
            string_to_array(u.deps, ','), string_to_array(u.dependents, ','), u.remaining, u.branch_of, u.branch_if, \
-           case when u.status = 'Skipped' then now() end, case when u.status = 'Skipped' then now() end \
+           case when u.status = 'Skipped' then now() end, case when u.status = 'Skipped' then now() end, \
+           u.cutoff_run, u.cutoff_execution \
          from unnest($3::uuid[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::jsonb[], \
-           $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[]) \
+           $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[], \
+           $17::uuid[], $18::uuid[]) \
            as u(id, name, type, position, status, skip_reason, arguments, retry, cache, deps, dependents, \
-             remaining, branch_of, branch_if)",
+             remaining, branch_of, branch_if, cutoff_run, cutoff_execution)",
     )
     .bind(execution_id)
     .bind(pipeline_id)
@@ -161,6 +166,8 @@ pub async fn insert_step_runs(
     .bind(column(steps, |s| s.remaining_deps))
     .bind(column(steps, |s| s.branch_of.clone()))
     .bind(column(steps, |s| s.branch_if))
+    .bind(column(steps, |s| s.cutoff_run))
+    .bind(column(steps, |s| s.cutoff_execution))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -8,6 +8,7 @@ pub mod executions;
 pub mod pipelines;
 pub mod retention;
 pub mod secrets;
+pub mod selective;
 pub mod steps;
 pub mod tokens;
 pub mod transitions;

@@ -312,6 +312,10 @@ pub struct ClaimedStep {
     pub upstream: Value,
     /// Its success schedules nothing: no dependents, not a Condition.
     pub leaf: bool,
+    /// Early cut-off: the source run it is compared with, and the source
+    /// execution (see `engine::decide::CutOff`).
+    pub cutoff_run: Option<Uuid>,
+    pub cutoff_execution: Option<Uuid>,
 }
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
@@ -350,10 +354,10 @@ async fn claim_with<'c>(
          claimed as ( \
            update step_runs s set status = 'Executing', attempt = s.attempt + 1, lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), started_at = now(), \
-             first_started_at = coalesce(s.first_started_at, now()), available_at = null \
+             first_started_at = coalesce(s.first_started_at, now()), available_at = null, reused_from = null \
            from picked where s.id = picked.id \
            returning s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.attempt, s.arguments, \
-             s.cache_config, s.dependencies, s.position, \
+             s.cache_config, s.dependencies, s.position, s.cutoff_run, s.cutoff_execution, \
              cardinality(s.dependents) = 0 and s.step_type <> 'Condition' as leaf), \
          attempts as ( \
            insert into step_attempts (step_run_id, attempt, status, worker_id) \
@@ -363,7 +367,8 @@ async fn claim_with<'c>(
            select execution_id, step_name, 'Executing', jsonb_build_object('attempt', attempt) from claimed \
            order by position) \
          select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
-           c.cache_config, c.dependencies, c.leaf, e.parameters, p.name as pipeline_name, \
+           c.cache_config, c.dependencies, c.leaf, c.cutoff_run, c.cutoff_execution, e.parameters, \
+           p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
@@ -462,6 +467,56 @@ pub async fn attempt_log(pool: &PgPool, step_run_id: Uuid, attempt: i32) -> Stor
     .bind(attempt)
     .fetch_optional(pool)
     .await?)
+}
+
+/// The source run an early cut-off compares with: its outputs, the key
+/// components it recorded, and the property documents of `dependencies` in
+/// the execution it ran in (what it read).
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct CutoffSource {
+    pub status: String,
+    pub properties: Option<Value>,
+    pub metadata: Value,
+    pub cache_components: Option<Value>,
+    pub upstream: Value,
+}
+
+pub async fn cutoff_source(pool: &PgPool, run: Uuid, dependencies: &[String]) -> StoreResult<Option<CutoffSource>> {
+    Ok(sqlx::query_as::<_, CutoffSource>(
+        "select s.status, s.properties, s.metadata, s.cache_components, \
+           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from execution_steps d \
+             where d.execution_id = s.execution_id and d.step_name = any($2) and d.properties is not null) \
+           as upstream \
+         from step_runs s where s.id = $1",
+    )
+    .bind(run)
+    .bind(dependencies)
+    .fetch_optional(pool)
+    .await?)
+}
+
+/// Records that the current attempt takes the outputs of an earlier run
+/// (early cut-off), fenced by attempt like every write of a running step.
+pub async fn record_reuse(
+    pool: &PgPool,
+    id: Uuid,
+    attempt: i32,
+    reused_from: &Value,
+    key: (&str, &Value),
+) -> StoreResult<bool> {
+    Ok(sqlx::query(
+        "update step_runs set reused_from = $3, cache_key = $4, cache_components = $5 \
+         where id = $1 and attempt = $2 and status = 'Executing'",
+    )
+    .bind(id)
+    .bind(attempt)
+    .bind(reused_from)
+    .bind(key.0)
+    .bind(key.1)
+    .execute(pool)
+    .await?
+    .rows_affected()
+        == 1)
 }
 
 /// The log of an attempt as stored now, and whether the attempt has ended.

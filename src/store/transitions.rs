@@ -92,14 +92,15 @@ async fn record_success<'c>(
            where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
              and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
                and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
-           returning s.execution_id, s.step_name, s.cache_hit), \
+           returning s.execution_id, s.step_name, s.cache_hit, s.reused_from), \
          attempt_end as ( \
            update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
              ended_at = now() where step_run_id = $1 and attempt = $4 and exists (select 1 from done)), \
          event as ( \
            insert into execution_events (execution_id, step_name, status, detail) \
            select execution_id, step_name, 'Succeeded', \
-             case when cache_hit is not null then jsonb_build_object('cache_hit', cache_hit) end from done) \
+             nullif(jsonb_strip_nulls(jsonb_build_object('cache_hit', cache_hit, 'reused_from', reused_from)), \
+               '{}'::jsonb) from done) \
          select d.execution_id from done d, \
            lateral (select pg_notify('stepwise_execution', d.execution_id::text)) n",
     )

@@ -39,19 +39,41 @@ impl StepwiseProcess {
     /// Starts a worker process and waits until its pool has started (the
     /// "worker pool started" log line), so it takes part from then on.
     pub async fn start(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
-        Self::spawn(&["worker"], url, data_dir, env).await
+        Self::spawn(&["worker"], url, data_dir, env, true).await
     }
 
     /// Starts `stepwise serve` (the API and a worker pool) on a free port and
     /// waits until both are up.
     pub async fn serve(url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
-        let mut process = Self::spawn(&["serve", "--listen", "127.0.0.1:0"], url, data_dir, env).await;
+        Self::serve_with(url, data_dir, env, true).await
+    }
+
+    /// `serve` as a user starts it: without `NO_COLOR`, so its log format
+    /// is what it chooses for a pipe.
+    pub async fn serve_as_users_do(url: &str, data_dir: &std::path::Path) -> StepwiseProcess {
+        Self::serve_with(url, data_dir, &[], false).await
+    }
+
+    async fn serve_with(
+        url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        no_color: bool,
+    ) -> StepwiseProcess {
+        let args = ["serve", "--listen", "127.0.0.1:0"];
+        let mut process = Self::spawn(&args, url, data_dir, env, no_color).await;
         assert!(process.base_url.is_some(), "serve logged its address");
         process.base_url.as_mut().unwrap().insert_str(0, "http://");
         process
     }
 
-    async fn spawn(args: &[&str], url: &str, data_dir: &std::path::Path, env: &[(&str, &str)]) -> StepwiseProcess {
+    async fn spawn(
+        args: &[&str],
+        url: &str,
+        data_dir: &std::path::Path,
+        env: &[(&str, &str)],
+        no_color: bool,
+    ) -> StepwiseProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
         command
             .args(args)
@@ -61,10 +83,13 @@ impl StepwiseProcess {
             .env("STEPWISE_DATA_DIR", data_dir)
             .env("STEPWISE_AUTH__ADMIN_TOKEN", crate::helpers::TEST_TOKEN)
             .env("RUST_LOG", "stepwise=info")
-            .env("NO_COLOR", "1")
+            .env_remove("NO_COLOR")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
             .kill_on_drop(true);
+        if no_color {
+            command.env("NO_COLOR", "1");
+        }
         for (key, value) in env {
             command.env(key, value);
         }

@@ -119,6 +119,17 @@ impl CommandArgs {
     }
 }
 
+/// Where a Command's `CacheInputs` are, from its evaluated `Arguments`:
+/// its `WorkingDirectory` and the paths. Nothing else is checked, so it
+/// works on arguments whose secrets are still markers.
+pub fn cache_input_paths(v: &Value) -> Result<(Option<String>, Vec<String>), String> {
+    let obj = object(v, "Command")?;
+    Ok((
+        string(obj.get("WorkingDirectory"), "WorkingDirectory")?,
+        text_list(obj.get("CacheInputs"), "CacheInputs")?.unwrap_or_default(),
+    ))
+}
+
 impl CallbackArgs {
     /// Converts evaluated Callback `Arguments`. A missing `OutputType` means String.
     pub fn from_resolved(v: &Value) -> Result<CallbackArgs, String> {

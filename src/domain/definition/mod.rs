@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
-pub use args::{CallbackArgs, CommandArgs};
+pub use args::{cache_input_paths, CallbackArgs, CommandArgs};
 
 use super::{dag, duration, params, pointer_push, retry, type_name, Issue};
 

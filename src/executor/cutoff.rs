@@ -1,0 +1,149 @@
+//! Early cut-off: a step that `"changed"` selected only because an upstream
+//! step changed is compared, once runnable, with its run in the source
+//! execution. When its resolved inputs equal that run's (the upstream ran
+//! again and produced the same outputs), it takes that run's outputs instead
+//! of running, and says so in `reused_from`.
+//!
+//! Inputs are compared by key (`domain::cache::key_of`). An upstream's
+//! artifacts directory is a new path in every run, so where the step reads
+//! one, the two directories are compared by content: equal content counts
+//! as the same path.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::StepContext;
+use crate::{
+    content::{artifacts::missing_artifacts, inputs},
+    domain::{
+        cache::{explain_difference, key_of, CacheKey},
+        definition::StepKind,
+    },
+    engine::StepOutcome,
+    store::{steps, StoreResult},
+};
+
+/// Why a reused step was reused, in its `reused_from`.
+pub const REASON: &str = "inputs unchanged after upstream re-ran";
+
+pub enum CutOff {
+    /// Not a candidate.
+    None,
+    /// Its inputs equal the source run's: these are its outputs.
+    Reused(StepOutcome),
+    /// It runs: why it could not be reused, for its metadata.
+    Runs(Value),
+}
+
+pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> StoreResult<CutOff> {
+    let step = ctx.step;
+    let (Some(run), Some(execution)) = (step.cutoff_run, step.cutoff_execution) else {
+        return Ok(CutOff::None);
+    };
+    let source_arn = ctx.arns.execution(&step.pipeline_name, execution);
+    let runs = |why: String| {
+        CutOff::Runs(json!({
+            "source_execution_arn": source_arn,
+            "source_step_run_id": run,
+            "reused": false,
+            "reason": why,
+        }))
+    };
+    let Some(source) = steps::cutoff_source(ctx.db, run, &step.dependencies).await? else {
+        return Ok(runs("its run in the source execution no longer exists".into()));
+    };
+    let Some(mut before) = source.cache_components.clone() else {
+        return Ok(runs(
+            "its run in the source execution recorded no inputs to compare with".into(),
+        ));
+    };
+    let limits = inputs::Limits {
+        max_bytes: ctx.config.worker.cache_input_max_bytes,
+        timeout: Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
+    };
+    for dependency in &step.dependencies {
+        let now = step.upstream.get(dependency).and_then(artifacts_uri);
+        let then = source.upstream.get(dependency).and_then(artifacts_uri);
+        if let (Some(now), Some(then)) = (now, then) {
+            if now != then && same_content(now, then, limits).await {
+                replace_text(&mut before, then, now);
+            }
+        }
+    }
+    if key_of(kind, &before) != key.key {
+        let difference = explain_difference(&key.components, &before).unwrap_or_else(|| "its key differs".into());
+        return Ok(runs(format!(
+            "its inputs differ from its run in the source: {difference}"
+        )));
+    }
+    if source.status != "Succeeded" {
+        return Ok(runs(format!("its run in the source is {}", source.status)));
+    }
+    if let Some(gone) = missing_artifacts(source.properties.as_ref(), &source.metadata) {
+        return Ok(runs(format!("its outputs in the source are gone: {gone}")));
+    }
+    let reused_from = json!({
+        "source_execution_arn": source_arn,
+        "source_step_run_id": run,
+        "reason": REASON,
+    });
+    if !steps::record_reuse(ctx.db, step.id, step.attempt, &reused_from, (&key.key, &key.components)).await? {
+        // The attempt is no longer current; its report will be dropped too.
+        return Ok(runs("the attempt lost its lease".into()));
+    }
+    Ok(CutOff::Reused(StepOutcome::Succeeded {
+        properties: source.properties.unwrap_or_else(|| json!({})),
+        metadata: source.metadata,
+        exit_code: None,
+    }))
+}
+
+fn artifacts_uri(properties: &Value) -> Option<&str> {
+    properties.get("ArtifactsUri").and_then(Value::as_str)
+}
+
+/// Whether two directories hold the same content (hashed as `CacheInputs`
+/// are, bounded the same way; anything unreadable is not the same).
+async fn same_content(a: &str, b: &str, limits: inputs::Limits) -> bool {
+    let (a, b) = (
+        crate::content::artifacts::artifacts_path(a),
+        crate::content::artifacts::artifacts_path(b),
+    );
+    let hash = |p: std::path::PathBuf| async move {
+        let p = p.display().to_string();
+        inputs::hash_inputs(None, std::slice::from_ref(&p), limits)
+            .await
+            .ok()
+            .and_then(|h| h.get(&p).cloned())
+    };
+    match (hash(a).await, hash(b).await) {
+        (Some(x), Some(y)) => x == y,
+        _ => false,
+    }
+}
+
+/// Replaces `from` with `to` in every string of `v`.
+fn replace_text(v: &mut Value, from: &str, to: &str) {
+    match v {
+        Value::String(s) if s.contains(from) => *s = s.replace(from, to),
+        Value::Array(a) => a.iter_mut().for_each(|c| replace_text(c, from, to)),
+        Value::Object(m) => m.values_mut().for_each(|c| replace_text(c, from, to)),
+        _ => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn replace_text_reaches_every_string() {
+        let mut v = json!({"Command": ["cat", "/d/1/data.csv"], "Env": {"D": "/d/1"}, "n": 1});
+        replace_text(&mut v, "/d/1", "/d/2");
+        assert_eq!(
+            v,
+            json!({"Command": ["cat", "/d/2/data.csv"], "Env": {"D": "/d/2"}, "n": 1})
+        );
+    }
+}
