@@ -36,7 +36,9 @@ impl Report<'_> {
                 properties,
                 metadata,
                 exit_code,
+                key,
             } => Some(Success {
+                key: key.as_ref().map(|k| (k.key.as_str(), &k.components)),
                 id: self.id,
                 attempt: self.attempt,
                 properties,

@@ -126,6 +126,7 @@ pub async fn complete_callback(pool: &PgPool, token: Uuid, outcome: CallbackRepo
             properties: json!({ "OutputParameters": outputs }),
             metadata: json!({}),
             exit_code: None,
+            key: None,
         },
         CallbackReport::Failure(reason) => StepOutcome::failed("Callback.FAILED", reason),
     };

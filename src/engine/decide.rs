@@ -133,6 +133,19 @@ pub struct Settings {
 }
 
 impl Settings {
+    /// The limits for hashing the next step's `CacheInputs` while deciding a
+    /// start that began hashing at `started`: all of a start's hashing
+    /// together gets one `worker.cache_input_timeout_seconds`, so a start
+    /// of many steps cannot take that long once per step. `None` once it is
+    /// spent.
+    pub fn inputs_left(&self, started: std::time::Instant) -> Option<inputs::Limits> {
+        let left = self.inputs.timeout.checked_sub(started.elapsed())?;
+        (!left.is_zero()).then_some(inputs::Limits {
+            max_bytes: self.inputs.max_bytes,
+            timeout: left,
+        })
+    }
+
     pub fn from_config(config: &Config) -> Settings {
         Settings {
             inputs: inputs::Limits {

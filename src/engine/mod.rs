@@ -66,6 +66,10 @@ pub enum StepOutcome {
         properties: Value,
         metadata: Value,
         exit_code: Option<i32>,
+        /// The key of a run that did not use the cache, recorded with its
+        /// success: later runs are compared with it (`"changed"`, early
+        /// cut-off). A run that used the cache recorded its key already.
+        key: Option<Box<RunKey>>,
     },
     Failed {
         error_type: String,
@@ -77,6 +81,13 @@ pub enum StepOutcome {
     },
     /// The process was ended because its execution was stopped.
     Stopped { message: String },
+}
+
+/// A run's cache key and the components it was computed from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunKey {
+    pub key: String,
+    pub components: Value,
 }
 
 impl StepOutcome {

@@ -119,6 +119,7 @@ pub async fn plan_execution(
         known: HashMap::new(),
         verdicts: HashMap::new(),
         outcomes: HashMap::new(),
+        hashing_since: std::time::Instant::now(),
     };
     for name in definition.dag.topological_order() {
         let Some(step) = definition.step(&name) else { continue };
@@ -153,6 +154,8 @@ struct Predictor<'a> {
     verdicts: HashMap<String, StepVerdict>,
     /// The outcome of each Condition whose inputs are known.
     outcomes: HashMap<String, bool>,
+    /// When hashing began: all of it shares one time budget.
+    hashing_since: std::time::Instant,
 }
 
 /// What the cache will do for a step that runs.
@@ -161,8 +164,8 @@ enum Prediction {
         arn: String,
         properties: Value,
     },
-    /// Its key depends on these steps, which run first.
-    MayHit(Vec<String>),
+    /// Its key cannot be known before it runs: why.
+    MayHit(String),
     Miss(String),
 }
 
@@ -236,15 +239,7 @@ impl Predictor<'_> {
                         )
                     }
                 }
-                Prediction::MayHit(upstream) => verdict(
-                    step,
-                    "RunUnlessUnchanged",
-                    format!(
-                        "{runs}; cached, so it is served from the cache if what {} produce matches an entry",
-                        json_list(&upstream)
-                    ),
-                    why,
-                ),
+                Prediction::MayHit(maybe) => verdict(step, "RunUnlessUnchanged", format!("{runs}; {maybe}"), why),
                 Prediction::Miss(miss) => verdict(step, "Run", format!("{runs}; {miss}"), why),
             }
         };
@@ -346,7 +341,10 @@ impl Predictor<'_> {
         if !unknown.is_empty() {
             let any_entry = cache::nearest_entry(self.conn, self.pipeline.id, &step.name).await?;
             return Ok(match any_entry {
-                Some(_) => Prediction::MayHit(unknown),
+                Some(_) => Prediction::MayHit(format!(
+                    "cached, so it is served from the cache if what {} produce matches an entry",
+                    json_list(&unknown)
+                )),
                 None => Prediction::Miss("the cache holds no entry for it".into()),
             });
         }
@@ -367,8 +365,14 @@ impl Predictor<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Prediction::Miss(format!("its arguments cannot be resolved: {e}"))),
         };
-        let key = match content::step_key(step.kind, &step.arguments, &resolved, &resolved, self.settings.inputs).await
-        {
+        let Some(limits) = self.settings.inputs_left(self.hashing_since) else {
+            return Ok(Prediction::MayHit(
+                "its CacheInputs were not hashed: the plan's hashing took longer than \
+                 worker.cache_input_timeout_seconds"
+                    .into(),
+            ));
+        };
+        let key = match content::step_key(step.kind, &step.arguments, &resolved, &resolved, limits).await {
             Ok(k) => k,
             Err(e) => return Ok(Prediction::Miss(format!("its cache key cannot be computed: {e}"))),
         };

@@ -167,6 +167,7 @@ pub async fn plan(
                 arns,
                 parameters: &parameters,
                 settings,
+                hashing_since: std::time::Instant::now(),
             };
             changed_selection(conn, definition, source, &context).await?
         }
@@ -256,6 +257,8 @@ struct Context<'a> {
     arns: &'a Arns,
     parameters: &'a Map<String, Value>,
     settings: &'a Settings,
+    /// When hashing began: all of it shares one time budget.
+    hashing_since: std::time::Instant,
 }
 
 /// The `"changed"` selection: steps whose definition changed
@@ -371,7 +374,14 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let working_directory = resolved["WorkingDirectory"].as_str();
-    let hashes = match inputs::hash_inputs(working_directory, &paths, context.settings.inputs).await {
+    let Some(limits) = context.settings.inputs_left(context.hashing_since) else {
+        return vec![
+            "CacheInputs: not compared, hashing the start's inputs took longer than \
+                     worker.cache_input_timeout_seconds"
+                .into(),
+        ];
+    };
+    let hashes = match inputs::hash_inputs(working_directory, &paths, limits).await {
         Ok(h) => h,
         Err(message) => return vec![format!("CacheInputs: {message}")],
     };

@@ -22,20 +22,20 @@ use crate::{
 };
 
 pub enum Decision {
+    /// The step does not use the cache: its key is recorded with its
+    /// success.
+    Uncached,
     Run,
     Hit(StepOutcome),
 }
 
 /// Decides whether the claimed step runs or is served from the cache, given
-/// its key (`content::step_key`). A step that does not use the cache still
-/// records its key: later runs are compared with it (`"changed"`, early
-/// cut-off).
+/// its key (`content::step_key`), which it records.
 pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> StoreResult<Decision> {
     let step = ctx.step;
     let config: Option<CacheConfig> = step.cache_config.clone().and_then(|c| serde_json::from_value(c).ok());
     let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
-        cache::record_key(ctx.db, step.id, step.attempt, &key.key, &key.components).await?;
-        return Ok(Decision::Run);
+        return Ok(Decision::Uncached);
     };
     let warnings = json!(key.warnings);
     let status = if step.cache_mode == "off" {
@@ -86,6 +86,7 @@ pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> St
             properties: entry.properties.clone().unwrap_or(json!({})),
             metadata: entry.metadata.clone(),
             exit_code: None,
+            key: None,
         }));
     }
 

@@ -355,6 +355,7 @@ async fn exit_outcome(
         // step left empty from one emptied since (`cache::missing_artifacts`).
         metadata: json!({ "command": { "exit_code": exit_code, "artifact_entries": artifact_entries } }),
         exit_code,
+        key: None,
     }
 }
 

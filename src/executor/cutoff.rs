@@ -96,6 +96,7 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
         properties: source.properties.unwrap_or_else(|| json!({})),
         metadata: source.metadata,
         exit_code: None,
+        key: None,
     }))
 }
 

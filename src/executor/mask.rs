@@ -132,10 +132,12 @@ impl Masker {
                 properties,
                 metadata,
                 exit_code,
+                key,
             } => StepOutcome::Succeeded {
                 properties: self.json(&properties),
                 metadata: self.json(&metadata),
                 exit_code,
+                key,
             },
             StepOutcome::Failed {
                 error_type,

@@ -29,7 +29,7 @@ use crate::{
         expr::{evaluate, ExecutionVar, Resolver},
         PathToken,
     },
-    engine::StepOutcome,
+    engine::{RunKey, StepOutcome},
     ids::Arns,
     store::steps::ClaimedStep,
 };
@@ -273,20 +273,25 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
         let message = format!("the resolved Arguments hold a NUL character (\\u0000) in {at}");
         return done(StepOutcome::failed(INPUT_ERROR, message));
     }
-    let mut cutoff_note = None;
+    let mut keyed_run = Keyed::Runs { note: None, key: None };
     if let Some(kind) = StepKind::parse(&ctx.step.step_type).filter(|k| k.is_cacheable()) {
-        match keyed(ctx, kind, &arguments, &revealed).await {
-            Keyed::Decided(outcome) => return done(outcome),
-            Keyed::Runs(note) => cutoff_note = note,
-        }
+        keyed_run = keyed(ctx, kind, &arguments, &revealed).await;
     }
-    let run = run_by_type(ctx, &arguments, &revealed, &secrets, stop).await;
-    match (run, cutoff_note) {
-        (Run::Done { outcome, log }, Some(note)) => Run::Done {
-            outcome: outcome.with_metadata("early_cutoff", note),
-            log,
-        },
-        (run, _) => run,
+    let (note, key) = match keyed_run {
+        Keyed::Decided(outcome) => return done(outcome),
+        Keyed::Runs { note, key } => (note, key),
+    };
+    match run_by_type(ctx, &arguments, &revealed, &secrets, stop).await {
+        Run::Done { mut outcome, log } => {
+            if let Some(note) = note {
+                outcome = outcome.with_metadata("early_cutoff", note);
+            }
+            if let StepOutcome::Succeeded { key: recorded, .. } = &mut outcome {
+                *recorded = key.map(Box::new);
+            }
+            Run::Done { outcome, log }
+        }
+        waiting => waiting,
     }
 }
 
@@ -294,8 +299,9 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
 enum Keyed {
     /// Reused (early cut-off), served from the cache, or failed.
     Decided(StepOutcome),
-    /// It runs; with why an early cut-off did not reuse it.
-    Runs(Option<Value>),
+    /// It runs; with why an early cut-off did not reuse it, and the key to
+    /// record with its success when the cache did not record it.
+    Runs { note: Option<Value>, key: Option<RunKey> },
 }
 
 /// Computes the key of a cacheable step, which every run records, and
@@ -315,7 +321,7 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         Ok(key) => key,
         // A step that neither uses the cache nor may be cut off runs as
         // before; what is wrong with its inputs shows when it runs.
-        Err(_) if !uses_cache && ctx.step.cutoff_run.is_none() => return Keyed::Runs(None),
+        Err(_) if !uses_cache && ctx.step.cutoff_run.is_none() => return Keyed::Runs { note: None, key: None },
         Err(message) => return Keyed::Decided(StepOutcome::failed(INPUT_ERROR, message)),
     };
     let fault = |e: crate::store::StoreError| {
@@ -331,7 +337,14 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         Err(e) => return fault(e),
     };
     match cache::decide(ctx, kind, &key).await {
-        Ok(cache::Decision::Run) => Keyed::Runs(note),
+        Ok(cache::Decision::Uncached) => Keyed::Runs {
+            note,
+            key: Some(RunKey {
+                key: key.key,
+                components: key.components,
+            }),
+        },
+        Ok(cache::Decision::Run) => Keyed::Runs { note, key: None },
         Ok(cache::Decision::Hit(outcome)) => Keyed::Decided(outcome),
         Err(e) => fault(e),
     }
@@ -349,12 +362,14 @@ async fn run_by_type(
             properties: json!({ "Outputs": arguments }),
             metadata: json!({}),
             exit_code: None,
+            key: None,
         }),
         "Condition" => match evaluate_conditions(&arguments["Conditions"]) {
             Ok(outcome) => done(StepOutcome::Succeeded {
                 properties: json!({ "Outcome": outcome }),
                 metadata: json!({ "condition": { "outcome": outcome } }),
                 exit_code: None,
+                key: None,
             }),
             Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),
         },
@@ -459,6 +474,7 @@ mod tests {
             properties: json!({"Outputs": {"x": "\u{0}"}}),
             metadata: json!({}),
             exit_code: Some(0),
+            key: None,
         };
         match storable(nul, "Command") {
             StepOutcome::Failed {

@@ -85,23 +85,6 @@ pub async fn record(pool: &PgPool, id: Uuid, attempt: i32, record: &KeyRecord<'_
         == 1)
 }
 
-/// Records the key of a run that does not use the cache: what `"changed"`
-/// and early cut-off compare later runs with (fenced by attempt).
-pub async fn record_key(pool: &PgPool, id: Uuid, attempt: i32, key: &str, components: &Value) -> StoreResult<bool> {
-    Ok(sqlx::query(
-        "update step_runs set cache_key = $3, cache_components = $4 \
-         where id = $1 and attempt = $2 and status = 'Executing'",
-    )
-    .bind(id)
-    .bind(attempt)
-    .bind(key)
-    .bind(components)
-    .execute(pool)
-    .await?
-    .rows_affected()
-        == 1)
-}
-
 /// Purges the entries of a pipeline (of one step when given). The runs stay
 /// in history; they just stop being entries.
 pub async fn purge(pool: &PgPool, pipeline_id: Uuid, step: Option<&str>) -> StoreResult<u64> {

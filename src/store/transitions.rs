@@ -55,6 +55,8 @@ pub struct Success<'a> {
     pub metadata: &'a Value,
     pub exit_code: Option<i32>,
     pub log: Option<&'a [u8]>,
+    /// The key and components of a run that did not use the cache.
+    pub key: Option<(&'a str, &'a Value)>,
 }
 
 /// Records the success of a leaf step (no dependents, not a Condition) of an
@@ -88,7 +90,8 @@ async fn record_success<'c>(
            update step_runs s set status = 'Succeeded', properties = $2, metadata = s.metadata || $3, \
              ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
              failure_reason = null, error_type = null, \
-             cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false) \
+             cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false), \
+             cache_key = coalesce($8, s.cache_key), cache_components = coalesce($9, s.cache_components) \
            where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
              and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
                and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
@@ -111,6 +114,8 @@ async fn record_success<'c>(
     .bind(success.exit_code)
     .bind(success.log)
     .bind(leaf_only)
+    .bind(success.key.map(|k| k.0))
+    .bind(success.key.map(|k| k.1))
     .fetch_optional(executor)
     .await?)
 }

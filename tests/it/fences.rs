@@ -87,6 +87,7 @@ fn success() -> StepOutcome {
         properties: json!({"Outputs": {"v": 1}}),
         metadata: json!({}),
         exit_code: None,
+        key: None,
     }
 }
 

@@ -77,6 +77,7 @@ async fn a_lost_worker_is_rescued_and_its_late_result_dropped(db: PgPool) {
         properties: json!({"Outputs": {"ghost": true}}),
         metadata: json!({}),
         exit_code: Some(0),
+        key: None,
     };
     assert_eq!(
         engine::complete_attempt(&app.db, step_id, 1, late, None).await.unwrap(),
