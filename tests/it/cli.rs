@@ -228,6 +228,9 @@ async fn select_changed_and_plan_start_selective_executions(db: PgPool) {
     assert_eq!(changed.code, 0, "{}\n{}", changed.stdout, changed.stderr);
     assert!(changed.stdout.contains("Prepare: reused"), "{}", changed.stdout);
     assert!(changed.stdout.contains("Train: succeeded"), "{}", changed.stdout);
+    // Report runs only if what it reads changed: it reads nothing of Train's,
+    // so it takes its earlier outputs (early cut-off), and says so.
+    assert!(changed.stdout.contains("Report: reused (the outputs of "), "{}", changed.stdout);
     let id = changed.stdout.lines().find_map(|l| l.strip_prefix("started ")).unwrap();
     let id = id.rsplit('/').next().unwrap();
     let described = app.get(&format!("/v1/executions/{id}")).await.expect(200).clone();
