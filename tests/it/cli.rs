@@ -230,7 +230,11 @@ async fn select_changed_and_plan_start_selective_executions(db: PgPool) {
     assert!(changed.stdout.contains("Train: succeeded"), "{}", changed.stdout);
     // Report runs only if what it reads changed: it reads nothing of Train's,
     // so it takes its earlier outputs (early cut-off), and says so.
-    assert!(changed.stdout.contains("Report: reused (the outputs of "), "{}", changed.stdout);
+    assert!(
+        changed.stdout.contains("Report: reused (the outputs of "),
+        "{}",
+        changed.stdout
+    );
     let id = changed.stdout.lines().find_map(|l| l.strip_prefix("started ")).unwrap();
     let id = id.rsplit('/').next().unwrap();
     let described = app.get(&format!("/v1/executions/{id}")).await.expect(200).clone();
@@ -517,4 +521,99 @@ async fn a_log_follow_request_is_bounded_and_resumes_from_an_offset(db: PgPool) 
     );
     let refused = app.get(&format!("{logs}?offset=4")).await;
     assert!(refused.expect_error(400, "ValidationError").contains("follow=true"));
+}
+
+/// The `run:` lines of the README's CI job, as written (GitHub's
+/// `${{ github.sha }}` replaced by `sha`), except the install.
+fn readme_ci_job(sha: &str) -> Vec<String> {
+    let readme = crate::markdown::read("README.md");
+    let section = crate::markdown::section(&readme, "## Use from CI");
+    let block = crate::markdown::blocks(&section)
+        .into_iter()
+        .find(|b| b.language() == "yaml")
+        .expect("the CI section shows a job");
+    let job: serde_yaml::Value = serde_yaml::from_str(&block.body).expect("the job is YAML");
+    let steps = job["jobs"]["train"]["steps"].as_sequence().expect("the job has steps");
+    let runs: Vec<String> = steps
+        .iter()
+        .filter_map(|s| s["run"].as_str())
+        .map(|r| r.replace("${{ github.sha }}", sha))
+        .collect();
+    assert_eq!(runs[0], "cargo install --locked --path stepwise", "{runs:?}");
+    runs[1..].to_vec()
+}
+
+/// Runs the README's CI job in `dir` against `app`, with the built binary
+/// on the PATH; the exit code of the first failing command (or 0) and the
+/// output of all.
+async fn run_ci_job(app: &TestApp, dir: &Path, sha: &str) -> (i32, String) {
+    let bin = Path::new(env!("CARGO_BIN_EXE_stepwise")).parent().unwrap();
+    let path = format!("{}:{}", bin.display(), std::env::var("PATH").unwrap_or_default());
+    let mut output = String::new();
+    for line in readme_ci_job(sha) {
+        let mut command = Command::new("bash");
+        command
+            .args(["-euo", "pipefail", "-c", &line])
+            .current_dir(dir)
+            .env("PATH", &path)
+            .env("STEPWISE_URL", &app.base)
+            .env("STEPWISE_TOKEN", TEST_TOKEN)
+            .stdin(Stdio::null())
+            .kill_on_drop(true);
+        let ran = run(command).await;
+        output.push_str(&format!("$ {line}\n{}{}", ran.stdout, ran.stderr));
+        if ran.code != 0 {
+            return (ran.code, output);
+        }
+    }
+    (0, output)
+}
+
+#[sqlx::test]
+async fn the_ci_job_of_the_readme_runs_as_written(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pipeline = |train: &str| {
+        definition_with(
+            json!([{"Name": "Commit", "Type": "String", "DefaultValue": "none"}]),
+            json!([
+                shell_step("Prepare", "echo prepared", &[]),
+                {"Name": "Train", "Type": "Command", "DependsOn": ["Prepare"],
+                 "Arguments": {"Shell": train, "Env": {"COMMIT": {"Get": "Parameters.Commit"}}}},
+                shell_step("Report", "echo reported", &["Train"])
+            ]),
+        )
+    };
+    write_definition(dir.path(), "pipeline.json", &pipeline("echo \"training $COMMIT\""));
+    let (code, output) = run_ci_job(&app, dir.path(), "c0ffee1").await;
+    assert_eq!(code, 0, "{output}");
+    for expected in [
+        "pipeline train created",
+        "every step runs",
+        "Train | training c0ffee1",
+        "execution Succeeded",
+    ] {
+        assert!(output.contains(expected), "{expected:?} in\n{output}");
+    }
+    // The next commit changes nothing in the pipeline: apply does nothing.
+    let (code, output) = run_ci_job(&app, dir.path(), "c0ffee2").await;
+    assert_eq!(code, 0, "{output}");
+    assert!(output.contains("pipeline train unchanged (version 1)"), "{output}");
+    assert!(output.contains("Prepare: reused"), "{output}");
+    assert!(output.contains("Train | training c0ffee2"), "{output}");
+    // A commit that breaks training fails the job, with the reason.
+    write_definition(
+        dir.path(),
+        "pipeline.json",
+        &pipeline("echo \"diverged at $COMMIT\"; exit 1"),
+    );
+    let (code, output) = run_ci_job(&app, dir.path(), "c0ffee3").await;
+    assert_eq!(code, 1, "{output}");
+    assert!(output.contains("pipeline train updated (version 2)"), "{output}");
+    assert!(output.contains("Train | diverged at c0ffee3"), "{output}");
+    assert!(
+        output.contains("execution Failed: step \"Train\" failed: Command.FAILED: the command exited with code 1"),
+        "{output}"
+    );
+    app.stop().await;
 }
