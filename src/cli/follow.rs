@@ -461,11 +461,12 @@ impl Run<'_> {
 pub async fn wait_until_ended(api: &Client, execution: &str) -> anyhow::Result<Value> {
     let started = Instant::now();
     let mut failures = 0;
+    let mut round = POLL_ROUND_SECONDS;
     loop {
         let request = api
             .request(Method::GET, &["v1", "executions", execution])
-            .query(&[("wait_seconds", POLL_ROUND_SECONDS)])
-            .timeout(Duration::from_secs(POLL_ROUND_SECONDS + 30));
+            .query(&[("wait_seconds", round)])
+            .timeout(Duration::from_secs(round + 30));
         let row = match api.send(request).await {
             Ok(response) => response
                 .json::<Value>()
@@ -475,6 +476,13 @@ pub async fn wait_until_ended(api: &Client, execution: &str) -> anyhow::Result<V
                 failures += 1;
                 eprintln!("waiting for the execution: {message}; trying again");
                 tokio::time::sleep(Duration::from_secs(2)).await;
+                continue;
+            }
+            // A server whose api.max_wait_seconds is below the round.
+            Err(ClientError::Api {
+                status, ref message, ..
+            }) if status == reqwest::StatusCode::BAD_REQUEST && message.contains("wait_seconds") && round > 1 => {
+                round /= 2;
                 continue;
             }
             Err(e) => return Err(e.into()),

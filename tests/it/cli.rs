@@ -521,6 +521,10 @@ async fn a_log_follow_request_is_bounded_and_resumes_from_an_offset(db: PgPool) 
     );
     let refused = app.get(&format!("{logs}?offset=4")).await;
     assert!(refused.expect_error(400, "ValidationError").contains("follow=true"));
+    // The CLI's long polls fit a server whose api.max_wait_seconds is short.
+    let waited = run(cli(&app, &["executions", "describe", &id, "--wait"])).await;
+    assert_eq!(waited.code, 0, "{}\n{}", waited.stdout, waited.stderr);
+    assert!(waited.stdout.contains("status:   Succeeded"), "{}", waited.stdout);
 }
 
 /// The `run:` lines of the README's CI job, as written (GitHub's
