@@ -32,13 +32,10 @@ use tokio_util::sync::CancellationToken;
 /// Options of `stepwise bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Base URL of the stepwise server to drive.
-    #[arg(long, default_value = "http://127.0.0.1:8080")]
-    pub url: String,
-    /// An API token with the operator role or above (the bench creates
-    /// pipelines, so editor).
-    #[arg(long, env = "STEPWISE_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
+    /// The server to drive and the token (editor role or above: the bench
+    /// creates pipelines), as for every client command.
+    #[command(flatten)]
+    pub server: crate::cli::ServerArgs,
     /// Shape of the pipeline: a chain, N independent steps, or one root,
     /// N-2 parallel middles and one sink.
     #[arg(long, value_enum, default_value_t = Shape::Chain)]
@@ -331,19 +328,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     if args.shape == Shape::Diamond && args.steps < 3 {
         bail!("a diamond needs at least 3 steps");
     }
-    let mut headers = reqwest::header::HeaderMap::new();
-    if let Some(token) = &args.token {
-        let mut value = reqwest::header::HeaderValue::from_str(&format!("Bearer {token}"))
-            .context("--token holds characters a header cannot")?;
-        value.set_sensitive(true);
-        headers.insert(reqwest::header::AUTHORIZATION, value);
-    }
+    let headers = args.server.headers()?;
     let client = Client {
         http: reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
             .default_headers(headers)
             .build()?,
-        base: args.url.trim_end_matches('/').to_owned(),
+        base: args.server.url.trim_end_matches('/').to_owned(),
     };
     client
         .call(Method::GET, "/healthz", None)

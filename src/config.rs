@@ -32,6 +32,10 @@ pub struct Config {
     pub log: LogConfig,
     pub auth: AuthConfig,
     pub secrets: SecretsConfig,
+    /// What loading noticed but did not refuse (an unknown `STEPWISE_*`
+    /// variable), for the caller to log once logging is set up.
+    #[serde(skip)]
+    pub warnings: Vec<String>,
 }
 
 #[derive(Clone, Deserialize)]
@@ -180,7 +184,9 @@ pub struct ConfigError(String);
 impl Config {
     /// Loads the layers from the real environment.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
-        Self::from_figment(Self::figment(overrides), overrides)
+        let mut config = Self::from_figment(Self::figment(overrides), overrides)?;
+        config.warnings = unknown_variable_warnings(std::env::vars_os().filter_map(|(k, _)| k.into_string().ok()));
+        Ok(config)
     }
 
     /// Only the defaults; tests start from this and change what they need.
@@ -197,7 +203,13 @@ impl Config {
         figment
             // Plain DATABASE_URL first so the more specific STEPWISE_DATABASE_URL wins.
             .merge(Env::raw().only(&["DATABASE_URL"]).map(|_| "database_url".into()))
-            .merge(Env::prefixed("STEPWISE_").split("__"))
+            // Only the variables that name a setting: others (a client's
+            // STEPWISE_URL, a typo) are warned about, not refused.
+            .merge(
+                Env::prefixed("STEPWISE_")
+                    .filter(|key| is_setting(key.as_str()))
+                    .split("__"),
+            )
     }
 
     fn from_figment(figment: Figment, overrides: &Overrides) -> Result<Config, ConfigError> {
@@ -294,6 +306,85 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// Every setting's key as an environment variable names it after
+/// `STEPWISE_` (lowercase, sections joined by `__`), tables included.
+fn setting_keys() -> &'static [String] {
+    static KEYS: std::sync::OnceLock<Vec<String>> = std::sync::OnceLock::new();
+    KEYS.get_or_init(|| {
+        fn walk(prefix: &str, dict: &figment::value::Dict, out: &mut Vec<String>) {
+            for (key, value) in dict {
+                let name = if prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{prefix}__{key}")
+                };
+                if let figment::value::Value::Dict(_, inner) = value {
+                    walk(&name, inner, out);
+                }
+                out.push(name);
+            }
+        }
+        let dict: figment::value::Dict = Figment::from(Toml::string(DEFAULT_TOML))
+            .extract()
+            .expect("the embedded default.toml is valid");
+        let mut keys = Vec::new();
+        walk("", &dict, &mut keys);
+        keys
+    })
+}
+
+/// Whether `key` (after `STEPWISE_`, any case) names a setting.
+fn is_setting(key: &str) -> bool {
+    let key = key.to_ascii_lowercase();
+    setting_keys().contains(&key)
+}
+
+/// `STEPWISE_*` variables that are not settings but are expected in a
+/// service's environment: the CLI's own, and those stepwise gives a step.
+const KNOWN_OTHER_VARIABLES: &[&str] = &[
+    "URL",
+    "TOKEN",
+    "TOKEN_FILE",
+    "OUTPUTS",
+    "ARTIFACTS",
+    "ATTEMPT",
+    "EXECUTION_ARN",
+    "EXECUTION_ID",
+    "PIPELINE_NAME",
+    "STEP_NAME",
+];
+
+/// A warning for each `STEPWISE_*` variable among `names` that names no
+/// setting, with the nearest setting's variable when one is close.
+pub fn unknown_variable_warnings(names: impl Iterator<Item = String>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for name in names {
+        let Some(rest) = name
+            .get(..9)
+            .filter(|p| p.eq_ignore_ascii_case("STEPWISE_"))
+            .map(|_| &name[9..])
+        else {
+            continue;
+        };
+        if is_setting(rest) || KNOWN_OTHER_VARIABLES.iter().any(|k| k.eq_ignore_ascii_case(rest)) {
+            continue;
+        }
+        let lower = rest.to_ascii_lowercase();
+        let nearest = setting_keys()
+            .iter()
+            .map(|k| (strsim::damerau_levenshtein(&lower, k), k))
+            .min_by_key(|(distance, _)| *distance)
+            .filter(|(distance, k)| *distance <= (k.len() / 3).max(2));
+        let mut warning = format!("{name} is not a stepwise setting and is ignored");
+        if let Some((_, key)) = nearest {
+            warning.push_str(&format!("; did you mean STEPWISE_{}?", key.to_ascii_uppercase()));
+        }
+        warnings.push(warning);
+    }
+    warnings.sort();
+    warnings
 }
 
 /// Whether the environment variable `name` configures the service itself
@@ -405,6 +496,38 @@ mod tests {
             assert!(e.contains("retention.executions_days must be at most 36500"), "{e}");
             Ok(())
         });
+    }
+
+    #[test]
+    #[allow(clippy::result_large_err)] // figment's Jail API returns its own large error
+    fn unknown_variables_warn_and_do_not_refuse() {
+        figment::Jail::expect_with(|jail| {
+            jail.set_env("STEPWISE_URL", "http://stepwise.internal:8080");
+            jail.set_env("STEPWISE_TOKEN", "sw_a_client_token");
+            jail.set_env("STEPWISE_WORKER__LEASE_SECONS", "7");
+            jail.set_env("STEPWISE_WORKER__CONCURRENCY", "3");
+            let c = Config::load(&Overrides::default()).unwrap();
+            assert_eq!(c.worker.concurrency, 3);
+            assert_eq!(c.worker.lease_seconds, 30);
+            let typo: Vec<_> = c.warnings.iter().filter(|w| w.contains("LEASE_SECONS")).collect();
+            assert_eq!(typo.len(), 1, "{:?}", c.warnings);
+            assert!(
+                typo[0].contains("did you mean STEPWISE_WORKER__LEASE_SECONDS?"),
+                "{}",
+                typo[0]
+            );
+            assert!(!c
+                .warnings
+                .iter()
+                .any(|w| w.contains("STEPWISE_URL") || w.contains("STEPWISE_TOKEN ")));
+            Ok(())
+        });
+        let far = unknown_variable_warnings(["STEPWISE_SOMETHING_ELSE_ENTIRELY".to_string()].into_iter());
+        assert_eq!(
+            far,
+            ["STEPWISE_SOMETHING_ELSE_ENTIRELY is not a stepwise setting and is ignored"]
+        );
+        assert!(unknown_variable_warnings(["STEPWISE_TOKEN".into(), "PATH".into()].into_iter()).is_empty());
     }
 
     #[test]

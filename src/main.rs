@@ -7,6 +7,7 @@ use std::{net::SocketAddr, path::PathBuf};
 use clap::{Parser, Subcommand, ValueEnum};
 use stepwise::{
     app::{self, App},
+    cli,
     config::{Config, LogFormat, Overrides},
     executor::supervisor,
     redact::Redactor,
@@ -55,6 +56,17 @@ enum Command {
     Openapi,
     /// Drive a running stepwise over HTTP and report throughput and latency.
     Bench(stepwise::bench::BenchArgs),
+    /// Pipelines on a server (a client command, like run, executions, logs).
+    #[command(subcommand)]
+    Pipeline(cli::PipelineCommand),
+    /// Start an execution; with --wait, follow it and exit with how it ended
+    /// (0 Succeeded, 1 Failed, 3 Stopped, 4 refused, 5 server unreachable).
+    Run(cli::RunArgs),
+    /// List, describe, stop and retry executions.
+    #[command(subcommand)]
+    Executions(cli::ExecutionsCommand),
+    /// Print a step's log; --follow streams it as it is written.
+    Logs(cli::LogsArgs),
     /// Manage API tokens, directly in the database (run it where the
     /// service's configuration is).
     #[command(subcommand)]
@@ -97,11 +109,17 @@ async fn run() -> anyhow::Result<()> {
         print!("{}", stepwise::api::OPENAPI_YAML);
         return Ok(());
     }
-    // The bench is a client of a running server: it needs no configuration.
-    if let Some(Command::Bench(args)) = &cli.command {
-        return stepwise::bench::run(args).await;
-    }
-    if let Some(Command::Token(TokenCommand::Generate)) = &cli.command {
+    // The bench and the client commands talk to a running server: they
+    // need no configuration.
+    let command = match cli.command {
+        Some(Command::Bench(args)) => return stepwise::bench::run(&args).await,
+        Some(Command::Pipeline(command)) => std::process::exit(cli::exit_code(cli::pipeline(command)).await),
+        Some(Command::Run(args)) => std::process::exit(cli::exit_code(cli::run(args)).await),
+        Some(Command::Executions(command)) => std::process::exit(cli::exit_code(cli::executions(command)).await),
+        Some(Command::Logs(args)) => std::process::exit(cli::exit_code(cli::logs(args)).await),
+        other => other,
+    };
+    if let Some(Command::Token(TokenCommand::Generate)) = &command {
         println!("{}", stepwise::engine::tokens::generate());
         return Ok(());
     }
@@ -117,8 +135,11 @@ async fn run() -> anyhow::Result<()> {
     let config = Config::load(&overrides)?;
     let redactor = Redactor::for_config(&config);
     telemetry::init(&config.log, redactor.clone());
+    for warning in &config.warnings {
+        tracing::warn!("{warning}");
+    }
     let shutdown = shutdown_on_signal();
-    let result = match cli.command.unwrap_or(Command::Serve) {
+    let result = match command.unwrap_or(Command::Serve) {
         Command::Serve => App::build(config).await?.run(shutdown).await,
         Command::Worker => app::run_workers(config, shutdown).await,
         Command::Migrate => {
@@ -127,7 +148,12 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Token(command) => token_command(&config, command).await,
-        Command::Openapi | Command::Bench(_) => unreachable!("handled before configuration is loaded"),
+        Command::Openapi
+        | Command::Bench(_)
+        | Command::Pipeline(_)
+        | Command::Run(_)
+        | Command::Executions(_)
+        | Command::Logs(_) => unreachable!("handled before configuration is loaded"),
     };
     // The error is printed here, not by the runtime, so that it is scrubbed
     // of the database URL's credentials like every log line.

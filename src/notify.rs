@@ -1,6 +1,7 @@
 //! One `LISTEN` connection per process, fanned out in-process: workers wake
 //! on `stepwise_work`, stop requests arrive on `stepwise_stop`, and event
-//! streams and long polls follow `stepwise_execution`. A notification can be
+//! streams and long polls follow `stepwise_execution`, and log followers
+//! `stepwise_log` (a running step's log reached the database). A notification can be
 //! missed while the connection is re-established, so every consumer also
 //! polls; notifications only make things prompt.
 
@@ -13,6 +14,8 @@ use tokio_util::sync::CancellationToken;
 pub const WORK: &str = "stepwise_work";
 pub const STOP: &str = "stepwise_stop";
 pub const EXECUTION: &str = "stepwise_execution";
+/// Payload: the step run whose running log was written.
+pub const LOG: &str = "stepwise_log";
 
 #[derive(Debug, Clone)]
 pub struct Notice {
@@ -58,7 +61,7 @@ impl Notifier {
 
     async fn listen(&self, pool: &PgPool, shutdown: &CancellationToken) -> Result<(), sqlx::Error> {
         let mut listener = PgListener::connect_with(pool).await?;
-        listener.listen_all([WORK, STOP, EXECUTION]).await?;
+        listener.listen_all([WORK, STOP, EXECUTION, LOG]).await?;
         // Anything that happened while we were not listening: wake everyone.
         self.publish_local(WORK, "");
         loop {
@@ -86,6 +89,28 @@ pub async fn execution_changed(notices: &mut broadcast::Receiver<Notice>, execut
                 Ok(n) if n.channel == EXECUTION && n.payload == id => return,
                 Ok(_) => continue,
                 // Lagged or closed: look again rather than miss a change.
+                Err(_) => return,
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, wake).await;
+}
+
+/// Waits until a notice about step run `step_run_id` (its log written) or
+/// its execution (the step ended) arrives, or `limit` passes.
+pub async fn step_changed(
+    notices: &mut broadcast::Receiver<Notice>,
+    execution_id: uuid::Uuid,
+    step_run_id: uuid::Uuid,
+    limit: Duration,
+) {
+    let (execution, step) = (execution_id.to_string(), step_run_id.to_string());
+    let wake = async {
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.channel == LOG && n.payload == step => return,
+                Ok(n) if n.channel == EXECUTION && n.payload == execution => return,
+                Ok(_) => continue,
                 Err(_) => return,
             }
         }

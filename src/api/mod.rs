@@ -9,6 +9,7 @@ pub mod error;
 mod executions;
 pub mod extract;
 mod health;
+mod log_follow;
 mod pagination;
 mod pipelines;
 mod secrets;

@@ -176,6 +176,12 @@ async fn describe(
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     attempt: Option<i32>,
+    /// Stream the log as it is written, until the attempt ends (or
+    /// `api.max_wait_seconds` pass: the client asks again from `offset`).
+    #[serde(default)]
+    follow: bool,
+    /// With `follow`: the bytes of the log already received.
+    offset: Option<u64>,
 }
 
 /// The captured stdout and stderr of an attempt (the latest by default).
@@ -193,6 +199,28 @@ async fn logs(
             .and_then(|id| id.parse().ok())
             .unwrap_or(row.id);
         return Err(reused_log(&state, &step, run).await?);
+    }
+    if q.offset.is_some() && !q.follow {
+        return Err(ApiError::invalid(
+            "?offset",
+            "offset is only meaningful with follow=true",
+        ));
+    }
+    if q.follow {
+        if let Some(attempt) = q.attempt.filter(|a| *a < 1 || *a > row.attempt.max(1)) {
+            return Err(ApiError::not_found(format!(
+                "step {step:?} has no attempt {attempt} (it has {} attempt(s))",
+                row.attempt
+            )));
+        }
+        let follow = super::log_follow::Follow {
+            execution_id: execution.id,
+            step_run_id: row.id,
+            step,
+            attempt: q.attempt,
+            offset: q.offset.unwrap_or(0),
+        };
+        return Ok(super::log_follow::stream(state, follow).into_response());
     }
     let attempt = q.attempt.unwrap_or(row.attempt);
     if attempt < 1 || attempt > row.attempt {

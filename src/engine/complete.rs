@@ -286,7 +286,8 @@ async fn apply_stop(
     if !transitions::end_step(conn, step.id, step.attempt, &end).await? {
         return Ok(None);
     }
-    executions::record_event(conn, step.execution_id, Some(&step.step_name), "Stopped", None).await?;
+    let detail = json!({"error_type": "Step.STOPPED", "failure_reason": message});
+    executions::record_event(conn, step.execution_id, Some(&step.step_name), "Stopped", Some(detail)).await?;
     Ok(Some(Effect {
         queued: 0,
         dependents_queued: false,

@@ -28,7 +28,7 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
         )));
     }
     if execution.status == "Executing" {
-        transitions::set_execution_status(&mut tx, execution_id, "Stopping", false).await?;
+        transitions::set_execution_status(&mut tx, execution_id, "Stopping", false, None).await?;
         steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
     }
@@ -65,7 +65,7 @@ async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionR
     // Steps below a branch that was not taken stay skipped.
     let blocked = transitions::reset_for_retry(&mut tx, execution_id).await?;
     steps::skip_with_descendants(&mut tx, execution_id, &blocked, "UpstreamNotRun").await?;
-    transitions::set_execution_status(&mut tx, execution_id, "Executing", false).await?;
+    transitions::set_execution_status(&mut tx, execution_id, "Executing", false, None).await?;
     let queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;

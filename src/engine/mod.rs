@@ -237,7 +237,19 @@ pub async fn finish_if_done(conn: &mut PgConnection, execution: &ExecutionRow) -
             "Succeeded"
         }
     };
-    transitions::set_execution_status(conn, execution.id, status, true).await?;
+    // A follower of the events learns why from the final event itself.
+    let detail = if status == "Failed" {
+        let failed = steps::first_failure(conn, execution.id).await?;
+        let (step, error_type) = failed.unzip();
+        let reason = execution.failure_reason.clone().unwrap_or_else(|| match &step {
+            Some(step) => format!("step {step:?} failed"),
+            None => "a step failed".to_string(),
+        });
+        Some(serde_json::json!({"failure_reason": reason, "error_type": error_type.flatten(), "failed_step": step}))
+    } else {
+        None
+    };
+    transitions::set_execution_status(conn, execution.id, status, true, detail).await?;
     tracing::info!(execution.id = %execution.id, status, "execution finished");
     Ok(())
 }

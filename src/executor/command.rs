@@ -115,10 +115,13 @@ pub async fn run(
         }
     };
     let timeout = args.timeout_seconds.map(Duration::from_secs);
+    let ship = super::log::ship_while_running(ctx.db, step.id, step.attempt, &dirs.log, worker.max_log_bytes);
     let ended = tokio::select! {
         report = supervised.next_report() => ended_by(report),
         _ = sleep_or_forever(timeout) => Ended::TimedOut,
         _ = stop.cancelled() => Ended::Stopped,
+        // The log's shipping ends only when the attempt has already ended.
+        _ = async { ship.await; std::future::pending::<()>().await } => unreachable!("pending never completes"),
     };
     if let Ended::Lost(message) = &ended {
         // The supervisor is gone (killed?): end the group it recorded, as a

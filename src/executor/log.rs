@@ -13,6 +13,17 @@ use std::{
 };
 
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use uuid::Uuid;
+
+/// How often, at least, a running attempt's log file is looked at for new
+/// output to write to the database; a large log is written less often
+/// (one more second per [`SHIP_BYTES_PER_SECOND`] held, up to
+/// [`SHIP_EVERY_MAX`]), since a rewrite of a truncated log writes it whole.
+const SHIP_EVERY: Duration = Duration::from_secs(1);
+const SHIP_EVERY_MAX: Duration = Duration::from_secs(10);
+const SHIP_BYTES_PER_SECOND: u64 = 128 * 1024;
+/// The last bytes written that are compared to tell growth from a rewrite.
+const SHIP_OVERLAP: u64 = 64;
 
 /// Room kept for the marker between head and tail.
 const MARKER_RESERVE: u64 = 64;
@@ -27,6 +38,12 @@ const READ_CAP: u64 = 64 * 1024 * 1024;
 /// The text between the head and the tail of a truncated log.
 pub fn marker(omitted: u64) -> String {
     format!("\n[... {omitted} bytes omitted ...]\n")
+}
+
+/// Where the text after a truncated log's marker begins, if it has one.
+pub fn end_of_marker(log: &[u8]) -> Option<usize> {
+    const END: &[u8] = b" bytes omitted ...]\n";
+    log.windows(END.len()).position(|w| w == END).map(|at| at + END.len())
 }
 
 /// How a bound of `max` bytes is split: (head, tail).
@@ -149,6 +166,104 @@ pub async fn read_log_bounded(path: &Path, max: u64) -> Option<Vec<u8>> {
     Some(buf)
 }
 
+/// Writes the log of a running attempt to the database as it grows, so
+/// that any API process can serve and follow it whichever machine runs the
+/// step: only when the file changed, the new bytes appended while the file
+/// only grew (read from where the last write ended), the whole bounded log
+/// when it was rewritten (truncated). Runs until the attempt ends (the
+/// caller drops it when the process ends; the end's report writes the
+/// final log).
+pub async fn ship_while_running(db: &sqlx::PgPool, step_run_id: Uuid, attempt: i32, path: &Path, max: u64) {
+    let mut shipped = Shipped::default();
+    let mut last_seen = None;
+    loop {
+        let every = Duration::from_secs(shipped.len / SHIP_BYTES_PER_SECOND).clamp(SHIP_EVERY, SHIP_EVERY_MAX);
+        tokio::time::sleep(every).await;
+        let Ok(meta) = tokio::fs::metadata(path).await else {
+            continue;
+        };
+        let seen = (meta.len(), meta.modified().ok());
+        if last_seen == Some(seen) {
+            continue;
+        }
+        let Some((append, chunk)) = shipped.next_chunk(path, max).await else {
+            continue;
+        };
+        if chunk.is_empty() && append {
+            last_seen = Some(seen);
+            continue;
+        }
+        match crate::store::steps::write_running_log(db, step_run_id, attempt, append, &chunk).await {
+            Ok(true) => {
+                shipped.wrote(append, &chunk);
+                last_seen = Some(seen);
+            }
+            Ok(false) => return,
+            Err(e) => {
+                tracing::debug!(error = %e, "writing a running step's log failed; trying again");
+                // Whether it was written is unknown: the next write replaces.
+                shipped = Shipped::default();
+                shipped.replace = true;
+            }
+        }
+    }
+}
+
+/// Whether the bounded log file has been truncated (it holds the marker
+/// after its head): it is then rewritten, not appended to.
+async fn truncated(file: &mut tokio::fs::File, len: u64, max: u64) -> Option<bool> {
+    let (head, _) = split(max);
+    const START: &[u8] = b"\n[... ";
+    if len < head + START.len() as u64 {
+        return Some(false);
+    }
+    file.seek(SeekFrom::Start(head)).await.ok()?;
+    let mut start = [0u8; START.len()];
+    file.read_exact(&mut start).await.ok()?;
+    Some(start == START)
+}
+
+/// What the database holds of a running log: its length and last bytes.
+#[derive(Default)]
+struct Shipped {
+    len: u64,
+    tail: Vec<u8>,
+    replace: bool,
+}
+
+impl Shipped {
+    /// `(append, bytes)`: the bytes past what was written when the file only
+    /// grew, else the whole log to replace it. `None` when unreadable.
+    async fn next_chunk(&self, path: &Path, max: u64) -> Option<(bool, Vec<u8>)> {
+        if !self.replace {
+            let mut file = tokio::fs::File::open(path).await.ok()?;
+            let len = file.metadata().await.ok()?.len();
+            if len >= self.len && !truncated(&mut file, len, max).await? {
+                let from = self.len - self.tail.len() as u64;
+                file.seek(SeekFrom::Start(from)).await.ok()?;
+                let mut bytes = Vec::new();
+                file.take(len - from).read_to_end(&mut bytes).await.ok()?;
+                if bytes.starts_with(&self.tail) {
+                    return Some((true, bytes.split_off(self.tail.len())));
+                }
+            }
+        }
+        read_log_bounded(path, max).await.map(|bytes| (false, bytes))
+    }
+
+    fn wrote(&mut self, append: bool, chunk: &[u8]) {
+        if !append {
+            self.len = 0;
+            self.tail.clear();
+        }
+        self.len += chunk.len() as u64;
+        self.tail.extend_from_slice(chunk);
+        let excess = self.tail.len().saturating_sub(SHIP_OVERLAP as usize);
+        self.tail.drain(..excess);
+        self.replace = false;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -183,6 +298,35 @@ mod tests {
         let omitted = data.len() as u64 - head - tail;
         let m = marker(omitted);
         assert_eq!(&out[head as usize..head as usize + m.len()], m.as_bytes());
+    }
+
+    #[tokio::test]
+    async fn shipping_appends_growth_and_replaces_after_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log");
+        let max = 1024;
+        let mut log = BoundedLog::new(File::create(&path).unwrap(), max);
+        let mut shipped = Shipped::default();
+        let mut stored: Vec<u8> = Vec::new();
+        let mut appends = 0;
+        // Identical lines: a rewrite cannot be told from growth by content.
+        for round in 0..40 {
+            for _ in 0..(round % 3 + 1) {
+                log.write(b"tick tick tick\n").unwrap();
+            }
+            log.flush().unwrap();
+            let (append, chunk) = shipped.next_chunk(&path, max).await.unwrap();
+            if append {
+                appends += 1;
+                stored.extend_from_slice(&chunk);
+            } else {
+                stored = chunk.clone();
+            }
+            shipped.wrote(append, &chunk);
+            assert_eq!(stored, std::fs::read(&path).unwrap(), "round {round}");
+        }
+        assert!(appends > 10, "{appends}");
+        assert!(end_of_marker(&stored).is_some(), "the log was truncated by the end");
     }
 
     #[tokio::test]

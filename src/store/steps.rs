@@ -240,6 +240,21 @@ pub async fn any_failed(conn: &mut PgConnection, execution_id: Uuid) -> StoreRes
     .await?)
 }
 
+/// The step whose failure ended the execution (the first to fail or be
+/// stopped) with its error type, for the execution's final event.
+pub async fn first_failure(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+) -> StoreResult<Option<(String, Option<String>)>> {
+    Ok(sqlx::query_as(
+        "select step_name, error_type from step_runs where execution_id = $1 and status in ('Failed', 'Stopped') \
+         order by ended_at nulls last, position limit 1",
+    )
+    .bind(execution_id)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// Wakes listeners: workers when steps were queued, and followers of the
 /// execution (events, long polls). Delivered when the transaction commits.
 pub async fn notify(conn: &mut PgConnection, execution_id: Uuid, work_queued: bool) -> StoreResult<()> {
@@ -502,4 +517,45 @@ pub async fn record_reuse(
     .await?
     .rows_affected()
         == 1)
+}
+
+/// The log of an attempt as stored now, and whether the attempt has ended.
+/// `None` when there is no such attempt.
+pub async fn attempt_log_state(
+    pool: &PgPool,
+    step_run_id: Uuid,
+    attempt: i32,
+) -> StoreResult<Option<(Option<Vec<u8>>, bool)>> {
+    Ok(
+        sqlx::query_as("select log, ended_at is not null from step_attempts where step_run_id = $1 and attempt = $2")
+            .bind(step_run_id)
+            .bind(attempt)
+            .fetch_optional(pool)
+            .await?,
+    )
+}
+
+/// Writes the log of a running attempt: `bytes` appended to what is stored
+/// (`append`) or replacing it, and wakes the log's followers. Returns false
+/// once the attempt has ended (its final log is written by its end).
+pub async fn write_running_log(
+    pool: &PgPool,
+    step_run_id: Uuid,
+    attempt: i32,
+    append: bool,
+    bytes: &[u8],
+) -> StoreResult<bool> {
+    let written: Option<bool> = sqlx::query_scalar(
+        "with w as ( \
+           update step_attempts set log = case when $3 then coalesce(log, ''::bytea) || $4 else $4 end \
+           where step_run_id = $1 and attempt = $2 and ended_at is null returning 1) \
+         select true from w, lateral (select pg_notify('stepwise_log', $1::text)) n",
+    )
+    .bind(step_run_id)
+    .bind(attempt)
+    .bind(append)
+    .bind(bytes)
+    .fetch_optional(pool)
+    .await?;
+    Ok(written.is_some())
 }

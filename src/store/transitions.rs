@@ -95,13 +95,15 @@ async fn record_success<'c>(
            where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
              and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
                and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
-           returning s.execution_id, s.step_name), \
+           returning s.execution_id, s.step_name, s.cache_hit, s.reused_from), \
          attempt_end as ( \
            update step_attempts set status = 'Succeeded', exit_code = $5, log = coalesce($6, log), \
              ended_at = now() where step_run_id = $1 and attempt = $4 and exists (select 1 from done)), \
          event as ( \
-           insert into execution_events (execution_id, step_name, status) \
-           select execution_id, step_name, 'Succeeded' from done) \
+           insert into execution_events (execution_id, step_name, status, detail) \
+           select execution_id, step_name, 'Succeeded', \
+             nullif(jsonb_strip_nulls(jsonb_build_object('cache_hit', cache_hit, 'reused_from', reused_from)), \
+               '{}'::jsonb) from done) \
          select d.execution_id from done d, \
            lateral (select pg_notify('stepwise_execution', d.execution_id::text)) n",
     )
@@ -309,11 +311,14 @@ pub async fn begin_callback(
     .await?)
 }
 
+/// Sets the execution's status and records its event; `detail` is the
+/// event's (the failure reason of a final Failed).
 pub async fn set_execution_status(
     conn: &mut PgConnection,
     execution_id: Uuid,
     status: &str,
     terminal: bool,
+    detail: Option<Value>,
 ) -> StoreResult<()> {
     sqlx::query("update executions set status = $2, ended_at = case when $3 then now() else null end where id = $1")
         .bind(execution_id)
@@ -321,9 +326,10 @@ pub async fn set_execution_status(
         .bind(terminal)
         .execute(&mut *conn)
         .await?;
-    sqlx::query("insert into execution_events (execution_id, status) values ($1, $2)")
+    sqlx::query("insert into execution_events (execution_id, status, detail) values ($1, $2, $3)")
         .bind(execution_id)
         .bind(status)
+        .bind(detail)
         .execute(&mut *conn)
         .await?;
     Ok(())
@@ -371,8 +377,10 @@ pub async fn stop_running_steps(conn: &mut PgConnection, execution_id: Uuid) -> 
              failure_reason = 'the execution was stopped' \
            from changed c where c.status = 'Stopped' and a.step_run_id = c.id and a.attempt = c.attempt \
              and a.ended_at is null) \
-         insert into execution_events (execution_id, step_name, status) \
-         select $1, step_name, status from changed order by position"
+         insert into execution_events (execution_id, step_name, status, detail) \
+         select $1, step_name, status, case when status = 'Stopped' then jsonb_build_object( \
+           'error_type', 'Step.STOPPED', 'failure_reason', 'the execution was stopped') end \
+         from changed order by position"
     ))
     .bind(execution_id)
     .execute(conn)

@@ -5,6 +5,7 @@
 mod auth;
 mod cache;
 mod callbacks;
+mod cli;
 mod connections;
 mod definition_docs;
 mod errors;

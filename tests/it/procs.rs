@@ -77,7 +77,7 @@ impl StepwiseProcess {
         let mut command = Command::new(env!("CARGO_BIN_EXE_stepwise"));
         command
             .args(args)
-            // The service refuses STEPWISE_* variables it does not know.
+            // The service warns about STEPWISE_* variables it does not know.
             .env_remove("STEPWISE_TEST_WORKER_LOGS")
             .env("STEPWISE_DATABASE_URL", url)
             .env("STEPWISE_DATA_DIR", data_dir)
