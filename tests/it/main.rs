@@ -12,6 +12,7 @@ mod fences;
 mod hardening;
 mod helpers;
 mod limits;
+mod oas30;
 mod openapi;
 mod pipelines;
 mod procs;
