@@ -239,6 +239,7 @@ fn document_is_what_client_generators_need() {
     for (at, schema) in media_schemas {
         schema_objects(schema, at, false, &mut schemas);
     }
+    problems.extend(examples_that_do_not_fit(spec));
     for (at, schema, top) in schemas {
         let Some(map) = schema.as_object() else { continue };
         let nullable = map.get("nullable") == Some(&Value::Bool(true));
@@ -274,4 +275,45 @@ fn document_is_what_client_generators_need() {
         }
     }
     assert!(problems.is_empty(), "openapi.yaml:\n{}", problems.join("\n"));
+}
+
+/// Every example of the document that its schema refuses: request and
+/// response examples and component schemas' own.
+fn examples_that_do_not_fit(spec: &Value) -> Vec<String> {
+    let mut examples: Vec<(String, &Value, &Value)> = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        if let Some(example) = schema.get("example") {
+            examples.push((format!("#/components/schemas/{name}"), schema, example));
+        }
+    }
+    let mut media: Vec<(String, &Value)> = Vec::new();
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (content_type, m) in operation["requestBody"]["content"].as_object().into_iter().flatten() {
+                media.push((format!("{method} {template} request {content_type}"), m));
+            }
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                for (content_type, m) in resolve(response)["content"].as_object().into_iter().flatten() {
+                    media.push((format!("{method} {template} {status} {content_type}"), m));
+                }
+            }
+        }
+    }
+    for (at, m) in media {
+        if let Some(example) = m.get("example") {
+            examples.push((at.clone(), &m["schema"], example));
+        }
+        for (name, example) in m["examples"].as_object().into_iter().flatten() {
+            examples.push((format!("{at} example {name}"), &m["schema"], &example["value"]));
+        }
+    }
+    assert!(examples.len() >= 8, "the main operations have examples");
+    examples
+        .into_iter()
+        .flat_map(|(at, schema, example)| {
+            oas30::errors(spec, schema, example)
+                .into_iter()
+                .map(move |e| format!("{at}: the example does not fit: {e}"))
+        })
+        .collect()
 }
