@@ -205,12 +205,12 @@ impl Flow {
     }
 
     async fn runs(&self) -> Result<Vec<types::Execution>> {
-        use types::{CacheStatus, ParameterValue::Number};
-        let with_epochs = |n: f64| types::StartExecutionRequest {
-            parameters: Some(parameters(&[("Epochs", Number(n))])),
+        use types::{CacheStatus, ParameterValue::Int64};
+        let with_epochs = |n: i64| types::StartExecutionRequest {
+            parameters: Some(parameters(&[("Epochs", Int64(n))])),
             ..Default::default()
         };
-        let first = self.start(&self.train, with_epochs(12.0)).await?;
+        let first = self.start(&self.train, with_epochs(12)).await?;
         check(
             first.status == types::ExecutionStatus::Executing,
             "started with parameters Epochs=12",
@@ -221,7 +221,7 @@ impl Flow {
             format!("long poll: {} Succeeded", first.execution_arn),
         )?;
         check(
-            matches!(first.parameters.0["Epochs"], Number(n) if n == 12.0),
+            matches!(first.parameters.0["Epochs"], Int64(12)),
             "its effective parameters have Epochs=12",
         )?;
         let steps = self.steps(&first.execution_id).await?;
@@ -255,7 +255,7 @@ impl Flow {
             "read Train's log (execution by ARN)",
         )?;
 
-        let second = self.start(&self.train, with_epochs(12.0)).await?;
+        let second = self.start(&self.train, with_epochs(12)).await?;
         let second = self.wait(&second.execution_id).await?;
         let detail = self
             .client
@@ -311,9 +311,9 @@ impl Flow {
             "Report ran",
         )?;
 
-        let changed_since_first = |n: f64| -> Result<types::StartExecutionRequest> {
+        let changed_since_first = |n: i64| -> Result<types::StartExecutionRequest> {
             Ok(types::StartExecutionRequest {
-                parameters: Some(parameters(&[("Epochs", Number(n))])),
+                parameters: Some(parameters(&[("Epochs", Int64(n))])),
                 selective_execution: Some(types::SelectiveExecutionRequest {
                     selected_steps: types::SelectedSteps::ChangedSteps(types::ChangedSteps::Changed),
                     source_execution: Some(first.execution_id.to_string().try_into()?),
@@ -326,7 +326,7 @@ impl Flow {
             .client
             .plan_execution()
             .name(self.train.as_str())
-            .body(changed_since_first(14.0)?)
+            .body(changed_since_first(14)?)
             .send()
             .await?
             .into_inner();
@@ -342,7 +342,7 @@ impl Flow {
             ),
             "the plan runs Train",
         )?;
-        let changed = self.start(&self.train, changed_since_first(14.0)?).await?;
+        let changed = self.start(&self.train, changed_since_first(14)?).await?;
         let changed = self.wait(&changed.execution_id).await?;
         check(
             changed.status == types::ExecutionStatus::Succeeded,
@@ -471,7 +471,7 @@ impl Flow {
                 .start_execution()
                 .name(self.train.as_str())
                 .body(types::StartExecutionRequest {
-                    parameters: Some(parameters(&[("Nope", types::ParameterValue::Number(1.0))])),
+                    parameters: Some(parameters(&[("Nope", types::ParameterValue::Int64(1))])),
                     ..Default::default()
                 })
                 .send()
