@@ -102,6 +102,17 @@ pub fn check_response(method: &str, path: &str, resp: &Resp) {
     );
 }
 
+/// Panics unless `value` is a valid `#/components/schemas/{name}`: for what
+/// no response body carries (the data of server-sent events).
+pub fn check_component(name: &str, value: &Value) {
+    let schema = json!({"$ref": format!("#/components/schemas/{name}")});
+    let errors = oas30::errors(spec(), &schema, value);
+    assert!(
+        errors.is_empty(),
+        "{name} does not match openapi.yaml: {errors:?}\n{value}"
+    );
+}
+
 #[sqlx::test]
 async fn served_document_is_the_committed_file(db: PgPool) {
     let app = TestApp::spawn(db).await;
