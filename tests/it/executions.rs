@@ -488,6 +488,9 @@ async fn events_stream_every_status_change(db: PgPool) {
         .filter_map(|l| l.strip_prefix("data: "))
         .map(|d| serde_json::from_str(d).unwrap())
         .collect();
+    for event in &data {
+        crate::openapi::check_component("ExecutionEvent", event);
+    }
     let seen: Vec<(Option<&str>, &str)> = data
         .iter()
         .map(|e| (e["step_name"].as_str(), e["status"].as_str().unwrap()))

@@ -16,6 +16,7 @@ mod hardening;
 mod helpers;
 mod limits;
 mod markdown;
+mod oas30;
 mod openapi;
 mod pipelines;
 mod plan_property;

@@ -4,52 +4,30 @@
 //! the served document is the committed file and that every documented
 //! operation is routed.
 
-use std::{
-    collections::HashMap,
-    sync::{Arc, Mutex, OnceLock},
-};
+use std::sync::OnceLock;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
 
-use crate::helpers::{Resp, TestApp};
+use crate::{
+    helpers::{Resp, TestApp},
+    oas30,
+};
 
+/// The committed document, as written: the contract is checked against
+/// exactly what clients are generated from.
 fn spec() -> &'static Value {
     static SPEC: OnceLock<Value> = OnceLock::new();
     SPEC.get_or_init(|| {
         let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).expect("openapi.yaml");
         let yaml: serde_yaml::Value = serde_yaml::from_str(&text).expect("openapi.yaml is YAML");
-        let mut value = serde_json::to_value(yaml).expect("openapi.yaml converts to JSON");
-        rewrite_nullable(&mut value);
-        value
+        serde_json::to_value(yaml).expect("openapi.yaml converts to JSON")
     })
-}
-
-/// OpenAPI 3.0's `nullable: true` is not JSON Schema; turn it into a type list.
-fn rewrite_nullable(value: &mut Value) {
-    match value {
-        Value::Object(map) => {
-            if map.get("nullable") == Some(&Value::Bool(true)) {
-                map.remove("nullable");
-                if let Some(Value::String(t)) = map.get("type").cloned() {
-                    map.insert("type".into(), json!([t, "null"]));
-                }
-                if let Some(Value::Array(values)) = map.get_mut("enum") {
-                    values.push(Value::Null);
-                }
-            }
-            map.values_mut().for_each(rewrite_nullable);
-        }
-        Value::Array(items) => items.iter_mut().for_each(rewrite_nullable),
-        _ => {}
-    }
 }
 
 fn resolve(value: &Value) -> &Value {
     match value.get("$ref").and_then(Value::as_str) {
-        Some(reference) => spec()
-            .pointer(reference.trim_start_matches('#'))
-            .unwrap_or_else(|| panic!("openapi.yaml: dangling $ref {reference}")),
+        Some(reference) => oas30::resolve(spec(), reference),
         None => value,
     }
 }
@@ -69,24 +47,6 @@ pub fn match_path(path: &str) -> Option<(&'static str, &'static Value)> {
     })
 }
 
-fn validator(schema: &Value) -> Arc<jsonschema::Validator> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<jsonschema::Validator>>>> = OnceLock::new();
-    let key = schema.to_string();
-    let mut cache = CACHE.get_or_init(Default::default).lock().unwrap();
-    cache
-        .entry(key)
-        .or_insert_with(|| {
-            let mut root = schema.clone();
-            root["components"] = spec()["components"].clone();
-            Arc::new(
-                jsonschema::draft4::options()
-                    .build(&root)
-                    .unwrap_or_else(|e| panic!("openapi.yaml schema does not compile: {e}")),
-            )
-        })
-        .clone()
-}
-
 /// Panics unless `resp` is a documented response of `method path`.
 pub fn check_response(method: &str, path: &str, resp: &Resp) {
     let (template, item) = match_path(path).unwrap_or_else(|| panic!("openapi.yaml documents no path matching {path}"));
@@ -101,9 +61,11 @@ pub fn check_response(method: &str, path: &str, resp: &Resp) {
         return;
     };
     let status = resp.status.to_string();
+    // An exact status, else its range ("5XX"); the document has no `default`.
+    let range = format!("{}XX", &status[..1]);
     let response = operation["responses"]
         .get(&status)
-        .or_else(|| operation["responses"].get("default"))
+        .or_else(|| operation["responses"].get(&range))
         .map(resolve)
         .unwrap_or_else(|| {
             panic!(
@@ -133,14 +95,21 @@ pub fn check_response(method: &str, path: &str, resp: &Resp) {
     }
     let body: Value = serde_json::from_str(&resp.text)
         .unwrap_or_else(|_| panic!("{method} {template}: body is not JSON: {}", resp.text));
-    let validator = validator(&media["schema"]);
-    let errors: Vec<String> = validator
-        .iter_errors(&body)
-        .map(|e| format!("{} at {}", e, e.instance_path))
-        .collect();
+    let errors = oas30::errors(spec(), &media["schema"], &body);
     assert!(
         errors.is_empty(),
         "{method} {template} {status}: body does not match openapi.yaml: {errors:?}\nbody: {body}"
+    );
+}
+
+/// Panics unless `value` is a valid `#/components/schemas/{name}`: for what
+/// no response body carries (the data of server-sent events).
+pub fn check_component(name: &str, value: &Value) {
+    let schema = json!({"$ref": format!("#/components/schemas/{name}")});
+    let errors = oas30::errors(spec(), &schema, value);
+    assert!(
+        errors.is_empty(),
+        "{name} does not match openapi.yaml: {errors:?}\n{value}"
     );
 }
 
@@ -199,4 +168,163 @@ async fn every_documented_operation_is_routed(db: PgPool) {
             );
         }
     }
+}
+
+/// Every schema object reachable from `schema` (itself included), with where
+/// it is and whether it is a component's own top level.
+fn schema_objects<'a>(schema: &'a Value, at: String, top: bool, out: &mut Vec<(String, &'a Value, bool)>) {
+    out.push((at.clone(), schema, top));
+    let Some(map) = schema.as_object() else { return };
+    if let Some(properties) = map.get("properties").and_then(Value::as_object) {
+        for (name, property) in properties {
+            schema_objects(property, format!("{at}/properties/{name}"), false, out);
+        }
+    }
+    for key in ["items", "additionalProperties"] {
+        if let Some(inner) = map.get(key).filter(|v| v.is_object()) {
+            schema_objects(inner, format!("{at}/{key}"), false, out);
+        }
+    }
+    for key in ["allOf", "oneOf", "anyOf"] {
+        for (i, inner) in map.get(key).and_then(Value::as_array).into_iter().flatten().enumerate() {
+            schema_objects(inner, format!("{at}/{key}/{i}"), false, out);
+        }
+    }
+}
+
+/// What generators need of the document (issue 12): every object schema
+/// named, nullability at the use site only, null allowed wherever an enum is
+/// nullable, and the error shape on every error of every operation.
+#[test]
+fn document_is_what_client_generators_need() {
+    let spec = spec();
+    let mut schemas = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        schema_objects(schema, format!("#/components/schemas/{name}"), true, &mut schemas);
+    }
+    let mut media_schemas = Vec::new();
+    let mut operations = Vec::new();
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            if method == "parameters" {
+                continue;
+            }
+            operations.push((format!("{method} {template}"), operation));
+        }
+    }
+    for (name, parameter) in spec["components"]["parameters"].as_object().unwrap() {
+        media_schemas.push((format!("#/components/parameters/{name}"), &parameter["schema"]));
+    }
+    let mut problems = Vec::new();
+    for (name, operation) in &operations {
+        if operation.get("operationId").is_none() {
+            problems.push(format!("{name}: no operationId"));
+        }
+        let responses = operation["responses"].as_object().unwrap();
+        if responses.contains_key("default") {
+            problems.push(format!(
+                "{name}: a `default` response (progenitor reads it as success and error)"
+            ));
+        }
+        if !responses.contains_key("5XX") {
+            problems.push(format!("{name}: no 5XX response"));
+        }
+        for (status, response) in responses {
+            let response = resolve(response);
+            let error = !status.starts_with('2');
+            let schema = &response["content"]["application/json"]["schema"];
+            if error && schema["$ref"] != "#/components/schemas/ErrorResponse" {
+                problems.push(format!("{name} {status}: not the ErrorResponse schema"));
+            }
+            for (media_type, media) in response.get("content").and_then(Value::as_object).into_iter().flatten() {
+                media_schemas.push((format!("{name} {status} {media_type}"), &media["schema"]));
+            }
+        }
+        for (media_type, media) in operation["requestBody"]["content"].as_object().into_iter().flatten() {
+            media_schemas.push((format!("{name} request {media_type}"), &media["schema"]));
+        }
+        for parameter in operation["parameters"].as_array().into_iter().flatten() {
+            media_schemas.push((format!("{name} parameter"), &resolve(parameter)["schema"]));
+        }
+    }
+    for (at, schema) in media_schemas {
+        schema_objects(schema, at, false, &mut schemas);
+    }
+    problems.extend(examples_that_do_not_fit(spec));
+    for (at, schema, top) in schemas {
+        let Some(map) = schema.as_object() else { continue };
+        let nullable = map.get("nullable") == Some(&Value::Bool(true));
+        if top && map.contains_key("nullable") {
+            problems.push(format!(
+                "{at}: a component schema marked nullable (say it where it is used)"
+            ));
+        }
+        if nullable && map.contains_key("enum") {
+            problems.push(format!(
+                "{at}: a nullable enum (use allOf: [$ref to a named enum] with nullable)"
+            ));
+        }
+        if map.contains_key("$ref") && map.len() > 1 {
+            problems.push(format!("{at}: $ref with siblings"));
+        }
+        if !top && map.get("type") == Some(&json!("object")) && map.contains_key("properties") {
+            problems.push(format!("{at}: an inline object schema (name it in components)"));
+        }
+        if !top && map.contains_key("enum") {
+            problems.push(format!("{at}: an inline enum (name it in components)"));
+        }
+        if !top
+            && map.get("type") == Some(&json!("object"))
+            && map.get("additionalProperties").is_some_and(Value::is_object)
+        {
+            problems.push(format!("{at}: an inline map schema (name it in components)"));
+        }
+        if let Some(all_of) = map.get("allOf").and_then(Value::as_array) {
+            if nullable && (all_of.len() != 1 || all_of[0].get("$ref").is_none()) {
+                problems.push(format!("{at}: a nullable allOf that is not one $ref"));
+            }
+        }
+    }
+    assert!(problems.is_empty(), "openapi.yaml:\n{}", problems.join("\n"));
+}
+
+/// Every example of the document that its schema refuses: request and
+/// response examples and component schemas' own.
+fn examples_that_do_not_fit(spec: &Value) -> Vec<String> {
+    let mut examples: Vec<(String, &Value, &Value)> = Vec::new();
+    for (name, schema) in spec["components"]["schemas"].as_object().unwrap() {
+        if let Some(example) = schema.get("example") {
+            examples.push((format!("#/components/schemas/{name}"), schema, example));
+        }
+    }
+    let mut media: Vec<(String, &Value)> = Vec::new();
+    for (template, item) in spec["paths"].as_object().unwrap() {
+        for (method, operation) in item.as_object().unwrap() {
+            for (content_type, m) in operation["requestBody"]["content"].as_object().into_iter().flatten() {
+                media.push((format!("{method} {template} request {content_type}"), m));
+            }
+            for (status, response) in operation["responses"].as_object().into_iter().flatten() {
+                for (content_type, m) in resolve(response)["content"].as_object().into_iter().flatten() {
+                    media.push((format!("{method} {template} {status} {content_type}"), m));
+                }
+            }
+        }
+    }
+    for (at, m) in media {
+        if let Some(example) = m.get("example") {
+            examples.push((at.clone(), &m["schema"], example));
+        }
+        for (name, example) in m["examples"].as_object().into_iter().flatten() {
+            examples.push((format!("{at} example {name}"), &m["schema"], &example["value"]));
+        }
+    }
+    assert!(examples.len() >= 8, "the main operations have examples");
+    examples
+        .into_iter()
+        .flat_map(|(at, schema, example)| {
+            oas30::errors(spec, schema, example)
+                .into_iter()
+                .map(move |e| format!("{at}: the example does not fit: {e}"))
+        })
+        .collect()
 }
