@@ -183,8 +183,9 @@ pub async fn requeue_for_retry(
 ) -> StoreResult<bool> {
     let queued = sqlx::query(
         "update step_runs set status = 'Starting', available_at = now() + make_interval(secs => $3), \
-         lease_owner = null, lease_expires_at = null, callback_deadline = null, failure_reason = $4, \
-         error_type = $5, metadata = metadata || $6 where id = $1 and attempt = $2 and status = 'Executing'",
+         lease_owner = null, lease_expires_at = null, callback_token = null, callback_deadline = null, \
+         failure_reason = $4, error_type = $5, metadata = (metadata - 'callback') || $6 \
+         where id = $1 and attempt = $2 and status = 'Executing'",
     )
     .bind(id)
     .bind(attempt)
@@ -397,7 +398,7 @@ pub async fn reset_for_retry(conn: &mut PgConnection, execution_id: Uuid) -> Sto
         "update step_runs set status = 'Pending', skip_reason = null, failure_reason = null, error_type = null, \
          properties = null, started_at = null, ended_at = null, available_at = null, lease_owner = null, \
          lease_expires_at = null, callback_token = null, callback_deadline = null, \
-         attempt_base = attempt, first_started_at = null \
+         attempt_base = attempt, first_started_at = null, metadata = metadata - 'callback' - 'early_cutoff' \
          where execution_id = $1 and (status in ('Failed', 'Stopped') \
            or (status = 'Skipped' and skip_reason in ('UpstreamNotRun', 'ExecutionStopped')))",
     )

@@ -162,3 +162,45 @@ async fn stop_cancels_the_token(db: PgPool) {
     .await
     .expect_error(409, "Conflict");
 }
+
+#[sqlx::test]
+async fn a_retried_callback_shows_only_its_new_token(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("cbr", callback_pipeline(None, None)).await;
+    let id = app.start("cbr", json!({})).await;
+    let step = app
+        .wait_step(&id, "Approve", |s| s["metadata"]["callback"]["token"].is_string())
+        .await;
+    let old = step["metadata"]["callback"]["token"].as_str().unwrap().to_string();
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(app.wait_terminal(&id).await["status"], "Stopped");
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
+    let reset = app.step(&id, "Approve").await;
+    assert_ne!(reset["metadata"]["callback"]["token"], json!(old), "{reset}");
+    // Once the new attempt waits, the token shown is its own: the stopped
+    // attempt's token never shows again (a client would report with it).
+    let step = app
+        .wait_step(&id, "Approve", |s| {
+            s["attempt_count"] == 2 && s["metadata"]["callback"]["token"].is_string()
+        })
+        .await;
+    let new = step["metadata"]["callback"]["token"].as_str().unwrap();
+    assert_ne!(new, old, "{step}");
+    app.post(
+        &format!("/v1/callbacks/{old}/success"),
+        &json!({"output_parameters": {"score": 1, "label": "x"}}),
+    )
+    .await
+    .expect_error(404, "NotFound");
+    app.post(
+        &format!("/v1/callbacks/{new}/success"),
+        &json!({"output_parameters": {"score": 1, "label": "x"}}),
+    )
+    .await
+    .expect(200);
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+}
