@@ -400,7 +400,11 @@ impl Run<'_> {
                 Some(
                     match (detail["cache_hit"].as_object(), detail["reused_from"].as_object()) {
                         (Some(hit), _) => format!("succeeded (cache hit: the outputs of {})", source_of(hit)),
-                        (None, Some(from)) => format!("reused (the outputs of {}: unchanged)", source_of(from)),
+                        (None, Some(from)) => format!(
+                            "reused (the outputs of {}: {})",
+                            source_of(from),
+                            from.get("reason").and_then(Value::as_str).unwrap_or("unchanged")
+                        ),
                         (None, None) => "succeeded".to_string(),
                     },
                 )

@@ -309,11 +309,23 @@ fn print_plan(plan: &Value, output: Output) {
     }
     for step in plan["steps"].as_array().into_iter().flatten() {
         println!(
-            "{:<9} {:<24} {}",
+            "{:<18} {:<24} {}",
             step["verdict"].as_str().unwrap_or(""),
             step["step_name"].as_str().unwrap_or(""),
             step["reason"].as_str().unwrap_or("")
         );
+        // What changed, when the reason does not already say it.
+        let reason = step["reason"].as_str().unwrap_or("");
+        for change in step["changes"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            if !reason.contains(change) {
+                println!("{:<18} {:<24}   changed: {change}", "", "");
+            }
+        }
     }
     for issue in plan["errors"].as_array().into_iter().flatten() {
         let path = issue["path"].as_str().unwrap_or("");
