@@ -1,0 +1,444 @@
+//! Adversarial tests of issue 11 (selective execution exact, the plan,
+//! early cut-off): each reproduces a defect found by trying to break it.
+//! Side-effect counters (`runs_of`) say how often a step really ran.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{count_run, definition_with, runs_of, TestApp};
+
+fn changed() -> Value {
+    json!({"selective_execution": {"selected_steps": "changed"}})
+}
+
+async fn plan(app: &TestApp, pipeline: &str, body: Value) -> Value {
+    let resp = app
+        .post(&format!("/v1/pipelines/{pipeline}/executions/plan"), &body)
+        .await;
+    let plan = resp.expect(200).clone();
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    plan
+}
+
+fn verdict_of<'a>(plan: &'a Value, step: &str) -> &'a Value {
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == step)
+        .unwrap_or_else(|| panic!("{step} in {plan}"))
+}
+
+async fn run(app: &TestApp, pipeline: &str, body: Value) -> (String, Value) {
+    let id = app.start(pipeline, body).await;
+    let done = app.wait_terminal(&id).await;
+    (id, done)
+}
+
+/// `Prepare` writes `data.csv` in its artifacts; `Train` lists Prepare's
+/// artifacts directory in its `CacheInputs` (its cache key follows the
+/// data), the natural way to say "my inputs are that data".
+fn data_in_cache_inputs(dir: &std::path::Path, prepare: &str) -> Value {
+    let count = count_run(dir);
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "Prepare", "Type": "Command",
+             "Arguments": {"Shell": format!("{count}; {prepare}")}},
+            {"Name": "Train", "Type": "Command", "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+             "Arguments": {"Shell": format!("{count}; cat $DATA/data.csv"),
+                           "Env": {"DATA": {"Get": "Steps.Prepare.ArtifactsUri"}},
+                           "CacheInputs": [{"Get": "Steps.Prepare.ArtifactsUri"}]}}
+        ]),
+    )
+}
+
+const WRITE: &str = "echo 1,2,3 > $STEPWISE_ARTIFACTS/data.csv";
+
+/// Defect: a step whose `CacheInputs` name an upstream step's output is
+/// flagged as changed by `"changed"` although nothing changed at all (its
+/// upstream is reused, so its inputs are exactly the source's).
+#[sqlx::test]
+async fn changed_does_not_flag_cache_inputs_that_name_an_unchanged_upstream(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("data", data_in_cache_inputs(dir.path(), WRITE))
+        .await;
+    let (_, done) = run(&app, "data", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+
+    let same = plan(&app, "data", changed()).await;
+    for step in ["Prepare", "Train"] {
+        assert_eq!(verdict_of(&same, step)["verdict"], "Reuse", "{same}");
+    }
+    let (_, done) = run(&app, "data", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(runs_of(dir.path(), "Train"), 1, "nothing changed, Train must not run");
+
+    // The data behind the reused upstream was edited in place: that is a
+    // change of Train's inputs, and "changed" must see it.
+    let (id, _) = run(&app, "data", json!({"cache_mode": "refresh"})).await;
+    let prepare = app.step(&id, "Prepare").await;
+    let artifacts = prepare["properties"]["ArtifactsUri"].as_str().unwrap().to_string();
+    std::fs::write(format!("{artifacts}/data.csv"), "9,9,9\n").unwrap();
+    let edited = plan(&app, "data", changed()).await;
+    assert_eq!(verdict_of(&edited, "Train")["verdict"], "Run", "{edited}");
+}
+
+/// Defect: early cut-off never reuses a step whose `CacheInputs` name the
+/// upstream's artifacts directory, even when the upstream re-ran and wrote
+/// the same content (the recorded input hashes are keyed by path, and the
+/// path is new in every run).
+#[sqlx::test]
+async fn early_cut_off_reuses_a_step_whose_cache_inputs_are_the_upstream_artifacts(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("data", data_in_cache_inputs(dir.path(), WRITE))
+        .await;
+    let (_, done) = run(&app, "data", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+
+    // Prepare is refactored but writes the same data.
+    let refactored = format!("echo refactored; {WRITE}");
+    app.put(
+        "/v1/pipelines/data",
+        &json!({"definition": data_in_cache_inputs(dir.path(), &refactored)}),
+    )
+    .await
+    .expect(200);
+    let predicted = plan(&app, "data", changed()).await;
+    assert_eq!(verdict_of(&predicted, "Prepare")["verdict"], "Run", "{predicted}");
+    assert_eq!(
+        verdict_of(&predicted, "Train")["verdict"],
+        "RunUnlessUnchanged",
+        "{predicted}"
+    );
+    let (id, done) = run(&app, "data", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(runs_of(dir.path(), "Prepare"), 2);
+    let train = app.step(&id, "Train").await;
+    assert_eq!(
+        train["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+        "{train}"
+    );
+    assert_eq!(runs_of(dir.path(), "Train"), 1, "early cut-off saved Train");
+
+    // Other data: Train runs.
+    let other = "echo 4,5,6 > $STEPWISE_ARTIFACTS/data.csv";
+    app.put(
+        "/v1/pipelines/data",
+        &json!({"definition": data_in_cache_inputs(dir.path(), other)}),
+    )
+    .await
+    .expect(200);
+    let (_, done) = run(&app, "data", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(runs_of(dir.path(), "Train"), 2);
+}
+
+/// `T -> Gate(If [Ok], Else [No (Fail)])`, Gate always true.
+fn gate(message: &str) -> Value {
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "T", "Type": "Command", "Arguments": {"Shell": "true"}},
+            {"Name": "Gate", "Type": "Condition", "DependsOn": ["T"], "Arguments": {
+                "Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 1}],
+                "IfSteps": [{"Name": "Ok", "Type": "Pass", "Arguments": {}}],
+                "ElseSteps": [{"Name": "No", "Type": "Fail", "Arguments": {"ErrorMessage": message}}]}}
+        ]),
+    )
+}
+
+/// Defect: editing a step on the branch the source did not take (the Fail
+/// step's message, SageMaker's commonest shape) makes `"changed"` select it,
+/// and then refuse its own selection by rule 9 (a 400 for the plan and the
+/// start). The Condition is unchanged and reused, so the edited step cannot
+/// run: it is not selected, and nothing is refused.
+#[sqlx::test]
+async fn changed_is_not_refused_when_a_step_on_the_branch_not_taken_is_edited(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("gate", gate("bad")).await;
+    let (_, done) = run(&app, "gate", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    app.put("/v1/pipelines/gate", &json!({"definition": gate("very bad")}))
+        .await
+        .expect(200);
+
+    let predicted = plan(&app, "gate", changed()).await;
+    assert_eq!(verdict_of(&predicted, "No")["verdict"], "Skip", "{predicted}");
+    for step in ["T", "Gate", "Ok"] {
+        assert_eq!(verdict_of(&predicted, step)["verdict"], "Reuse", "{predicted}");
+    }
+    let (id, done) = run(&app, "gate", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&id, "No").await["status"], "Skipped");
+}
+
+/// `A` (its command is edited) -> `B`, which does not use the cache and
+/// lists a file in `CacheInputs` only so that `"changed"` sees its edits.
+fn consumer_of_file(dir: &std::path::Path, file: &std::path::Path, a: &str) -> Value {
+    let count = count_run(dir);
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "A", "Type": "Command", "Arguments": {"Shell": format!("{count}; {a}")}},
+            {"Name": "B", "Type": "Command", "DependsOn": ["A"],
+             "Arguments": {"Shell": format!("{count}; true"),
+                           "CacheInputs": [file.display().to_string()]}}
+        ]),
+    )
+}
+
+/// Defect: a step that does not use the cache runs although its
+/// `CacheInputs` cannot be hashed (they only serve `"changed"`), but the
+/// same step fails with `Step.INPUT_ERROR` when it is an early cut-off
+/// candidate. A cut-off that cannot compare must let the step run.
+#[sqlx::test]
+async fn a_cut_off_candidate_whose_inputs_cannot_be_hashed_runs_as_it_would_otherwise(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    let file = shared.path().join("notes.txt");
+    std::fs::write(&file, "v1").unwrap();
+    app.create_pipeline("f", consumer_of_file(dir.path(), &file, "true"))
+        .await;
+    let (_, done) = run(&app, "f", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+
+    // A now removes the file B lists: B runs as any plain step would.
+    let removes = format!("rm -f {}", file.display());
+    app.put(
+        "/v1/pipelines/f",
+        &json!({"definition": consumer_of_file(dir.path(), &file, &removes)}),
+    )
+    .await
+    .expect(200);
+    let predicted = plan(&app, "f", changed()).await;
+    assert_eq!(
+        verdict_of(&predicted, "B")["verdict"],
+        "RunUnlessUnchanged",
+        "{predicted}"
+    );
+    let (id, done) = run(&app, "f", changed()).await;
+    let b = app.step(&id, "B").await;
+    assert_eq!(b["status"], "Succeeded", "{b}");
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(runs_of(dir.path(), "B"), 2);
+}
+
+/// Defect: the plan says `Run` for a step on the branch that a Condition
+/// will not take, although the Condition's input is known before anything
+/// runs: it is the output of a Pass step, whose outputs are its resolved
+/// arguments (here a parameter). The execution skips the step.
+#[sqlx::test]
+async fn the_plan_evaluates_a_condition_on_a_pass_step_output(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([{"Name": "Mode", "Type": "String", "DefaultValue": "fast"}]),
+        json!([
+            {"Name": "Settings", "Type": "Pass", "Arguments": {"mode": {"Get": "Parameters.Mode"}}},
+            {"Name": "Gate", "Type": "Condition", "Arguments": {
+                "Conditions": [{"Type": "Equals", "LeftValue": {"Get": "Steps.Settings.Outputs.mode"}, "RightValue": "fast"}],
+                "IfSteps": [{"Name": "Fast", "Type": "Pass", "Arguments": {}}],
+                "ElseSteps": [{"Name": "Slow", "Type": "Pass", "Arguments": {}}]}}
+        ]),
+    );
+    app.create_pipeline("pass", definition).await;
+    let predicted = plan(&app, "pass", json!({})).await;
+    let (id, done) = run(&app, "pass", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&id, "Slow").await["status"], "Skipped");
+    assert_eq!(verdict_of(&predicted, "Slow")["verdict"], "Skip", "{predicted}");
+    assert_eq!(verdict_of(&predicted, "Fast")["verdict"], "Run", "{predicted}");
+}
+
+/// `Prepare` (edited) -> `Expensive`, which writes an artifact.
+fn expensive_artifact(dir: &std::path::Path, prepare: &str) -> Value {
+    let count = count_run(dir);
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "Prepare", "Type": "Command",
+             "Arguments": {"Shell": format!("{count}; {prepare}; echo '{{\"rows\": 3}}' > $STEPWISE_OUTPUTS")}},
+            {"Name": "Expensive", "Type": "Command",
+             "Arguments": {"Shell": format!("{count}; echo model > $STEPWISE_ARTIFACTS/model.bin"),
+                           "Env": {"ROWS": {"Get": "Steps.Prepare.Outputs.rows"}}}}
+        ]),
+    )
+}
+
+/// Defect: retention removes the source execution of an early cut-off
+/// reuse (with its artifacts directory), although the execution that
+/// reused the run still points at those artifacts. A start-time reuse and
+/// a cache hit keep their source; a cut-off reuse must too.
+#[sqlx::test]
+async fn retention_keeps_the_source_of_an_early_cut_off_reuse(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.retention.executions_days = 0).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("keep", expensive_artifact(dir.path(), "true"))
+        .await;
+    let (first, done) = run(&app, "keep", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    app.put(
+        "/v1/pipelines/keep",
+        &json!({"definition": expensive_artifact(dir.path(), "echo refactored")}),
+    )
+    .await
+    .expect(200);
+    let (second, done) = run(&app, "keep", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let expensive = app.step(&second, "Expensive").await;
+    assert_eq!(
+        expensive["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+        "{expensive}"
+    );
+    let model = format!(
+        "{}/model.bin",
+        expensive["properties"]["ArtifactsUri"].as_str().unwrap()
+    );
+    assert!(std::path::Path::new(&model).exists());
+
+    // The first execution is old; nothing but the cut-off reuse uses it.
+    let id = uuid::Uuid::parse_str(&first).unwrap();
+    for table in ["executions", "step_runs"] {
+        let column = if table == "executions" { "id" } else { "execution_id" };
+        sqlx::query(&format!(
+            "update {table} set ended_at = now() - interval '30 days' where {column} = $1"
+        ))
+        .bind(id)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    }
+    let data = std::fs::canonicalize(app.data_dir.path()).unwrap();
+    let policy = stepwise::engine::retention::Policy {
+        executions_days: 7,
+        max_expire_after: stepwise::domain::duration::parse_expire_after("P1D").unwrap(),
+    };
+    stepwise::engine::retention::run(&app.db, &data, policy, chrono::Utc::now())
+        .await
+        .expect("retention runs");
+    assert!(
+        std::path::Path::new(&model).exists(),
+        "the artifacts of the cut-off reused step were removed"
+    );
+    app.get(&format!("/v1/executions/{first}")).await.expect(200);
+}
+
+/// Malformed selective requests, to the plan and the start: a 4xx in the
+/// one error shape with a message for people (no Rust or serde type text),
+/// never a 500.
+#[sqlx::test]
+async fn malformed_selective_requests_get_messages_for_people(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([{"Name": "P", "Type": "Integer", "DefaultValue": 1}]),
+        json!([
+            {"Name": "A", "Type": "Pass", "Arguments": {}},
+            {"Name": "B", "Type": "Pass", "DependsOn": ["A"], "Arguments": {}}
+        ]),
+    );
+    app.create_pipeline("m", definition).await;
+    let (id, _) = run(&app, "m", json!({})).await;
+    let long_name = "x".repeat(100_000);
+    let many: Vec<String> = (0..20_000).map(|i| format!("S{i}")).collect();
+    let bodies = vec![
+        json!({"selective_execution": {"selected_steps": 5}}),
+        json!({"selective_execution": {"selected_steps": "Changed"}}),
+        json!({"selective_execution": {"selected_steps": []}}),
+        json!({"selective_execution": {"selected_steps": [null]}}),
+        json!({"selective_execution": {"selected_steps": [1, 2]}}),
+        json!({"selective_execution": {"selected_steps": ["A", "A"]}}),
+        json!({"selective_execution": {"selected_steps": [long_name]}}),
+        json!({"selective_execution": {"selected_steps": many}}),
+        json!({"selective_execution": {"selected_steps": {"A": true}}}),
+        json!({"selective_execution": {}}),
+        json!({"selective_execution": null, "cache_mode": "USE"}),
+        json!({"selective_execution": "changed"}),
+        json!({"selective_execution": {"selected_steps": "changed", "source_execution": 7}}),
+        json!({"selective_execution": {"selected_steps": "changed", "source_execution": ""}}),
+        json!({"selective_execution": {"selected_steps": "changed", "source_execution": "arn:aws:sagemaker:x"}}),
+        json!({"selective_execution": {"selected_steps": "changed", "source_execution": "00000000-0000-0000-0000-000000000000"}}),
+        json!({"selective_execution": {"selected_steps": "changed", "source_execution": id.to_uppercase()}}),
+        json!({"selective_execution": {"selected_steps": "changed", "inherit_parameters": "yes"}}),
+        json!({"selective_execution": {"selected_steps": "changed", "extra": 1}}),
+        json!({"selective_execution": {"selected_steps": ["B"]}, "parameters": {"P": "x"}}),
+        json!({"selective_execution": {"selected_steps": ["B"]}, "parameters": {"Q": 1}}),
+        json!({"selective_execution": {"selected_steps": ["B"]}, "pipeline_version": 99}),
+        json!({"selective_execution": {"selected_steps": ["B"]}, "pipeline_version": 0}),
+        json!({"selective_execution": {"selected_steps": ["B"]}, "parameters": [1]}),
+    ];
+    let leaks = [
+        "::",
+        "untagged",
+        "enum ",
+        "struct ",
+        "SelectedSteps",
+        "SelectiveBody",
+        "StartBody",
+        "Option<",
+        "Vec<",
+        "line 1 column",
+    ];
+    for body in bodies {
+        for path in ["/v1/pipelines/m/executions/plan", "/v1/pipelines/m/executions"] {
+            let resp = app.post(path, &body).await;
+            let shown: String = body.to_string().chars().take(200).collect();
+            assert!(resp.status < 500, "{path} {shown}: {} {}", resp.status, resp.text);
+            let message = if resp.status == 201 {
+                continue;
+            } else if resp.status == 200 {
+                resp.body["errors"].to_string()
+            } else {
+                assert!(resp.body["error"]["code"].is_string(), "{path} {shown}: {}", resp.text);
+                resp.body["error"]["message"].as_str().unwrap_or_default().to_string()
+            };
+            println!("{path} {shown} -> {} {message:.300}", resp.status);
+            for leak in leaks {
+                assert!(!message.contains(leak), "{path} {shown}: {message}");
+            }
+        }
+    }
+}
+
+/// Defect: `Std:JsonGet` on the artifacts of a step whose outputs are known
+/// before anything runs (a predicted cache hit) is never read by the plan,
+/// so the plan says `Run` for a cached step that the start serves from the
+/// cache, and cannot evaluate a Condition on it (both branches `Run`, the
+/// start skips one).
+#[sqlx::test]
+async fn the_plan_reads_json_get_from_known_artifacts(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = count_run(dir.path());
+    let cached = json!({"Enabled": true, "ExpireAfter": "P1D"});
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Evaluate", "Type": "Command", "CacheConfig": cached,
+             "Arguments": {"Shell": format!("{count}; echo '{{\"acc\": 0.93}}' > $STEPWISE_ARTIFACTS/metrics.json")}},
+            {"Name": "Summary", "Type": "Pass", "CacheConfig": cached,
+             "Arguments": {"acc": {"Std:JsonGet": {"Step": "Evaluate", "File": "metrics.json", "Path": "acc"}}}},
+            {"Name": "Gate", "Type": "Condition", "Arguments": {
+                "Conditions": [{"Type": "GreaterThanOrEqualTo",
+                                "LeftValue": {"Std:JsonGet": {"Step": "Evaluate", "File": "metrics.json", "Path": "acc"}},
+                                "RightValue": 0.9}],
+                "IfSteps": [{"Name": "Register", "Type": "Pass", "Arguments": {}}],
+                "ElseSteps": [{"Name": "Reject", "Type": "Pass", "Arguments": {}}]}}
+        ]),
+    );
+    app.create_pipeline("json", definition).await;
+    let (_, done) = run(&app, "json", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+
+    let predicted = plan(&app, "json", json!({})).await;
+    let (id, done) = run(&app, "json", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&id, "Summary").await["cache"]["status"], "hit");
+    assert_eq!(app.step(&id, "Reject").await["status"], "Skipped");
+    assert_eq!(runs_of(dir.path(), "Evaluate"), 1);
+    assert_eq!(verdict_of(&predicted, "Evaluate")["verdict"], "CacheHit", "{predicted}");
+    assert_eq!(verdict_of(&predicted, "Summary")["verdict"], "CacheHit", "{predicted}");
+    assert_eq!(verdict_of(&predicted, "Reject")["verdict"], "Skip", "{predicted}");
+}
