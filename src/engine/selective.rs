@@ -303,13 +303,28 @@ async fn changed_selection(
         .collect();
     let ids: Vec<Uuid> = candidates.iter().map(|(_, r)| r.id).collect();
     let facts = store::run_facts(conn, &ids).await?;
+    // `CacheInputs` may name other steps' outputs: they are resolved with
+    // the outputs those steps had in the source. An upstream step that is
+    // reused hands on exactly these; one that runs again makes the step
+    // downstream of it anyway, and early cut-off compares it then.
+    let succeeded: Vec<&SourceRun> = source
+        .runs
+        .values()
+        .filter(|r| r.status == selective::SUCCEEDED)
+        .collect();
+    let succeeded_ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
+    let mut by_id = store::run_properties(conn, &succeeded_ids).await?;
+    let outputs: HashMap<String, Value> = succeeded
+        .iter()
+        .filter_map(|r| by_id.remove(&r.id).map(|p| (r.step_name.clone(), p)))
+        .collect();
     for (step, run) in candidates {
         let mut why = Vec::new();
         let facts = facts.get(&run.id);
         if let Some(gone) = facts.and_then(outputs_gone) {
             why.push(format!("its outputs in the source are gone: {gone}"));
         }
-        why.extend(input_changes(step, facts, context).await);
+        why.extend(input_changes(step, facts, context, &outputs).await);
         if !why.is_empty() {
             changed.insert(step.name.clone(), why);
         }
@@ -344,7 +359,12 @@ fn outputs_gone(facts: &RunFacts) -> Option<String> {
 /// How the content of a Command step's `CacheInputs` differs from what its
 /// run in the source recorded: `CacheInputs train.py: content changed`.
 /// Hashed now, as the worker will hash them.
-async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<'_>) -> Vec<String> {
+async fn input_changes(
+    step: &Step,
+    facts: Option<&RunFacts>,
+    context: &Context<'_>,
+    source_outputs: &HashMap<String, Value>,
+) -> Vec<String> {
     if step.kind != StepKind::Command {
         return Vec::new();
     }
@@ -355,10 +375,11 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     let Some(recorded) = facts.and_then(|f| f.input_hashes.as_ref()).and_then(Value::as_object) else {
         return vec!["CacheInputs: the source's run recorded no content to compare with".into()];
     };
-    let resolver = ParametersOnly {
+    let resolver = KnownBeforeTheRun {
         parameters: context.parameters,
         pipeline_name: &context.pipeline.name,
         arns: context.arns,
+        source_outputs,
     };
     let wanted = json!({
         "CacheInputs": declared,
@@ -366,7 +387,9 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     });
     let Ok(resolved) = evaluate(&wanted, &resolver) else {
         return vec![
-            "CacheInputs: they use other steps' outputs, so their content is compared when the step runs".into(),
+            "CacheInputs: they use outputs of steps that did not succeed in the source, so their content is \
+             compared when the step runs"
+                .into(),
         ];
     };
     let paths: Vec<String> = resolved["CacheInputs"]
@@ -396,15 +419,17 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     why
 }
 
-/// Resolves parameters and the pipeline's own names: what `CacheInputs`
-/// and `WorkingDirectory` may use to be known before the run.
-struct ParametersOnly<'a> {
+/// Resolves parameters, the pipeline's own names and the outputs steps had
+/// in the source: what `CacheInputs` and `WorkingDirectory` may use to be
+/// known before the run.
+struct KnownBeforeTheRun<'a> {
     parameters: &'a Map<String, Value>,
     pipeline_name: &'a str,
     arns: &'a Arns,
+    source_outputs: &'a HashMap<String, Value>,
 }
 
-impl Resolver for ParametersOnly<'_> {
+impl Resolver for KnownBeforeTheRun<'_> {
     fn parameter(&self, name: &str) -> Option<Value> {
         self.parameters.get(name).cloned()
     }
@@ -415,8 +440,8 @@ impl Resolver for ParametersOnly<'_> {
             _ => Value::Null,
         }
     }
-    fn step_properties(&self, _step: &str) -> Option<Value> {
-        None
+    fn step_properties(&self, step: &str) -> Option<Value> {
+        self.source_outputs.get(step).cloned()
     }
     fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
         Err("not known before the run".into())

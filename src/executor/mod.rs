@@ -319,9 +319,24 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         .is_some_and(|c| c.enabled);
     let key = match crate::content::step_key(kind, &ctx.step.arguments, arguments, revealed, limits).await {
         Ok(key) => key,
-        // A step that neither uses the cache nor may be cut off runs as
-        // before; what is wrong with its inputs shows when it runs.
-        Err(_) if !uses_cache && ctx.step.cutoff_run.is_none() => return Keyed::Runs { note: None, key: None },
+        // A step that does not use the cache runs as it would without a
+        // key (its `CacheInputs` serve only `"changed"`): a cut-off that
+        // cannot compare lets it run, and says why.
+        Err(message) if !uses_cache => {
+            let note = ctx
+                .step
+                .cutoff_run
+                .zip(ctx.step.cutoff_execution)
+                .map(|(run, execution)| {
+                    json!({
+                        "source_execution_arn": ctx.arns.execution(&ctx.step.pipeline_name, execution),
+                        "source_step_run_id": run,
+                        "reused": false,
+                        "reason": format!("its inputs cannot be compared with its run in the source: {message}"),
+                    })
+                });
+            return Keyed::Runs { note, key: None };
+        }
         Err(message) => return Keyed::Decided(StepOutcome::failed(INPUT_ERROR, message)),
     };
     let fault = |e: crate::store::StoreError| {
