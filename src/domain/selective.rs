@@ -476,6 +476,37 @@ fn parameters_used(v: &Value) -> Vec<String> {
 
 /// Whether `step` lies (through its chain of enclosing Conditions) in a
 /// branch that a Condition of the source execution did not take.
+/// The Condition that keeps `step` from running when the steps `selected`
+/// run and the others are reused: an enclosing Condition (at any depth)
+/// that is not selected, so it is reused with its outcome in the source,
+/// and that took the other branch there. Worded for people: `on the
+/// ElseSteps of condition "Gate", which is reused and took the IfSteps
+/// branch in the source execution`.
+pub fn held_by_reused_condition(
+    def: &Definition,
+    step: &Step,
+    source: &HashMap<String, SourceStep>,
+    selected: &BTreeSet<String>,
+) -> Option<String> {
+    let mut cur = step;
+    while let Some(branch) = &cur.branch {
+        let outcome = source
+            .get(&branch.condition)
+            .filter(|s| s.succeeded())
+            .and_then(|s| s.outcome);
+        if !selected.contains(&branch.condition) && outcome.is_some_and(|o| o != branch.if_branch) {
+            return Some(format!(
+                "on the {} of condition {:?}, which is reused and took the {} branch in the source execution",
+                branch_key(branch.if_branch),
+                branch.condition,
+                branch_key(!branch.if_branch)
+            ));
+        }
+        cur = def.step(&branch.condition)?;
+    }
+    None
+}
+
 fn in_branch_not_taken(def: &Definition, step: &Step, source: &HashMap<String, SourceStep>) -> bool {
     let mut cur = step;
     while let Some(branch) = &cur.branch {

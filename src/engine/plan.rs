@@ -246,6 +246,9 @@ impl Predictor<'_> {
         if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
             self.evaluate_condition(step);
         }
+        if step.kind == StepKind::Pass && out.verdict != "CacheHit" && branch.is_none() {
+            self.learn_pass(step);
+        }
         if let Some(branch) = branch {
             out.reason = format!("{}; if {branch}", out.reason);
         }
@@ -296,6 +299,21 @@ impl Predictor<'_> {
         None
     }
 
+    /// A Pass step's outputs are its resolved arguments: known now when
+    /// what they use is (reused or early cut-off alike give the same
+    /// outputs, since a cut-off compares exactly these arguments).
+    fn learn_pass(&mut self, step: &Step) {
+        if !uses_per_execution_value(&step.arguments).is_empty()
+            || step.depends_on.iter().any(|d| !self.known.contains_key(d))
+        {
+            return;
+        }
+        let resolved = evaluate(&step.arguments, &self.resolver(HashMap::new()));
+        if let Ok(outputs) = resolved {
+            self.learn(step, serde_json::json!({ "Outputs": outputs }));
+        }
+    }
+
     fn evaluate_condition(&mut self, step: &Step) {
         if !uses_per_execution_value(&step.arguments).is_empty() {
             return;
@@ -315,6 +333,7 @@ impl Predictor<'_> {
             pipeline_name: &self.pipeline.name,
             arns: self.arns,
             secret_digests,
+            max_outputs_bytes: self.settings.max_outputs_bytes,
         }
     }
 
@@ -400,6 +419,7 @@ struct KnownNow<'a> {
     arns: &'a Arns,
     /// The keyed digest of each secret the step uses, by name.
     secret_digests: HashMap<String, String>,
+    max_outputs_bytes: u64,
 }
 
 impl Resolver for KnownNow<'_> {
@@ -417,8 +437,10 @@ impl Resolver for KnownNow<'_> {
     fn step_properties(&self, step: &str) -> Option<Value> {
         self.known.get(step).cloned()
     }
-    fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
-        Err("artifact contents are not read when planning".into())
+    /// Read as the worker reads it, from the artifacts of a step whose
+    /// outputs are known now (reused, or a predicted cache hit).
+    fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String> {
+        content::artifacts::read_json(self.known.get(step), step, file, self.max_outputs_bytes)
     }
     fn secret(&self, name: &str) -> Result<Value, String> {
         let digest = self

@@ -97,6 +97,9 @@ struct Chosen {
     /// Selected only because an upstream step changed: early cut-off may
     /// still reuse it.
     downstream_only: BTreeSet<String>,
+    /// Changed, but on the branch a reused Condition does not take: not
+    /// selected, and why (what changed, and which Condition holds it).
+    held: BTreeMap<String, String>,
 }
 
 pub async fn plan(
@@ -158,6 +161,7 @@ pub async fn plan(
                 selection,
                 why,
                 downstream_only: BTreeSet::new(),
+                held: BTreeMap::new(),
             }
         }
         None => {
@@ -209,6 +213,11 @@ pub async fn plan(
             StepPlan::Run {
                 why: chosen.why.get(name).cloned().unwrap_or_default(),
                 cutoff,
+            }
+        } else if let Some(why) = chosen.held.get(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+                why: format!("not selected: {why}"),
             }
         } else if selection.downstream.contains(name) {
             StepPlan::Skip {
@@ -329,7 +338,24 @@ async fn changed_selection(
             changed.insert(step.name.clone(), why);
         }
     }
-    let downstream = selective::downstream_of(definition, &changed);
+    let mut downstream = selective::downstream_of(definition, &changed);
+    // A step on the branch that a reused Condition did not take cannot run,
+    // edited or not: selecting it would only have rule 9 refuse the start.
+    let would_run: BTreeSet<String> = changed.keys().chain(downstream.keys()).cloned().collect();
+    let summaries = source.summaries();
+    let mut held = BTreeMap::new();
+    for step in &definition.steps {
+        if !would_run.contains(&step.name) {
+            continue;
+        }
+        if let Some(why) = selective::held_by_reused_condition(definition, step, &summaries, &would_run) {
+            let mut what = changed.remove(&step.name).unwrap_or_default();
+            if let Some(from) = downstream.remove(&step.name) {
+                what.push(format!("downstream of {from}"));
+            }
+            held.insert(step.name.clone(), format!("{} ({why})", what.join("; ")));
+        }
+    }
     let names: Vec<String> = changed.keys().chain(downstream.keys()).cloned().collect();
     let selection = if names.is_empty() {
         Selection {
@@ -347,6 +373,7 @@ async fn changed_selection(
         selection,
         why,
         downstream_only: downstream.into_keys().collect(),
+        held,
     })
 }
 
