@@ -442,3 +442,72 @@ async fn the_plan_reads_json_get_from_known_artifacts(db: PgPool) {
     assert_eq!(verdict_of(&predicted, "Summary")["verdict"], "CacheHit", "{predicted}");
     assert_eq!(verdict_of(&predicted, "Reject")["verdict"], "Skip", "{predicted}");
 }
+
+/// Held: a FIFO, a device and a directory holding a FIFO in `CacheInputs`
+/// neither hang nor break the plan or "changed": they answer at once,
+/// saying what is wrong.
+#[sqlx::test]
+async fn fifos_and_devices_in_cache_inputs_do_not_hang_the_plan(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let shared = tempfile::tempdir().unwrap();
+    let file = shared.path().join("input");
+    std::fs::write(&file, "v1").unwrap();
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "A", "Type": "Command", "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+             "Arguments": {"Shell": "true", "CacheInputs": [file.display().to_string()]}},
+            {"Name": "B", "Type": "Command",
+             "Arguments": {"Shell": "true", "CacheInputs": [shared.path().display().to_string()]}},
+            {"Name": "C", "Type": "Command", "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+             "Arguments": {"Shell": "true", "CacheInputs": ["/dev/zero"]}}
+        ]),
+    );
+    app.create_pipeline("fifo", definition).await;
+    let (_, done) = run(&app, "fifo", json!({})).await;
+    // C cannot be keyed: it fails; A and B ran.
+    assert_eq!(done["status"], "Failed", "{done}");
+    std::fs::remove_file(&file).unwrap();
+    nix::unistd::mkfifo(&file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    for body in [json!({}), changed()] {
+        let planned = plan(&app, "fifo", body).await;
+        let a = verdict_of(&planned, "A");
+        assert_eq!(a["verdict"], "Run", "{planned}");
+        assert!(a["reason"].as_str().unwrap().contains("FIFO"), "{planned}");
+        assert_eq!(verdict_of(&planned, "C")["verdict"], "Run", "{planned}");
+    }
+    let planned = plan(&app, "fifo", json!({})).await;
+    let c = verdict_of(&planned, "C");
+    assert!(c["reason"].as_str().unwrap().contains("character device"), "{planned}");
+    let planned = plan(&app, "fifo", changed()).await;
+    let b = verdict_of(&planned, "B");
+    assert_eq!(b["verdict"], "Run", "{planned}");
+    assert!(b["reason"].as_str().unwrap().contains("FIFO"), "{planned}");
+}
+
+/// Held: a changed default of a parameter a step uses is a change; a
+/// changed default of one it does not use is not.
+#[sqlx::test]
+async fn changed_sees_a_changed_parameter_default(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = |used: i64, unused: i64| {
+        definition_with(
+            json!([{"Name": "Used", "Type": "Integer", "DefaultValue": used},
+                   {"Name": "Unused", "Type": "Integer", "DefaultValue": unused}]),
+            json!([
+                {"Name": "A", "Type": "Pass", "Arguments": {"v": {"Get": "Parameters.Used"}}},
+                {"Name": "B", "Type": "Pass", "Arguments": {"v": 1}}
+            ]),
+        )
+    };
+    app.create_pipeline("defaults", definition(1, 1)).await;
+    run(&app, "defaults", json!({})).await;
+    app.put("/v1/pipelines/defaults", &json!({"definition": definition(2, 5)}))
+        .await
+        .expect(200);
+    let planned = plan(&app, "defaults", changed()).await;
+    let a = verdict_of(&planned, "A");
+    assert_eq!(a["verdict"], "Run", "{planned}");
+    assert_eq!(a["changes"], json!(["parameter Used: 1 -> 2"]), "{planned}");
+    assert_eq!(verdict_of(&planned, "B")["verdict"], "Reuse", "{planned}");
+}
