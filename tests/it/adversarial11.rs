@@ -511,3 +511,48 @@ async fn changed_sees_a_changed_parameter_default(db: PgPool) {
     assert_eq!(a["changes"], json!(["parameter Used: 1 -> 2"]), "{planned}");
     assert_eq!(verdict_of(&planned, "B")["verdict"], "Reuse", "{planned}");
 }
+
+/// Defect: `"changed"` compares a step with the source's definition and
+/// parameters, but a step the source reused (a hand selection that did not
+/// select it) holds outputs of an older run, made by another definition
+/// and other parameters. "changed" then calls it unchanged, and reuses
+/// outputs that no longer match the definition or the parameters, for ever.
+#[sqlx::test]
+async fn changed_compares_a_reused_step_with_the_run_that_made_its_outputs(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = |salt: i64| {
+        definition_with(
+            json!([{"Name": "Epochs", "Type": "Integer", "DefaultValue": 10}]),
+            json!([
+                {"Name": "Train", "Type": "Pass", "Arguments": {"salt": salt, "epochs": {"Get": "Parameters.Epochs"}}},
+                {"Name": "Report", "Type": "Pass", "Arguments": {"model": {"Get": "Steps.Train.Outputs.salt"}}}
+            ]),
+        )
+    };
+    app.create_pipeline("stale", definition(1)).await;
+    run(&app, "stale", json!({})).await;
+    // Train is edited, and run with other parameters, but only Report is
+    // selected: Train's outputs (salt 1, 10 epochs) are reused.
+    app.put("/v1/pipelines/stale", &json!({"definition": definition(2)}))
+        .await
+        .expect(200);
+    let hand = json!({"parameters": {"Epochs": 12}, "selective_execution": {"selected_steps": ["Report"]}});
+    let (id, done) = run(&app, "stale", hand).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let train = app.step(&id, "Train").await;
+    assert_eq!(train["properties"]["Outputs"], json!({"salt": 1, "epochs": 10}));
+
+    // "changed" against that execution: Train's outputs were not made by
+    // this definition with these parameters.
+    let body = json!({"parameters": {"Epochs": 12}, "selective_execution": {"selected_steps": "changed"}});
+    let predicted = plan(&app, "stale", body.clone()).await;
+    assert_eq!(verdict_of(&predicted, "Train")["verdict"], "Run", "{predicted}");
+    let (id, done) = run(&app, "stale", body).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let train = app.step(&id, "Train").await;
+    assert_eq!(
+        train["properties"]["Outputs"],
+        json!({"salt": 2, "epochs": 12}),
+        "{train}"
+    );
+}
