@@ -304,6 +304,7 @@ async fn changed_selection(
             })
             .collect(),
     };
+    compare_with_origins(conn, definition, source, context, &mut changed).await?;
     let candidates: Vec<(&Step, &SourceRun)> = definition
         .steps
         .iter()
@@ -375,6 +376,87 @@ async fn changed_selection(
         downstream_only: downstream.into_keys().collect(),
         held,
     })
+}
+
+/// How many executions, besides the source, whose runs the source reused
+/// are compared with; the steps reused from any further one count as
+/// changed.
+const ORIGINS_COMPARED: usize = 20;
+
+/// A step the source reused (it was not selected there) holds the outputs
+/// of a run of an older execution, made by that execution's definition and
+/// parameters: it is compared with those, not with the source's.
+async fn compare_with_origins(
+    conn: &mut PgConnection,
+    definition: &Definition,
+    source: &Source,
+    context: &Context<'_>,
+    changed: &mut BTreeMap<String, Vec<String>>,
+) -> Result<(), StartError> {
+    let succeeded: Vec<&SourceRun> = source
+        .runs
+        .values()
+        .filter(|r| r.status == selective::SUCCEEDED)
+        .collect();
+    let ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
+    let origins = store::run_executions(conn, &ids).await?;
+    let mut by_origin: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
+    for run in succeeded {
+        match origins.get(&run.id) {
+            Some(origin) if *origin != source.execution.id => {
+                by_origin.entry(*origin).or_default().push(&run.step_name)
+            }
+            _ => {}
+        }
+    }
+    let summaries = source.summaries();
+    for (i, (origin, steps)) in by_origin.into_iter().enumerate() {
+        let arn = context.arns.execution(&context.pipeline.name, origin);
+        let note = format!("its outputs in the source were reused from execution {arn}");
+        let compared = match i < ORIGINS_COMPARED {
+            true => origin_definition(conn, origin).await?.map(|(before, before_params)| {
+                selective::changes(definition, context.parameters, &before, &before_params, &summaries)
+            }),
+            false => None,
+        };
+        for step in steps {
+            match compared.as_ref().map(|c| c.get(step)) {
+                // Unchanged since the run that made its outputs.
+                Some(None) => {
+                    changed.remove(step);
+                }
+                Some(Some(why)) => {
+                    let mut why = why.clone();
+                    why.push(note.clone());
+                    changed.insert(step.to_string(), why);
+                }
+                None => {
+                    changed.insert(step.to_string(), vec![format!("{note}, which was not compared")]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The definition and parameters an execution ran with, when it still
+/// exists and its definition still validates.
+async fn origin_definition(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Definition, Map<String, Value>)>, StoreError> {
+    let execution = match executions::get(conn, id).await {
+        Ok(e) => e,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let snapshot = match executions::definition(conn, id).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let parameters = execution.parameters.as_object().cloned().unwrap_or_default();
+    Ok(parse_definition(&snapshot).ok().map(|d| (d, parameters)))
 }
 
 /// What is wrong with a run's artifacts directory, if it is gone or emptied.
