@@ -556,3 +556,44 @@ async fn changed_compares_a_reused_step_with_the_run_that_made_its_outputs(db: P
         "{train}"
     );
 }
+
+/// Defect: `"changed"` flags a step whose edit cannot change what it
+/// computes: its `DependsOn` listed in another order (the dependencies are
+/// compared as a set, and then again as text), its `CacheConfig`
+/// (`ExpireAfter`) or its `RetryPolicies`. Like `DisplayName` and
+/// `Description`, they must not re-run the step and all below it.
+#[sqlx::test]
+async fn changed_ignores_edits_that_cannot_change_what_a_step_computes(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = count_run(dir.path());
+    let definition = |edited: bool| {
+        let mut train = json!({"Name": "Train", "Type": "Command", "DependsOn": ["A", "B"],
+            "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+            "Arguments": {"Shell": count.clone()}});
+        if edited {
+            train["DependsOn"] = json!(["B", "A"]);
+            train["CacheConfig"] = json!({"Enabled": true, "ExpireAfter": "P7D"});
+            train["RetryPolicies"] = json!([{"ExceptionType": ["Command.FAILED"], "IntervalSeconds": 1,
+                                             "BackoffRate": 1.0, "MaxAttempts": 2}]);
+        }
+        definition_with(
+            json!([]),
+            json!([
+                {"Name": "A", "Type": "Pass", "Arguments": {}},
+                {"Name": "B", "Type": "Pass", "Arguments": {}},
+                train
+            ]),
+        )
+    };
+    app.create_pipeline("same", definition(false)).await;
+    run(&app, "same", json!({})).await;
+    app.put("/v1/pipelines/same", &json!({"definition": definition(true)}))
+        .await
+        .expect(200);
+    let predicted = plan(&app, "same", changed()).await;
+    assert_eq!(verdict_of(&predicted, "Train")["verdict"], "Reuse", "{predicted}");
+    let (_, done) = run(&app, "same", changed()).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(runs_of(dir.path(), "Train"), 1);
+}
