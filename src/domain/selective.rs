@@ -527,11 +527,23 @@ fn in_branch_not_taken(def: &Definition, step: &Step, source: &HashMap<String, S
 
 /// The step without `DisplayName` and `Description`: renaming a step for
 /// people does not change what it computes, so it must not re-run it.
+///
+/// Nor does what only says how it is run: `CacheConfig` (whether and how
+/// long its outputs serve the cache), `RetryPolicies` (how often a failure
+/// is retried) and `DependsOn` as text (the dependencies are compared as a
+/// set, so listing them in another order is no change).
 fn cosmetic_free(raw: &Value) -> Value {
     let mut raw = raw.clone();
     if let Some(m) = raw.as_object_mut() {
-        m.remove("DisplayName");
-        m.remove("Description");
+        for key in [
+            "DisplayName",
+            "Description",
+            "CacheConfig",
+            "RetryPolicies",
+            "DependsOn",
+        ] {
+            m.remove(key);
+        }
     }
     raw
 }
