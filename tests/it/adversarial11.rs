@@ -597,3 +597,62 @@ async fn changed_ignores_edits_that_cannot_change_what_a_step_computes(db: PgPoo
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(runs_of(dir.path(), "Train"), 1);
 }
+
+/// Defect: early cut-off records `reused_from` on the attempt before the
+/// worker reports it. When that worker is then lost (paused, killed) and
+/// its lease runs out, the step ends Failed (or Stopped, or is queued
+/// again) still saying it was reused from the source. The worker's loss is
+/// simulated by setting the row back to what it is at that moment: the
+/// last attempt Executing, its lease expired, `reused_from` written.
+#[sqlx::test]
+async fn a_lost_cut_off_attempt_does_not_leave_reused_from_behind(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("lost", expensive_artifact(dir.path(), "true"))
+        .await;
+    run(&app, "lost", json!({})).await;
+    app.put(
+        "/v1/pipelines/lost",
+        &json!({"definition": expensive_artifact(dir.path(), "echo refactored")}),
+    )
+    .await
+    .expect(200);
+    let (id, _) = run(&app, "lost", changed()).await;
+    let expensive = app.step(&id, "Expensive").await;
+    assert_eq!(
+        expensive["reused_from"]["reason"],
+        "inputs unchanged after upstream re-ran"
+    );
+
+    let execution = uuid::Uuid::parse_str(&id).unwrap();
+    let mut tx = app.db.begin().await.unwrap();
+    sqlx::query("update executions set status = 'Executing', ended_at = null where id = $1")
+        .bind(execution)
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let run_id: uuid::Uuid = sqlx::query_scalar(
+        "update step_runs set status = 'Executing', attempt = 3, attempt_base = 0, properties = null, \
+         ended_at = null, lease_owner = gen_random_uuid(), lease_expires_at = now() - interval '1 minute' \
+         where execution_id = $1 and step_name = 'Expensive' returning id",
+    )
+    .bind(execution)
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    sqlx::query(
+        "insert into step_attempts (step_run_id, attempt, status, worker_id) values ($1, 3, 'Executing', gen_random_uuid())",
+    )
+    .bind(run_id)
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
+
+    stepwise::engine::rescue_expired_leases(&app.db).await.unwrap();
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let expensive = app.step(&id, "Expensive").await;
+    assert_eq!(expensive["status"], "Failed", "{expensive}");
+    assert_eq!(expensive["reused_from"], Value::Null, "{expensive}");
+}
