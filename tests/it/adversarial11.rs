@@ -656,3 +656,31 @@ async fn a_lost_cut_off_attempt_does_not_leave_reused_from_behind(db: PgPool) {
     assert_eq!(expensive["status"], "Failed", "{expensive}");
     assert_eq!(expensive["reused_from"], Value::Null, "{expensive}");
 }
+
+/// Defect: a Condition evaluated by the plan hands its `Outcome` on only to
+/// its branches: a cached step that depends on the Condition itself is
+/// planned as "may be served from the cache" although its key is known,
+/// and the start serves it from the cache.
+#[sqlx::test]
+async fn the_plan_knows_the_outcome_of_a_condition_it_evaluated(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([{"Name": "P", "Type": "String", "DefaultValue": "a"}]),
+        json!([
+            {"Name": "Gate", "Type": "Condition", "Arguments": {
+                "Conditions": [{"Type": "Equals", "LeftValue": {"Get": "Parameters.P"}, "RightValue": "a"}],
+                "IfSteps": [{"Name": "Yes", "Type": "Pass", "Arguments": {}}],
+                "ElseSteps": []}},
+            {"Name": "After", "Type": "Pass", "DependsOn": ["Gate"],
+             "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+             "Arguments": {"passed": {"Get": "Steps.Gate.Outcome"}}}
+        ]),
+    );
+    app.create_pipeline("outcome", definition).await;
+    run(&app, "outcome", json!({})).await;
+    let predicted = plan(&app, "outcome", json!({})).await;
+    let (id, done) = run(&app, "outcome", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&id, "After").await["cache"]["status"], "hit");
+    assert_eq!(verdict_of(&predicted, "After")["verdict"], "CacheHit", "{predicted}");
+}
