@@ -321,7 +321,8 @@ impl Predictor<'_> {
         let resolver = self.resolver(HashMap::new());
         if let Ok(resolved) = evaluate(&step.arguments, &resolver) {
             if let Ok(outcome) = evaluate_conditions(&resolved["Conditions"]) {
-                self.outcomes.insert(step.name.clone(), outcome);
+                // Its properties, as the worker will record them.
+                self.learn(step, serde_json::json!({ "Outcome": outcome }));
             }
         }
     }
