@@ -684,3 +684,29 @@ async fn the_plan_knows_the_outcome_of_a_condition_it_evaluated(db: PgPool) {
     assert_eq!(app.step(&id, "After").await["cache"]["status"], "hit");
     assert_eq!(verdict_of(&predicted, "After")["verdict"], "CacheHit", "{predicted}");
 }
+
+/// Held: a cached step reading a secret in its `Env` is planned as the
+/// cache hit the start makes of it, and as a miss once the secret's value
+/// changed (the plan keys the secret as the worker does, by its digest).
+#[sqlx::test]
+async fn the_plan_keys_secrets_as_the_worker_does(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.put("/v1/secrets/TOKEN", &json!({"value": "one"})).await.expect(201);
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Call", "Type": "Command", "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+                "Arguments": {"Shell": "test -n \"$T\"", "Env": {"T": {"Get": "Secrets.TOKEN"}}}}]),
+    );
+    app.create_pipeline("secret", definition).await;
+    run(&app, "secret", json!({})).await;
+    let predicted = plan(&app, "secret", json!({})).await;
+    assert_eq!(verdict_of(&predicted, "Call")["verdict"], "CacheHit", "{predicted}");
+    let (id, _) = run(&app, "secret", json!({})).await;
+    assert_eq!(app.step(&id, "Call").await["cache"]["status"], "hit");
+    app.put("/v1/secrets/TOKEN", &json!({"value": "two"})).await.expect(200);
+    let predicted = plan(&app, "secret", json!({})).await;
+    assert_eq!(verdict_of(&predicted, "Call")["verdict"], "Run", "{predicted}");
+    assert!(!predicted.to_string().contains("two"));
+    let (id, _) = run(&app, "secret", json!({})).await;
+    assert_eq!(app.step(&id, "Call").await["cache"]["status"], "miss");
+}
