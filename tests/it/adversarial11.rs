@@ -710,3 +710,37 @@ async fn the_plan_keys_secrets_as_the_worker_does(db: PgPool) {
     let (id, _) = run(&app, "secret", json!({})).await;
     assert_eq!(app.step(&id, "Call").await["cache"]["status"], "miss");
 }
+
+/// Early cut-off from a source whose run was itself a cut-off reuse: the
+/// step is reused again, and its log is found by following `reused_from`.
+#[sqlx::test]
+async fn early_cut_off_chains_through_a_cut_off_source(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("chain", expensive_artifact(dir.path(), "true"))
+        .await;
+    let (first, _) = run(&app, "chain", json!({})).await;
+    let mut last = first.clone();
+    for edit in ["echo one", "echo two"] {
+        app.put(
+            "/v1/pipelines/chain",
+            &json!({"definition": expensive_artifact(dir.path(), edit)}),
+        )
+        .await
+        .expect(200);
+        let (id, done) = run(&app, "chain", changed()).await;
+        assert_eq!(done["status"], "Succeeded", "{done}");
+        let expensive = app.step(&id, "Expensive").await;
+        assert_eq!(
+            expensive["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+            "{expensive}"
+        );
+        last = id;
+    }
+    assert_eq!(runs_of(dir.path(), "Expensive"), 1);
+    assert_eq!(runs_of(dir.path(), "Prepare"), 3);
+    let log = app.get(&format!("/v1/executions/{last}/steps/Expensive/logs")).await;
+    println!("{} {}", log.status, log.text);
+    let message = log.expect_error(404, "NotFound");
+    assert!(message.contains(&first), "the log is in {first}: {message}");
+}
