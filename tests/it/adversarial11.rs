@@ -740,7 +740,6 @@ async fn early_cut_off_chains_through_a_cut_off_source(db: PgPool) {
     assert_eq!(runs_of(dir.path(), "Expensive"), 1);
     assert_eq!(runs_of(dir.path(), "Prepare"), 3);
     let log = app.get(&format!("/v1/executions/{last}/steps/Expensive/logs")).await;
-    println!("{} {}", log.status, log.text);
     let message = log.expect_error(404, "NotFound");
     assert!(message.contains(&first), "the log is in {first}: {message}");
 }
