@@ -743,3 +743,38 @@ async fn early_cut_off_chains_through_a_cut_off_source(db: PgPool) {
     let message = log.expect_error(404, "NotFound");
     assert!(message.contains(&first), "the log is in {first}: {message}");
 }
+
+/// Defect: a file that a `CacheInputs` directory holds through a symbolic
+/// link (a shared module linked into the code directory) is hashed as the
+/// link's target path, not its content: editing it is seen neither by
+/// "changed" nor by the cache, which serves stale outputs.
+#[sqlx::test]
+async fn a_file_linked_into_a_cache_inputs_directory_is_hashed_by_content(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let code = tempfile::tempdir().unwrap();
+    let shared = tempfile::tempdir().unwrap();
+    std::fs::write(shared.path().join("common.sh"), "echo v1\n").unwrap();
+    std::fs::create_dir(code.path().join("src")).unwrap();
+    std::fs::write(code.path().join("src/train.sh"), ". ./src/common.sh\n").unwrap();
+    std::os::unix::fs::symlink(shared.path().join("common.sh"), code.path().join("src/common.sh")).unwrap();
+    let count = count_run(dir.path());
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Train", "Type": "Command", "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"},
+                "Arguments": {"Shell": format!("{count}; sh src/train.sh"),
+                              "WorkingDirectory": code.path().display().to_string(),
+                              "CacheInputs": ["src"]}}]),
+    );
+    app.create_pipeline("linked", definition).await;
+    run(&app, "linked", json!({})).await;
+    std::fs::write(shared.path().join("common.sh"), "echo v2\n").unwrap();
+
+    let edited = plan(&app, "linked", changed()).await;
+    assert_eq!(verdict_of(&edited, "Train")["verdict"], "Run", "{edited}");
+    let cached = plan(&app, "linked", json!({})).await;
+    assert_eq!(verdict_of(&cached, "Train")["verdict"], "Run", "{cached}");
+    let (id, _) = run(&app, "linked", json!({})).await;
+    assert_eq!(app.step(&id, "Train").await["cache"]["status"], "miss");
+    assert_eq!(runs_of(dir.path(), "Train"), 2);
+}
