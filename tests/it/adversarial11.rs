@@ -778,3 +778,43 @@ async fn a_file_linked_into_a_cache_inputs_directory_is_hashed_by_content(db: Pg
     assert_eq!(app.step(&id, "Train").await["cache"]["status"], "miss");
     assert_eq!(runs_of(dir.path(), "Train"), 2);
 }
+
+/// Defect: the plan ignores `client_request_token`. A start with a token
+/// already used starts nothing (the same body returns that execution, another
+/// body is a 409), but the plan predicts a fresh execution step by step.
+#[sqlx::test]
+async fn the_plan_sees_a_client_request_token_already_used(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = count_run(dir.path());
+    let definition = definition_with(
+        json!([{"Name": "P", "Type": "Integer", "DefaultValue": 1}]),
+        json!([{"Name": "A", "Type": "Command", "Arguments": {"Shell": count}}]),
+    );
+    app.create_pipeline("token", definition).await;
+    let body = json!({"client_request_token": "nightly-1"});
+    let (id, _) = run(&app, "token", body.clone()).await;
+
+    let other = json!({"client_request_token": "nightly-1", "parameters": {"P": 2}});
+    let conflict = app.post("/v1/pipelines/token/executions", &other).await;
+    assert_eq!(conflict.status, 409, "{}", conflict.text);
+    let planned = app
+        .post("/v1/pipelines/token/executions/plan", &other)
+        .await
+        .expect(200)
+        .clone();
+    assert!(planned["errors"].to_string().contains("nightly-1"), "{planned}");
+
+    let planned = app
+        .post("/v1/pipelines/token/executions/plan", &body)
+        .await
+        .expect(200)
+        .clone();
+    let again = app.post("/v1/pipelines/token/executions", &body).await;
+    assert_eq!(again.body["execution_id"], id.as_str());
+    assert_eq!(runs_of(dir.path(), "A"), 1, "the replayed start ran nothing");
+    assert!(
+        planned["errors"].to_string().contains(&id),
+        "the plan must say the start returns {id}: {planned}"
+    );
+}
