@@ -37,7 +37,7 @@ use crate::{
         json_list, Issue,
     },
     ids::Arns,
-    store::{cache, pipelines, secrets, selective, StoreError},
+    store::{cache, executions, pipelines, secrets, selective, StoreError},
 };
 
 #[derive(Debug, Serialize)]
@@ -85,6 +85,27 @@ pub async fn plan_execution(
     // A transaction that is never committed: nothing a plan does is kept.
     let mut tx = pool.begin().await?;
     let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+    // A start with a token already used starts nothing: say so, as the
+    // start would answer.
+    if let Some(token) = &req.client_request_token {
+        if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
+            let arn = arns.execution(&pipeline.name, existing.id);
+            let message = if existing.request_hash.as_deref() == Some(req.request_hash.as_str()) {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with this request; \
+                     a start returns that execution and starts nothing"
+                )
+            } else {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with a different \
+                     request body; a start is refused"
+                )
+            };
+            tx.rollback().await?;
+            let issue = Issue::new("/client_request_token", message.clone());
+            return Ok(ExecutionPlan::failed(message, vec![issue]));
+        }
+    }
     let definition = match load_definition(&mut tx, definitions, &pipeline).await {
         Ok(d) => d,
         Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
