@@ -818,3 +818,41 @@ async fn the_plan_sees_a_client_request_token_already_used(db: PgPool) {
         "the plan must say the start returns {id}: {planned}"
     );
 }
+
+/// Defect: with `inherit_parameters`, a source value that the current
+/// definition no longer accepts (the parameter's type changed) is refused
+/// as if the client had sent it: `/parameters/P`, "expects Boolean, got
+/// 12", although the request gave no P. The message must say the value
+/// was inherited, from which execution, and what to do.
+#[sqlx::test]
+async fn an_inherited_parameter_that_no_longer_fits_is_explained(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = |kind: &str, default: Value| {
+        definition_with(
+            json!([{"Name": "P", "Type": kind, "DefaultValue": default}]),
+            json!([
+                {"Name": "A", "Type": "Pass", "Arguments": {"p": {"Get": "Parameters.P"}}},
+                {"Name": "B", "Type": "Pass", "DependsOn": ["A"], "Arguments": {}}
+            ]),
+        )
+    };
+    app.create_pipeline("inherit", definition("Integer", json!(10))).await;
+    let (source, _) = run(&app, "inherit", json!({"parameters": {"P": 12}})).await;
+    app.put(
+        "/v1/pipelines/inherit",
+        &json!({"definition": definition("Boolean", json!(true))}),
+    )
+    .await
+    .expect(200);
+    for selected in [json!(["B"]), json!("changed")] {
+        let body = json!({"selective_execution": {"selected_steps": selected, "inherit_parameters": true}});
+        let refused = app.post("/v1/pipelines/inherit/executions", &body).await;
+        let message = refused.expect_error(400, "ValidationError");
+        assert!(message.contains("inherit") && message.contains(&source), "{message}");
+        assert_eq!(
+            refused.body["error"]["details"][0]["path"], "/selective_execution/inherit_parameters",
+            "{}",
+            refused.text
+        );
+    }
+}
