@@ -609,10 +609,31 @@ fn effective_parameters(
             ));
         };
         if let Some(values) = source.execution.parameters.as_object() {
+            let mut issues = Vec::new();
             for (name, value) in values {
-                if definition.parameter(name).is_some() {
-                    merged.insert(name.clone(), value.clone());
+                let Some(parameter) = definition.parameter(name) else {
+                    continue;
+                };
+                if given.contains_key(name) {
+                    continue;
                 }
+                // The definition may have changed the parameter since: say
+                // the value was inherited, not sent.
+                if let Err(why) = crate::domain::params::coerce(parameter, value) {
+                    issues.push(Issue::new(
+                        "/selective_execution/inherit_parameters",
+                        format!(
+                            "parameter {name} inherited from source execution {} does not fit the definition \
+                             any more ({why}); give {name} in parameters, or drop inherit_parameters",
+                            source.arn
+                        ),
+                    ));
+                    continue;
+                }
+                merged.insert(name.clone(), value.clone());
+            }
+            if !issues.is_empty() {
+                return Err(invalid_all(issues));
             }
         }
     }
