@@ -3,8 +3,11 @@
 //! each step what will happen to it and why.
 //!
 //! Steps are predicted in dependency order, each with what is known before
-//! anything runs: parameters, the outputs of reused steps, and the outputs
-//! of cache entries that predicted hits will hand on. A cached step whose
+//! anything runs: parameters, the outputs of reused steps, the outputs of
+//! cache entries that predicted hits will hand on, the outputs of Pass steps
+//! whose inputs are known (their resolved arguments), the outcome of
+//! Conditions it evaluated, and the JSON files (`Std:JsonGet`) in the
+//! artifacts of steps whose outputs are known. A cached step whose
 //! key can be computed from those is a `CacheHit` when a usable entry
 //! exists, computed as the worker computes it (`content::step_key`, the same
 //! hashing of `CacheInputs`, the same expiry and artifacts checks). What
