@@ -883,3 +883,37 @@ async fn the_plan_does_not_say_run_for_a_branch_it_cannot_decide(db: PgPool) {
     assert_eq!(app.step(&id, "Yes").await["status"], "Skipped");
     assert_ne!(verdict_of(&predicted, "Yes")["verdict"], "Run", "{predicted}");
 }
+
+/// Held: two "changed" starts and a plan at once, against the same source
+/// whose step early cut-off reuses: both start, both reuse, nothing fails.
+#[sqlx::test]
+async fn two_changed_starts_at_once(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("twice", expensive_artifact(dir.path(), "true"))
+        .await;
+    run(&app, "twice", json!({})).await;
+    app.put(
+        "/v1/pipelines/twice",
+        &json!({"definition": expensive_artifact(dir.path(), "echo refactored")}),
+    )
+    .await
+    .expect(200);
+    let path = "/v1/pipelines/twice/executions";
+    let plan_path = "/v1/pipelines/twice/executions/plan";
+    let body = changed();
+    let (a, b, p) = tokio::join!(app.post(path, &body), app.post(path, &body), app.post(plan_path, &body));
+    assert_eq!(p.status, 200, "{}", p.text);
+    for started in [a, b] {
+        assert_eq!(started.status, 201, "{}", started.text);
+        let id = started.body["execution_id"].as_str().unwrap().to_string();
+        let done = app.wait_terminal(&id).await;
+        assert_eq!(done["status"], "Succeeded", "{done}");
+        let expensive = app.step(&id, "Expensive").await;
+        assert_eq!(
+            expensive["reused_from"]["reason"], "inputs unchanged after upstream re-ran",
+            "{expensive}"
+        );
+    }
+    assert_eq!(runs_of(dir.path(), "Expensive"), 1);
+}
