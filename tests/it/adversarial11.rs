@@ -917,3 +917,31 @@ async fn two_changed_starts_at_once(db: PgPool) {
     }
     assert_eq!(runs_of(dir.path(), "Expensive"), 1);
 }
+
+/// Defect: an `Env` value written `10` instead of `"10"` reaches the
+/// process identically (the cache key treats them alike, issue 11 item 9),
+/// but `"changed"` calls it a change and re-runs the step.
+#[sqlx::test]
+async fn changed_treats_env_values_as_the_process_sees_them(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = |n: Value| {
+        definition_with(
+            json!([]),
+            json!([{"Name": "Train", "Type": "Command",
+                    "Arguments": {"Shell": "test \"$N\" = 10 && test \"$B\" = true", "Env": {"N": n, "B": true}}}]),
+        )
+    };
+    app.create_pipeline("env", definition(json!(10))).await;
+    let (_, done) = run(&app, "env", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    app.put("/v1/pipelines/env", &json!({"definition": definition(json!("10"))}))
+        .await
+        .expect(200);
+    let predicted = plan(&app, "env", changed()).await;
+    assert_eq!(verdict_of(&predicted, "Train")["verdict"], "Reuse", "{predicted}");
+    app.put("/v1/pipelines/env", &json!({"definition": definition(json!("11"))}))
+        .await
+        .expect(200);
+    let predicted = plan(&app, "env", changed()).await;
+    assert_eq!(verdict_of(&predicted, "Train")["verdict"], "Run", "{predicted}");
+}
