@@ -394,7 +394,8 @@ pub fn changes(
             ));
         }
         let (now, then) = (cosmetic_free(&step.raw), cosmetic_free(&before.raw));
-        if substitute_parameters(&now, params) != substitute_parameters(&then, source_params) {
+        if env_as_text(substitute_parameters(&now, params)) != env_as_text(substitute_parameters(&then, source_params))
+        {
             for name in parameters_used(&now) {
                 let (new, old) = (params.get(&name), source_params.get(&name));
                 if new != old {
@@ -545,7 +546,24 @@ fn cosmetic_free(raw: &Value) -> Value {
             m.remove(key);
         }
     }
-    raw
+    env_as_text(raw)
+}
+
+/// A Command step with its `Env` values as the process sees them: a number
+/// or a boolean is the same text as the string of it (`10` and `"10"`), as
+/// in the cache key.
+fn env_as_text(mut step: Value) -> Value {
+    if step.get("Type").and_then(Value::as_str) != Some("Command") {
+        return step;
+    }
+    if let Some(env) = step.pointer_mut("/Arguments/Env").and_then(Value::as_object_mut) {
+        for value in env.values_mut() {
+            if matches!(value, Value::Number(_) | Value::Bool(_)) {
+                *value = Value::String(value.to_string());
+            }
+        }
+    }
+    step
 }
 
 /// `v` with every `{"Get": "Parameters.X"}` replaced by X's value in
