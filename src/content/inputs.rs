@@ -169,9 +169,9 @@ fn check_kind(path: &Path, kind: fs::FileType) -> Result<(), String> {
 
 /// Content hash (hex SHA-256) of a file or a directory tree. A directory is
 /// hashed over its entries sorted by relative path: each entry contributes its
-/// kind, its relative path and its content (a file's bytes, a symlink's target
-/// text; symlinks inside the tree are not followed, so a link cycle cannot
-/// loop). Names and bytes are hashed, never timestamps or permissions, so
+/// kind, its relative path and its content (a file's bytes, also for a
+/// symlink to a regular file; for any other symlink its target text: links
+/// to directories are not followed, so a link cycle cannot loop). Names and bytes are hashed, never timestamps or permissions, so
 /// touching a file does not change the hash. `path` itself is followed when it
 /// is a symlink: `CacheInputs` naming a link means its target's content.
 /// Errors name the path that could not be read.
@@ -208,6 +208,10 @@ pub fn hash_input(path: &Path, budget: &mut Budget) -> Result<String, String> {
     for (rel, full, kind) in entries {
         if kind.is_dir() {
             entry(&mut outer, b'D', &rel, b"");
+        } else if kind.is_symlink() && fs::metadata(&full).is_ok_and(|m| m.is_file()) {
+            // A file linked into the tree (a shared module): its content is
+            // what the step reads, so its content is hashed.
+            entry(&mut outer, b'F', &rel, &file_digest(&full, budget)?);
         } else if kind.is_symlink() {
             let target = fs::read_link(&full).map_err(|e| read_err(&full, e))?;
             entry(&mut outer, b'L', &rel, target.as_os_str().as_encoded_bytes());
@@ -322,12 +326,23 @@ mod tests {
         fs::create_dir(&tree).unwrap();
         std::os::unix::fs::symlink("../f.bin", tree.join("link")).unwrap();
         let linked = hash(&tree).unwrap();
-        // Inside a tree a symlink is its target text, not the target's bytes.
+        // Inside a tree a symlink to a file is the file's bytes: editing
+        // the file it links to changes the hash, pointing it at another
+        // file with the same bytes does not.
         fs::write(&file, [9u8]).unwrap();
-        assert_eq!(hash(&tree).unwrap(), linked);
+        let edited = hash(&tree).unwrap();
+        assert_ne!(edited, linked);
+        fs::write(&other, [9u8]).unwrap();
         fs::remove_file(tree.join("link")).unwrap();
         std::os::unix::fs::symlink("../g.bin", tree.join("link")).unwrap();
-        assert_ne!(hash(&tree).unwrap(), linked);
+        assert_eq!(hash(&tree).unwrap(), edited);
+        // A symlink to a directory (or a dangling one) is its target text,
+        // not followed: a link cycle cannot loop.
+        fs::remove_file(tree.join("link")).unwrap();
+        std::os::unix::fs::symlink("..", tree.join("link")).unwrap();
+        let to_dir = hash(&tree).unwrap();
+        std::os::unix::fs::symlink("missing", tree.join("dangling")).unwrap();
+        assert_ne!(hash(&tree).unwrap(), to_dir);
         // A symlink named directly is followed.
         let top = dir.path().join("top");
         std::os::unix::fs::symlink(&file, &top).unwrap();

@@ -403,7 +403,8 @@ pub fn changes(
             ));
         }
         let (now, then) = (cosmetic_free(&step.raw), cosmetic_free(&before.raw));
-        if substitute_parameters(&now, params) != substitute_parameters(&then, source_params) {
+        if env_as_text(substitute_parameters(&now, params)) != env_as_text(substitute_parameters(&then, source_params))
+        {
             for name in parameters_used(&now) {
                 let (new, old) = (params.get(&name), source_params.get(&name));
                 if new != old {
@@ -514,15 +515,75 @@ fn parameters_used(v: &Value) -> Vec<String> {
     out
 }
 
+/// The Condition that keeps `step` from running when the steps `selected`
+/// run and the others are reused: an enclosing Condition (at any depth)
+/// that is not selected, so it is reused with its outcome in the source,
+/// and that took the other branch there. Worded for people: `on the
+/// ElseSteps of condition "Gate", which is reused and took the IfSteps
+/// branch in the source execution`.
+pub fn held_by_reused_condition(
+    def: &Definition,
+    step: &Step,
+    source: &HashMap<String, SourceStep>,
+    selected: &BTreeSet<String>,
+) -> Option<String> {
+    let mut cur = step;
+    while let Some(branch) = &cur.branch {
+        let outcome = source
+            .get(&branch.condition)
+            .filter(|s| s.succeeded())
+            .and_then(|s| s.outcome);
+        if !selected.contains(&branch.condition) && outcome.is_some_and(|o| o != branch.if_branch) {
+            return Some(format!(
+                "on the {} of condition {:?}, which is reused and took the {} branch in the source execution",
+                branch_key(branch.if_branch),
+                branch.condition,
+                branch_key(!branch.if_branch)
+            ));
+        }
+        cur = def.step(&branch.condition)?;
+    }
+    None
+}
+
 /// The step without `DisplayName` and `Description`: renaming a step for
 /// people does not change what it computes, so it must not re-run it.
+///
+/// Nor does what only says how it is run: `CacheConfig` (whether and how
+/// long its outputs serve the cache), `RetryPolicies` (how often a failure
+/// is retried) and `DependsOn` as text (the dependencies are compared as a
+/// set, so listing them in another order is no change).
 fn cosmetic_free(raw: &Value) -> Value {
     let mut raw = raw.clone();
     if let Some(m) = raw.as_object_mut() {
-        m.remove("DisplayName");
-        m.remove("Description");
+        for key in [
+            "DisplayName",
+            "Description",
+            "CacheConfig",
+            "RetryPolicies",
+            "DependsOn",
+        ] {
+            m.remove(key);
+        }
     }
-    raw
+    env_as_text(raw)
+}
+
+/// A Command step with its `Env` values as the process sees them: a number
+/// or a boolean is the same text as the string of it (`10` and `"10"`), as
+/// in the cache key.
+fn env_as_text(mut step: Value) -> Value {
+    if step.get("Type").and_then(Value::as_str) != Some("Command") {
+        return step;
+    }
+    if let Some(env) = step.pointer_mut("/Arguments/Env").and_then(Value::as_object_mut) {
+        for value in env.values_mut() {
+            if matches!(value, Value::Number(_) | Value::Bool(_)) {
+                *value = Value::String(value.to_string());
+            }
+        }
+    }
+    step
 }
 
 /// `v` with every `{"Get": "Parameters.X"}` replaced by X's value in

@@ -130,6 +130,9 @@ pub struct Settings {
     pub inputs: inputs::Limits,
     /// `cache.max_expire_after`.
     pub cache_cap: ExpireAfter,
+    /// `worker.max_outputs_bytes`: the largest artifacts file `Std:JsonGet`
+    /// reads.
+    pub max_outputs_bytes: u64,
 }
 
 impl Settings {
@@ -153,6 +156,7 @@ impl Settings {
                 timeout: std::time::Duration::from_secs(config.worker.cache_input_timeout_seconds),
             },
             cache_cap: config.cache.max_expire_after,
+            max_outputs_bytes: config.worker.max_outputs_bytes,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct KnownNow<'a> {
     pub arns: &'a Arns,
     /// The keyed digest of each secret the step uses, by name.
     pub secret_digests: HashMap<String, String>,
+    /// `worker.max_outputs_bytes`: the most of an artifact file read.
+    pub max_outputs_bytes: u64,
 }
 
 impl Resolver for KnownNow<'_> {
@@ -37,8 +39,10 @@ impl Resolver for KnownNow<'_> {
     fn step_properties(&self, step: &str) -> Option<Value> {
         self.known.get(step).cloned()
     }
-    fn artifact_json(&self, _step: &str, _file: &str) -> Result<Value, String> {
-        Err("artifact contents are not read when planning".into())
+    /// Read as the worker reads it, from the artifacts of a step whose
+    /// outputs are known now (reused, or a predicted cache hit).
+    fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String> {
+        crate::content::artifacts::read_json(self.known.get(step), step, file, self.max_outputs_bytes)
     }
     fn secret(&self, name: &str) -> Result<Value, String> {
         let digest = self

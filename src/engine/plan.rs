@@ -3,8 +3,11 @@
 //! each step what will happen to it and why.
 //!
 //! Steps are predicted in dependency order, each with what is known before
-//! anything runs: parameters, the outputs of reused steps, and the outputs
-//! of cache entries that predicted hits will hand on. A cached step whose
+//! anything runs: parameters, the outputs of reused steps, the outputs of
+//! cache entries that predicted hits will hand on, the outputs of Pass steps
+//! whose inputs are known (their resolved arguments), the outcome of
+//! Conditions it evaluated, and the JSON files (`Std:JsonGet`) in the
+//! artifacts of steps whose outputs are known. A cached step whose
 //! key can be computed from those is a `CacheHit` when a usable entry
 //! exists, computed as the worker computes it (`content::step_key`, the same
 //! hashing of `CacheInputs`, the same expiry and artifacts checks). What
@@ -38,13 +41,14 @@ use crate::{
         json_list, Issue,
     },
     ids::Arns,
-    store::{cache, pipelines, secrets, selective, StoreError},
+    store::{cache, executions, pipelines, secrets, selective, StoreError},
 };
 
 #[derive(Debug, Serialize)]
 pub struct StepVerdict {
     pub step_name: String,
-    /// `Run`, `RunUnlessUnchanged`, `Reuse`, `CacheHit` or `Skip`.
+    /// `Run`, `RunUnlessUnchanged`, `RunIfBranchTaken`, `Reuse`, `CacheHit`
+    /// or `Skip`.
     pub verdict: &'static str,
     pub reason: String,
     /// What changed, for a step that runs because of a change
@@ -86,6 +90,27 @@ pub async fn plan_execution(
     // A transaction that is never committed: nothing a plan does is kept.
     let mut tx = pool.begin().await?;
     let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+    // A start with a token already used starts nothing: say so, as the
+    // start would answer.
+    if let Some(token) = &req.client_request_token {
+        if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
+            let arn = arns.execution(&pipeline.name, existing.id);
+            let message = if existing.request_hash.as_deref() == Some(req.request_hash.as_str()) {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with this request; \
+                     a start returns that execution and starts nothing"
+                )
+            } else {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with a different \
+                     request body; a start is refused"
+                )
+            };
+            tx.rollback().await?;
+            let issue = Issue::new("/client_request_token", message.clone());
+            return Ok(ExecutionPlan::failed(message, vec![issue]));
+        }
+    }
     let definition = match load_definition(&mut tx, definitions, &pipeline).await {
         Ok(d) => d,
         Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
@@ -209,7 +234,12 @@ impl Predictor<'_> {
         if let Some(reason) = self.not_reached(step) {
             return Ok(verdict(step, "Skip", reason, why));
         }
-        let branch = self.undecided_branch(definition, step);
+        let branch = self.undecided_branch(definition, step).or_else(|| {
+            step.depends_on
+                .iter()
+                .find(|d| self.verdicts.get(*d).is_some_and(|v| v.verdict == "RunIfBranchTaken"))
+                .map(|d| format!("{d:?} runs"))
+        });
         let mut out = if cutoff.is_some() {
             verdict(
                 step,
@@ -247,8 +277,14 @@ impl Predictor<'_> {
         if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
             self.evaluate_condition(step);
         }
+        if step.kind == StepKind::Pass && out.verdict != "CacheHit" && branch.is_none() {
+            self.learn_pass(step);
+        }
         if let Some(branch) = branch {
-            out.reason = format!("{}; if {branch}", out.reason);
+            // It runs (or hits, or is reused after all) only if a branch is
+            // taken that the plan cannot know yet.
+            out.verdict = "RunIfBranchTaken";
+            out.reason = format!("only if {branch}; then it {}", out.reason);
         }
         Ok(out)
     }
@@ -297,6 +333,21 @@ impl Predictor<'_> {
         None
     }
 
+    /// A Pass step's outputs are its resolved arguments: known now when
+    /// what they use is (reused or early cut-off alike give the same
+    /// outputs, since a cut-off compares exactly these arguments).
+    fn learn_pass(&mut self, step: &Step) {
+        if !uses_per_execution_value(&step.arguments).is_empty()
+            || step.depends_on.iter().any(|d| !self.known.contains_key(d))
+        {
+            return;
+        }
+        let resolved = evaluate(&step.arguments, &self.resolver(HashMap::new()));
+        if let Ok(outputs) = resolved {
+            self.learn(step, serde_json::json!({ "Outputs": outputs }));
+        }
+    }
+
     fn evaluate_condition(&mut self, step: &Step) {
         if !uses_per_execution_value(&step.arguments).is_empty() {
             return;
@@ -304,7 +355,8 @@ impl Predictor<'_> {
         let resolver = self.resolver(HashMap::new());
         if let Ok(resolved) = evaluate(&step.arguments, &resolver) {
             if let Ok(outcome) = evaluate_conditions(&resolved["Conditions"]) {
-                self.outcomes.insert(step.name.clone(), outcome);
+                // Its properties, as the worker will record them.
+                self.learn(step, serde_json::json!({ "Outcome": outcome }));
             }
         }
     }
@@ -316,6 +368,7 @@ impl Predictor<'_> {
             pipeline_name: &self.pipeline.name,
             arns: self.arns,
             secret_digests,
+            max_outputs_bytes: self.settings.max_outputs_bytes,
         }
     }
 

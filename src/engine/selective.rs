@@ -98,6 +98,9 @@ struct Chosen {
     /// Selected only because an upstream step changed: early cut-off may
     /// still reuse it.
     downstream_only: BTreeSet<String>,
+    /// Changed, but on the branch a reused Condition does not take: not
+    /// selected, and why (what changed, and which Condition holds it).
+    held: BTreeMap<String, String>,
 }
 
 pub async fn plan(
@@ -159,6 +162,7 @@ pub async fn plan(
                 selection,
                 why,
                 downstream_only: BTreeSet::new(),
+                held: BTreeMap::new(),
             }
         }
         None => {
@@ -235,6 +239,11 @@ fn step_plans(
                 why: chosen.why.get(name).cloned().unwrap_or_default(),
                 cutoff,
             }
+        } else if let Some(why) = chosen.held.get(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+                why: format!("not selected: {why}"),
+            }
         } else if selection.downstream.contains(name) {
             StepPlan::Skip {
                 reason: "NotSelected".into(),
@@ -302,6 +311,7 @@ async fn changed_selection(
             })
             .collect(),
     };
+    compare_with_origins(conn, definition, source, context, &mut changed).await?;
     let candidates: Vec<(&Step, &SourceRun)> = definition
         .steps
         .iter()
@@ -310,18 +320,50 @@ async fn changed_selection(
         .collect();
     let ids: Vec<Uuid> = candidates.iter().map(|(_, r)| r.id).collect();
     let facts = store::run_facts(conn, &ids).await?;
+    // `CacheInputs` may name other steps' outputs: they are resolved with
+    // the outputs those steps had in the source. An upstream step that is
+    // reused hands on exactly these; one that runs again makes the step
+    // downstream of it anyway, and early cut-off compares it then.
+    let succeeded: Vec<&SourceRun> = source
+        .runs
+        .values()
+        .filter(|r| r.status == selective::SUCCEEDED)
+        .collect();
+    let succeeded_ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
+    let mut by_id = store::run_properties(conn, &succeeded_ids).await?;
+    let outputs: HashMap<String, Value> = succeeded
+        .iter()
+        .filter_map(|r| by_id.remove(&r.id).map(|p| (r.step_name.clone(), p)))
+        .collect();
     for (step, run) in candidates {
         let mut why = Vec::new();
         let facts = facts.get(&run.id);
         if let Some(gone) = facts.and_then(outputs_gone) {
             why.push(format!("its outputs in the source are gone: {gone}"));
         }
-        why.extend(input_changes(step, facts, context).await);
+        why.extend(input_changes(step, facts, context, &outputs).await);
         if !why.is_empty() {
             changed.insert(step.name.clone(), why);
         }
     }
-    let downstream = selective::downstream_of(definition, &changed);
+    let mut downstream = selective::downstream_of(definition, &changed);
+    // A step on the branch that a reused Condition did not take cannot run,
+    // edited or not: selecting it would only have rule 9 refuse the start.
+    let would_run: BTreeSet<String> = changed.keys().chain(downstream.keys()).cloned().collect();
+    let summaries = source.summaries();
+    let mut held = BTreeMap::new();
+    for step in &definition.steps {
+        if !would_run.contains(&step.name) {
+            continue;
+        }
+        if let Some(why) = selective::held_by_reused_condition(definition, step, &summaries, &would_run) {
+            let mut what = changed.remove(&step.name).unwrap_or_default();
+            if let Some(from) = downstream.remove(&step.name) {
+                what.push(format!("downstream of {from}"));
+            }
+            held.insert(step.name.clone(), format!("{} ({why})", what.join("; ")));
+        }
+    }
     let names: Vec<String> = changed.keys().chain(downstream.keys()).cloned().collect();
     let selection = if names.is_empty() {
         Selection {
@@ -339,7 +381,89 @@ async fn changed_selection(
         selection,
         why,
         downstream_only: downstream.into_keys().collect(),
+        held,
     })
+}
+
+/// How many executions, besides the source, whose runs the source reused
+/// are compared with; the steps reused from any further one count as
+/// changed.
+const ORIGINS_COMPARED: usize = 20;
+
+/// A step the source reused (it was not selected there) holds the outputs
+/// of a run of an older execution, made by that execution's definition and
+/// parameters: it is compared with those, not with the source's.
+async fn compare_with_origins(
+    conn: &mut PgConnection,
+    definition: &Definition,
+    source: &Source,
+    context: &Context<'_>,
+    changed: &mut BTreeMap<String, Vec<String>>,
+) -> Result<(), StartError> {
+    let succeeded: Vec<&SourceRun> = source
+        .runs
+        .values()
+        .filter(|r| r.status == selective::SUCCEEDED)
+        .collect();
+    let ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
+    let origins = store::run_executions(conn, &ids).await?;
+    let mut by_origin: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
+    for run in succeeded {
+        match origins.get(&run.id) {
+            Some(origin) if *origin != source.execution.id => {
+                by_origin.entry(*origin).or_default().push(&run.step_name)
+            }
+            _ => {}
+        }
+    }
+    let summaries = source.summaries();
+    for (i, (origin, steps)) in by_origin.into_iter().enumerate() {
+        let arn = context.arns.execution(&context.pipeline.name, origin);
+        let note = format!("its outputs in the source were reused from execution {arn}");
+        let compared = match i < ORIGINS_COMPARED {
+            true => origin_definition(conn, origin).await?.map(|(before, before_params)| {
+                selective::changes(definition, context.parameters, &before, &before_params, &summaries)
+            }),
+            false => None,
+        };
+        for step in steps {
+            match compared.as_ref().map(|c| c.get(step)) {
+                // Unchanged since the run that made its outputs.
+                Some(None) => {
+                    changed.remove(step);
+                }
+                Some(Some(why)) => {
+                    let mut why = why.clone();
+                    why.push(note.clone());
+                    changed.insert(step.to_string(), why);
+                }
+                None => {
+                    changed.insert(step.to_string(), vec![format!("{note}, which was not compared")]);
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The definition and parameters an execution ran with, when it still
+/// exists and its definition still validates.
+async fn origin_definition(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Definition, Map<String, Value>)>, StoreError> {
+    let execution = match executions::get(conn, id).await {
+        Ok(e) => e,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let snapshot = match executions::definition(conn, id).await {
+        Ok(s) => s,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let parameters = execution.parameters.as_object().cloned().unwrap_or_default();
+    Ok(parse_definition(&snapshot).ok().map(|d| (d, parameters)))
 }
 
 /// What is wrong with a run's artifacts directory, if it is gone or emptied.
@@ -351,7 +475,12 @@ fn outputs_gone(facts: &RunFacts) -> Option<String> {
 /// How the content of a Command step's `CacheInputs` differs from what its
 /// run in the source recorded: `CacheInputs train.py: content changed`.
 /// Hashed now, as the worker will hash them.
-async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<'_>) -> Vec<String> {
+async fn input_changes(
+    step: &Step,
+    facts: Option<&RunFacts>,
+    context: &Context<'_>,
+    source_outputs: &HashMap<String, Value>,
+) -> Vec<String> {
     if step.kind != StepKind::Command {
         return Vec::new();
     }
@@ -362,13 +491,13 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     let Some(recorded) = facts.and_then(|f| f.input_hashes.as_ref()).and_then(Value::as_object) else {
         return vec!["CacheInputs: the source's run recorded no content to compare with".into()];
     };
-    let nothing_ran = HashMap::new();
     let resolver = KnownNow {
         parameters: context.parameters,
-        known: &nothing_ran,
+        known: source_outputs,
         pipeline_name: &context.pipeline.name,
         arns: context.arns,
         secret_digests: HashMap::new(),
+        max_outputs_bytes: context.settings.max_outputs_bytes,
     };
     let wanted = json!({
         "CacheInputs": declared,
@@ -376,7 +505,9 @@ async fn input_changes(step: &Step, facts: Option<&RunFacts>, context: &Context<
     });
     let Ok(resolved) = evaluate(&wanted, &resolver) else {
         return vec![
-            "CacheInputs: they use other steps' outputs, so their content is compared when the step runs".into(),
+            "CacheInputs: they use outputs of steps that did not succeed in the source, so their content is \
+             compared when the step runs"
+                .into(),
         ];
     };
     let paths: Vec<String> = resolved["CacheInputs"]
@@ -477,10 +608,31 @@ fn effective_parameters(
             ));
         };
         if let Some(values) = source.execution.parameters.as_object() {
+            let mut issues = Vec::new();
             for (name, value) in values {
-                if definition.parameter(name).is_some() {
-                    merged.insert(name.clone(), value.clone());
+                let Some(parameter) = definition.parameter(name) else {
+                    continue;
+                };
+                if given.contains_key(name) {
+                    continue;
                 }
+                // The definition may have changed the parameter since: say
+                // the value was inherited, not sent.
+                if let Err(why) = crate::domain::params::coerce(parameter, value) {
+                    issues.push(Issue::new(
+                        "/selective_execution/inherit_parameters",
+                        format!(
+                            "parameter {name} inherited from source execution {} does not fit the definition \
+                             any more ({why}); give {name} in parameters, or drop inherit_parameters",
+                            source.arn
+                        ),
+                    ));
+                    continue;
+                }
+                merged.insert(name.clone(), value.clone());
+            }
+            if !issues.is_empty() {
+                return Err(invalid_all(issues));
             }
         }
     }

@@ -124,12 +124,22 @@ async fn same_content(a: &str, b: &str, limits: inputs::Limits) -> bool {
     }
 }
 
-/// Replaces `from` with `to` in every string of `v`.
+/// Replaces `from` with `to` in every string of `v`, object keys included:
+/// the content hashes of `CacheInputs` are keyed by path, and a path under
+/// the upstream's artifacts directory is new in every run.
 fn replace_text(v: &mut Value, from: &str, to: &str) {
     match v {
         Value::String(s) if s.contains(from) => *s = s.replace(from, to),
         Value::Array(a) => a.iter_mut().for_each(|c| replace_text(c, from, to)),
-        Value::Object(m) => m.values_mut().for_each(|c| replace_text(c, from, to)),
+        Value::Object(m) => {
+            *m = std::mem::take(m)
+                .into_iter()
+                .map(|(k, mut c)| {
+                    replace_text(&mut c, from, to);
+                    (if k.contains(from) { k.replace(from, to) } else { k }, c)
+                })
+                .collect();
+        }
         _ => {}
     }
 }
@@ -140,11 +150,13 @@ mod tests {
 
     #[test]
     fn replace_text_reaches_every_string() {
-        let mut v = json!({"Command": ["cat", "/d/1/data.csv"], "Env": {"D": "/d/1"}, "n": 1});
+        let mut v = json!({"Command": ["cat", "/d/1/data.csv"], "Env": {"D": "/d/1"}, "n": 1,
+                           "CacheInputs": {"/d/1": "h1", "/d/1/x.csv": "h2", "/e": "h3"}});
         replace_text(&mut v, "/d/1", "/d/2");
         assert_eq!(
             v,
-            json!({"Command": ["cat", "/d/2/data.csv"], "Env": {"D": "/d/2"}, "n": 1})
+            json!({"Command": ["cat", "/d/2/data.csv"], "Env": {"D": "/d/2"}, "n": 1,
+                   "CacheInputs": {"/d/2": "h1", "/d/2/x.csv": "h2", "/e": "h3"}})
         );
     }
 }

@@ -82,22 +82,12 @@ impl Resolver for StepContext<'_> {
     }
 
     fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String> {
-        let properties = self
-            .step
-            .upstream
-            .get(step)
-            .ok_or_else(|| format!("step {step:?} has no properties in this execution"))?;
-        let uri = properties
-            .get("ArtifactsUri")
-            .and_then(Value::as_str)
-            .ok_or_else(|| format!("step {step:?} has no ArtifactsUri"))?;
-        let dir = artifacts_path(uri);
-        let text = read_small_file(&dir.join(file), &dir, self.config.worker.max_outputs_bytes)
-            .map_err(|e| format!("cannot read {file:?} from the artifacts of step {step:?}: {e}"))?;
-        serde_json::from_slice(&text).map_err(|e| {
-            let why = crate::domain::json_syntax_error(&e);
-            format!("{file:?} in the artifacts of step {step:?} is not JSON: {why}")
-        })
+        crate::content::artifacts::read_json(
+            self.step.upstream.get(step),
+            step,
+            file,
+            self.config.worker.max_outputs_bytes,
+        )
     }
 
     fn secret(&self, name: &str) -> Result<Value, String> {
@@ -106,45 +96,6 @@ impl Resolver for StepContext<'_> {
             "Secrets.{name}: secrets are only available in a Command step's Env"
         ))
     }
-}
-
-/// Reads a regular file of at most `max` bytes that lies inside `within`.
-/// Evaluation is synchronous, so this must not block: anything but a
-/// regular file (a FIFO, a device) is refused before it is opened, and it is
-/// opened non-blocking in case it was swapped for one in between. The step
-/// owns its artifacts directory (with `worker.run_as_user`, as another
-/// user): a symbolic link it left there must not make this process read a
-/// file the step itself cannot, so the file actually opened must be inside
-/// `within`.
-fn read_small_file(path: &Path, within: &Path, max: u64) -> std::io::Result<Vec<u8>> {
-    use std::io::{Error, ErrorKind, Read};
-    use std::os::{fd::AsRawFd, unix::fs::OpenOptionsExt};
-    let not_regular = || Error::new(ErrorKind::InvalidInput, "not a regular file");
-    if !std::fs::metadata(path)?.is_file() {
-        return Err(not_regular());
-    }
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(nix::libc::O_NONBLOCK)
-        .open(path)?;
-    let opened = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))?;
-    if !opened.starts_with(std::fs::canonicalize(within)?) {
-        return Err(Error::new(
-            ErrorKind::PermissionDenied,
-            "it leads (through a symbolic link) outside the step's artifacts directory",
-        ));
-    }
-    let meta = file.metadata()?;
-    if !meta.is_file() {
-        return Err(not_regular());
-    }
-    if meta.len() > max {
-        let message = format!("it holds {} bytes, more than {max}", meta.len());
-        return Err(Error::new(ErrorKind::InvalidInput, message));
-    }
-    let mut buf = Vec::new();
-    file.take(max + 1).read_to_end(&mut buf)?;
-    Ok(buf)
 }
 
 /// Where a JSON value holds a NUL character (U+0000, in a string or a key),
@@ -319,9 +270,24 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         .is_some_and(|c| c.enabled);
     let key = match crate::content::step_key(kind, &ctx.step.arguments, arguments, revealed, limits).await {
         Ok(key) => key,
-        // A step that neither uses the cache nor may be cut off runs as
-        // before; what is wrong with its inputs shows when it runs.
-        Err(_) if !uses_cache && ctx.step.cutoff_run.is_none() => return Keyed::Runs { note: None, key: None },
+        // A step that does not use the cache runs as it would without a
+        // key (its `CacheInputs` serve only `"changed"`): a cut-off that
+        // cannot compare lets it run, and says why.
+        Err(message) if !uses_cache => {
+            let note = ctx
+                .step
+                .cutoff_run
+                .zip(ctx.step.cutoff_execution)
+                .map(|(run, execution)| {
+                    json!({
+                        "source_execution_arn": ctx.arns.execution(&ctx.step.pipeline_name, execution),
+                        "source_step_run_id": run,
+                        "reused": false,
+                        "reason": format!("its inputs cannot be compared with its run in the source: {message}"),
+                    })
+                });
+            return Keyed::Runs { note, key: None };
+        }
         Err(message) => return Keyed::Decided(StepOutcome::failed(INPUT_ERROR, message)),
     };
     let fault = |e: crate::store::StoreError| {

@@ -24,9 +24,10 @@ use uuid::Uuid;
 use super::StoreResult;
 
 /// The condition shared by both statements; `$1` is the end cut-off and `$2`
-/// the oldest end of a cache entry still in use. The two reference checks
+/// the oldest end of a cache entry still in use. The three reference checks
 /// sit under one `or` so that they stay per-step-run subplans probing
-/// `executions_reused_runs` and `step_runs_cache_hit_source` for the few
+/// `executions_reused_runs`, `step_runs_cache_hit_source` and
+/// `step_runs_reused_from_source` (early cut-off) for the few
 /// candidates, instead of joins over every step run.
 const REMOVABLE: &str = "e.status in ('Succeeded', 'Failed', 'Stopped') and e.ended_at < $1 \
     and not exists (select 1 from step_runs s where s.execution_id = e.id and s.cache_entry \
@@ -34,7 +35,9 @@ const REMOVABLE: &str = "e.status in ('Succeeded', 'Failed', 'Stopped') and e.en
     and not exists (select 1 from step_runs s where s.execution_id = e.id and ( \
         exists (select 1 from executions r where r.reused_step_runs @> array[s.id] and r.id <> e.id) \
         or exists (select 1 from step_runs h where (h.cache_hit ->> 'source_step_run_id')::uuid = s.id \
-                   and h.cache_hit is not null and h.execution_id <> e.id)))";
+                   and h.cache_hit is not null and h.execution_id <> e.id) \
+        or exists (select 1 from step_runs c where (c.reused_from ->> 'source_step_run_id')::uuid = s.id \
+                   and c.reused_from is not null and c.execution_id <> e.id)))";
 
 /// What one batch removed.
 #[derive(Debug, Clone, Default)]

@@ -104,3 +104,13 @@ pub async fn run_properties(conn: &mut PgConnection, ids: &[Uuid]) -> StoreResul
         .map(|(id, p)| (id, p.unwrap_or_else(|| Value::Object(Default::default()))))
         .collect())
 }
+
+/// The execution each of the runs `ids` ran in (for a reused step, the
+/// execution that made its outputs), by run id.
+pub async fn run_executions(conn: &mut PgConnection, ids: &[Uuid]) -> StoreResult<HashMap<Uuid, Uuid>> {
+    let rows: Vec<(Uuid, Uuid)> = sqlx::query_as("select id, execution_id from step_runs where id = any($1)")
+        .bind(ids)
+        .fetch_all(conn)
+        .await?;
+    Ok(rows.into_iter().collect())
+}

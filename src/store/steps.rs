@@ -446,16 +446,35 @@ pub struct RunOrigin {
     pub pipeline_name: String,
     pub step_name: String,
     pub attempt: i32,
+    /// The run this one took its outputs from by early cut-off, if any.
+    pub reused_run: Option<Uuid>,
 }
 
+/// How many early cut-offs in a row `run_origin` follows.
+const ORIGIN_HOPS: usize = 100;
+
+/// The run that really ran: `step_run_id`, or, when that run was itself
+/// reused by early cut-off, the run it reused (and so on). `None` when a
+/// run on the way no longer exists.
 pub async fn run_origin(pool: &PgPool, step_run_id: Uuid) -> StoreResult<Option<RunOrigin>> {
-    Ok(sqlx::query_as::<_, RunOrigin>(
-        "select s.execution_id, p.name as pipeline_name, s.step_name, s.attempt from step_runs s \
-         join pipelines p on p.id = s.pipeline_id where s.id = $1",
-    )
-    .bind(step_run_id)
-    .fetch_optional(pool)
-    .await?)
+    let mut id = step_run_id;
+    for _ in 0..ORIGIN_HOPS {
+        let origin = sqlx::query_as::<_, RunOrigin>(
+            "select s.execution_id, p.name as pipeline_name, s.step_name, s.attempt, \
+               (s.reused_from ->> 'source_step_run_id')::uuid as reused_run from step_runs s \
+             join pipelines p on p.id = s.pipeline_id where s.id = $1",
+        )
+        .bind(id)
+        .fetch_optional(pool)
+        .await?;
+        match origin {
+            Some(RunOrigin {
+                reused_run: Some(next), ..
+            }) => id = next,
+            other => return Ok(other),
+        }
+    }
+    Ok(None)
 }
 
 /// The captured log of an attempt, if it has ended.

@@ -154,11 +154,14 @@ pub struct StepEnd<'a> {
     pub metadata: &'a Value,
 }
 
-/// Ends step run `id`, fenced by the attempt and a running status.
+/// Ends step run `id`, fenced by the attempt and a running status. A step
+/// that ends this way was not reused: the `reused_from` an early cut-off
+/// wrote before its worker was lost is dropped (so when it is queued again).
 pub async fn end_step(conn: &mut PgConnection, id: Uuid, attempt: i32, end: &StepEnd<'_>) -> StoreResult<bool> {
     let ended = sqlx::query(
         "update step_runs set status = $3, error_type = $4, failure_reason = $5, metadata = metadata || $6, \
-         ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null \
+         ended_at = now(), lease_owner = null, lease_expires_at = null, callback_deadline = null, \
+         reused_from = null \
          where id = $1 and attempt = $2 and status in ('Executing', 'Stopping')",
     )
     .bind(id)
@@ -184,7 +187,7 @@ pub async fn requeue_for_retry(
     let queued = sqlx::query(
         "update step_runs set status = 'Starting', available_at = now() + make_interval(secs => $3), \
          lease_owner = null, lease_expires_at = null, callback_token = null, callback_deadline = null, \
-         failure_reason = $4, error_type = $5, metadata = (metadata - 'callback') || $6 \
+         failure_reason = $4, error_type = $5, metadata = (metadata - 'callback') || $6, reused_from = null \
          where id = $1 and attempt = $2 and status = 'Executing'",
     )
     .bind(id)

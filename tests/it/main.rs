@@ -2,6 +2,7 @@
 //! fresh PostgreSQL database per test (`#[sqlx::test]`), and every response
 //! checked against `openapi.yaml`.
 
+mod adversarial11;
 mod auth;
 mod cache;
 mod callbacks;

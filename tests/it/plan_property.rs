@@ -73,11 +73,19 @@ fn step_json(i: usize, step: &Gen) -> Value {
     s
 }
 
-/// A Condition on the parameter after the generated steps: `GI` runs when
-/// P is "a", `GE` and `GE2` (below it) otherwise.
-fn condition(after: usize, salt: u64) -> Value {
+/// A Condition after the generated steps, on the parameter or on the last
+/// step's output: `GI` runs when it is "a", `GE` and `GE2` (below it)
+/// otherwise.
+fn condition(after: usize, salt: u64, on_output: bool) -> Value {
+    // On the parameter, the plan decides it; on a Command step's output it
+    // cannot until that step has run.
+    let left = if on_output {
+        json!({"Std:Join": {"On": "", "Values": [{"Get": format!("Steps.S{after}.Outputs.v")}]}})
+    } else {
+        json!({"Get": "Parameters.P"})
+    };
     json!({"Name": "G", "Type": "Condition", "DependsOn": [format!("S{after}")], "Arguments": {
-        "Conditions": [{"Type": "Equals", "LeftValue": {"Get": "Parameters.P"}, "RightValue": "a"}],
+        "Conditions": [{"Type": "Equals", "LeftValue": left, "RightValue": "a"}],
         "IfSteps": [{"Name": "GI", "Type": "Pass", "Arguments": {"v": salt},
                      "CacheConfig": {"Enabled": true, "ExpireAfter": "P1D"}}],
         "ElseSteps": [{"Name": "GE", "Type": "Pass", "Arguments": {"v": {"Get": "Parameters.P"}}},
@@ -88,7 +96,7 @@ fn condition(after: usize, salt: u64) -> Value {
 fn definition(steps: &[Gen], with_condition: bool) -> Value {
     let mut all: Vec<Value> = steps.iter().enumerate().map(|(i, s)| step_json(i, s)).collect();
     if with_condition {
-        all.push(condition(steps.len() - 1, steps[0].salt));
+        all.push(condition(steps.len() - 1, steps[0].salt, steps[0].salt % 2 == 1));
     }
     definition_with(
         json!([{"Name": "P", "Type": "String", "DefaultValue": "a"}]),
@@ -132,6 +140,7 @@ fn check(plan: &Value, steps: &[Value], case: &str) {
             "Skip" => status == "Skipped",
             "Run" => status == "Succeeded" && !hit && !reused,
             "RunUnlessUnchanged" => status == "Succeeded" && (cutoff || !reused),
+            "RunIfBranchTaken" => (status == "Succeeded" && (cutoff || !reused)) || status == "Skipped",
             other => panic!("{case}: unknown verdict {other}"),
         };
         assert!(
