@@ -34,8 +34,9 @@ pub fn missing(uri: &str, left: u64) -> Option<String> {
     if !path.exists() {
         return Some(format!("{} no longer exists", path.display()));
     }
-    let empty = std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
-    (left > 0 && empty).then(|| {
+    // Only a directory the step had left entries in can have been emptied.
+    let empty = || std::fs::read_dir(&path).is_ok_and(|mut entries| entries.next().is_none());
+    (left > 0 && empty()).then(|| {
         format!(
             "{} is empty, and the step had left {left}{} entries in it",
             path.display(),

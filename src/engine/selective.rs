@@ -572,7 +572,12 @@ async fn check_reusable(
         .iter()
         .filter(|s| selection.upstream.contains(&s.name) || selection.others.contains(&s.name))
         .filter_map(|s| source.succeeded(&s.name))
+        // Only a Command step leaves an artifacts directory.
+        .filter(|r| r.step_type == "Command")
         .collect();
+    if reused.is_empty() {
+        return Ok(Vec::new());
+    }
     let ids: Vec<Uuid> = reused.iter().map(|r| r.id).collect();
     let facts = store::run_facts(conn, &ids).await?;
     Ok(reused

@@ -17,6 +17,8 @@ pub struct SourceRun {
     /// the source itself reused.
     pub id: Uuid,
     pub step_name: String,
+    /// The type the step had in the run (only a Command leaves artifacts).
+    pub step_type: String,
     pub status: String,
     /// A Condition step's `Outcome`.
     pub outcome: Option<bool>,
@@ -55,7 +57,7 @@ pub async fn latest_with_succeeded(
 /// Every step of an execution, reused ones included.
 pub async fn source_runs(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<Vec<SourceRun>> {
     Ok(sqlx::query_as(
-        "select id, step_name, status, \
+        "select id, step_name, step_type, status, \
            case when jsonb_typeof(properties -> 'Outcome') = 'boolean' then (properties ->> 'Outcome')::boolean end \
            as outcome from execution_steps \
          where execution_id = $1",
