@@ -235,6 +235,18 @@ async fn select_changed_and_plan_start_selective_executions(db: PgPool) {
         "{}",
         changed.stdout
     );
+    // Once, with why: it was compared when runnable, not reused at the start.
+    let report_lines: Vec<&str> = changed
+        .stdout
+        .lines()
+        .filter(|l| l.starts_with("Report: reused"))
+        .collect();
+    assert_eq!(report_lines.len(), 1, "{}", changed.stdout);
+    assert!(
+        report_lines[0].contains("inputs unchanged after upstream re-ran"),
+        "{}",
+        changed.stdout
+    );
     let id = changed.stdout.lines().find_map(|l| l.strip_prefix("started ")).unwrap();
     let id = id.rsplit('/').next().unwrap();
     let described = app.get(&format!("/v1/executions/{id}")).await.expect(200).clone();
