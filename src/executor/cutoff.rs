@@ -58,11 +58,18 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
             "its run in the source execution recorded no inputs to compare with".into(),
         ));
     };
-    let limits = inputs::Limits {
-        max_bytes: ctx.config.worker.cache_input_max_bytes,
-        timeout: Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
-    };
+    // One budget for all the comparing a step does, as for its CacheInputs:
+    // past it, what is left uncompared counts as different and it runs.
+    let started = std::time::Instant::now();
+    let budget = Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds);
     for dependency in &step.dependencies {
+        let Some(left) = budget.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
+            break;
+        };
+        let limits = inputs::Limits {
+            max_bytes: ctx.config.worker.cache_input_max_bytes,
+            timeout: left,
+        };
         let now = step.upstream.get(dependency).and_then(artifacts_uri);
         let then = source.upstream.get(dependency).and_then(artifacts_uri);
         if let (Some(now), Some(then)) = (now, then) {
@@ -104,23 +111,13 @@ fn artifacts_uri(properties: &Value) -> Option<&str> {
     properties.get("ArtifactsUri").and_then(Value::as_str)
 }
 
-/// Whether two directories hold the same content (hashed as `CacheInputs`
-/// are, bounded the same way; anything unreadable is not the same).
+/// Whether two directories hold the same content, hashed as `CacheInputs`
+/// are, within one budget for both (anything unreadable is not the same).
 async fn same_content(a: &str, b: &str, limits: inputs::Limits) -> bool {
-    let (a, b) = (
-        crate::content::artifacts::artifacts_path(a),
-        crate::content::artifacts::artifacts_path(b),
-    );
-    let hash = |p: std::path::PathBuf| async move {
-        let p = p.display().to_string();
-        inputs::hash_inputs(None, std::slice::from_ref(&p), limits)
-            .await
-            .ok()
-            .and_then(|h| h.get(&p).cloned())
-    };
-    match (hash(a).await, hash(b).await) {
-        (Some(x), Some(y)) => x == y,
-        _ => false,
+    let [a, b] = [a, b].map(|p| crate::content::artifacts::artifacts_path(p).display().to_string());
+    match inputs::hash_inputs(None, &[a.clone(), b.clone()], limits).await {
+        Ok(hashes) => hashes.get(&a).is_some_and(|x| hashes.get(&b) == Some(x)),
+        Err(_) => false,
     }
 }
 
