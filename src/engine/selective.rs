@@ -19,7 +19,7 @@ use crate::{
     content::{artifacts, inputs},
     domain::{
         definition::{parse_definition, Definition, Step, StepKind},
-        expr::evaluate,
+        expr::{self, evaluate},
         json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
         Issue,
@@ -324,14 +324,28 @@ async fn changed_selection(
     // the outputs those steps had in the source. An upstream step that is
     // reused hands on exactly these; one that runs again makes the step
     // downstream of it anyway, and early cut-off compares it then.
-    let succeeded: Vec<&SourceRun> = source
-        .runs
-        .values()
-        .filter(|r| r.status == selective::SUCCEEDED)
+    // Only the outputs such references name are loaded: a property
+    // document can be large, and most pipelines have no such reference.
+    let named: BTreeSet<String> = candidates
+        .iter()
+        .flat_map(|(step, _)| {
+            let inputs = json!([
+                step.arguments.get("CacheInputs"),
+                step.arguments.get("WorkingDirectory")
+            ]);
+            expr::find_references(&inputs, "", &mut Vec::new())
+                .into_iter()
+                .filter_map(|found| found.step().map(str::to_string))
+        })
         .collect();
-    let succeeded_ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
-    let mut by_id = store::run_properties(conn, &succeeded_ids).await?;
-    let outputs: HashMap<String, Value> = succeeded
+    let read: Vec<&SourceRun> = named.iter().filter_map(|name| source.succeeded(name)).collect();
+    let read_ids: Vec<Uuid> = read.iter().map(|r| r.id).collect();
+    let mut by_id = if read_ids.is_empty() {
+        HashMap::new()
+    } else {
+        store::run_properties(conn, &read_ids).await?
+    };
+    let outputs: HashMap<String, Value> = read
         .iter()
         .filter_map(|r| by_id.remove(&r.id).map(|p| (r.step_name.clone(), p)))
         .collect();

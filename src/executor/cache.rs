@@ -31,9 +31,14 @@ pub enum Decision {
 
 /// Decides whether the claimed step runs or is served from the cache, given
 /// its key (`content::step_key`), which it records.
-pub async fn decide(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> StoreResult<Decision> {
+/// `config` is the step's `CacheConfig` as stored, read once by the caller.
+pub async fn decide(
+    ctx: &StepContext<'_>,
+    kind: StepKind,
+    key: &CacheKey,
+    config: Option<CacheConfig>,
+) -> StoreResult<Decision> {
     let step = ctx.step;
-    let config: Option<CacheConfig> = step.cache_config.clone().and_then(|c| serde_json::from_value(c).ok());
     let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
         return Ok(Decision::Uncached);
     };

@@ -262,12 +262,12 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         max_bytes: ctx.config.worker.cache_input_max_bytes,
         timeout: std::time::Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds),
     };
-    let uses_cache = ctx
+    let config = ctx
         .step
         .cache_config
         .clone()
-        .and_then(|c| serde_json::from_value::<crate::domain::definition::CacheConfig>(c).ok())
-        .is_some_and(|c| c.enabled);
+        .and_then(|c| serde_json::from_value::<crate::domain::definition::CacheConfig>(c).ok());
+    let uses_cache = config.is_some_and(|c| c.enabled);
     let key = match crate::content::step_key(kind, &ctx.step.arguments, arguments, revealed, limits).await {
         Ok(key) => key,
         // A step that does not use the cache runs as it would without a
@@ -302,7 +302,7 @@ async fn keyed(ctx: &StepContext<'_>, kind: StepKind, arguments: &Value, reveale
         Ok(cutoff::CutOff::None) => None,
         Err(e) => return fault(e),
     };
-    match cache::decide(ctx, kind, &key).await {
+    match cache::decide(ctx, kind, &key, config).await {
         Ok(cache::Decision::Uncached) => Keyed::Runs {
             note,
             key: Some(RunKey {
