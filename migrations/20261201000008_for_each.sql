@@ -13,16 +13,29 @@ alter table step_runs
     add column body_index integer,
     add column slot_wait boolean not null default false;
 
--- The rows of one ForEach that are left to finish: whether an iteration or
--- the whole ForEach has ended is read here after each of its steps ends.
-create index step_runs_iterations_unfinished on step_runs (execution_id, parent, iteration)
-    where parent is not null and status in ('Pending', 'Starting', 'Executing', 'Stopping');
+-- The iterations of one ForEach that hold a slot and have steps left to
+-- finish (at most MaxConcurrency of them), and those waiting for a slot:
+-- whether an iteration or the whole ForEach has ended, and which iteration
+-- goes next, is read here after each of its steps ends.
+create index step_runs_iterations_active on step_runs (execution_id, parent, iteration)
+    where parent is not null and not slot_wait and status in ('Pending', 'Starting', 'Executing', 'Stopping');
+create index step_runs_iterations_waiting on step_runs (execution_id, parent, iteration)
+    where slot_wait and status = 'Pending';
 -- Paging through the iterations of one ForEach, in item order.
 create index step_runs_iterations on step_runs (execution_id, parent, iteration, body_index)
     where parent is not null;
 -- ForEach steps waiting for their iterations: few, read after every change.
 create index step_runs_for_each_waiting on step_runs (execution_id)
     where step_type = 'ForEach' and status in ('Executing', 'Stopping');
+
+-- A body step's cache entries are shared by all iterations (and all
+-- executions): they are looked up by the body step's name.
+drop index step_runs_cache;
+drop index step_runs_cache_by_step;
+create index step_runs_cache on step_runs (pipeline_id, (coalesce(local_name, step_name)), cache_key, ended_at desc)
+    where cache_entry;
+create index step_runs_cache_by_step on step_runs (pipeline_id, (coalesce(local_name, step_name)), ended_at desc)
+    where cache_entry;
 
 drop index step_runs_ready;
 create index step_runs_ready on step_runs (execution_id, position)

@@ -31,6 +31,8 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
         transitions::set_execution_status(&mut tx, execution_id, "Stopping", false, None).await?;
         steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
+        // A ForEach whose iterations were all waiting ends now.
+        super::for_each::settle(&mut tx, execution_id).await?;
     }
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;
@@ -66,7 +68,9 @@ async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionR
     let blocked = transitions::reset_for_retry(&mut tx, execution_id).await?;
     steps::skip_with_descendants(&mut tx, execution_id, &blocked, "UpstreamNotRun").await?;
     transitions::set_execution_status(&mut tx, execution_id, "Executing", false, None).await?;
-    let queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
+    super::for_each::reopen(&mut tx, execution_id).await?;
+    let mut queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
+    queued += super::for_each::settle(&mut tx, execution_id).await?;
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;
     steps::notify(&mut tx, execution_id, queued > 0).await?;

@@ -118,6 +118,7 @@ pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ne
             branch_if: step.branch.as_ref().map(|b| b.if_branch),
             cutoff_run: cutoff.map(|c| c.step_run),
             cutoff_execution: cutoff.map(|c| c.execution),
+            member: None,
         });
     }
     new

@@ -38,6 +38,7 @@ mod complete;
 pub mod control;
 pub mod decide;
 pub mod definitions;
+pub mod for_each;
 mod known;
 pub mod plan;
 pub mod request;

@@ -50,7 +50,8 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
             "reason": why,
         }))
     };
-    let Some(source) = steps::cutoff_source(ctx.db, run, &step.dependencies).await? else {
+    let dependencies = step.dependency_names();
+    let Some(source) = steps::cutoff_source(ctx.db, run, &dependencies).await? else {
         return Ok(runs("its run in the source execution no longer exists".into()));
     };
     let Some(mut before) = source.cache_components.clone() else {
@@ -62,7 +63,7 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
     // past it, what is left uncompared counts as different and it runs.
     let started = std::time::Instant::now();
     let budget = Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds);
-    for dependency in &step.dependencies {
+    for dependency in &dependencies {
         let Some(left) = budget.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
             break;
         };

@@ -294,3 +294,13 @@ pub(super) fn nest(steps: Vec<Step>, issues: &mut Vec<Issue>) -> Vec<Step> {
     }
     top
 }
+
+/// The Selector of a ForEach step's stored Arguments (already validated).
+pub fn selector_of(arguments: &Value) -> Option<Selector> {
+    let mut issues = Vec::new();
+    let selector = arguments
+        .get("Selector")
+        .filter(|v| !v.is_null())
+        .and_then(|v| parse_selector(v, "", "", &mut issues));
+    selector.filter(|_| issues.is_empty())
+}
