@@ -174,7 +174,7 @@ mod tests {
         assert_eq!(items_of(json!([1, "a"]), 10).unwrap(), vec![json!(1), json!("a")]);
         assert_eq!(items_of(json!("[\"x\", {\"a\": 1}]"), 10).unwrap(), vec![json!("x"), json!({"a": 1})]);
         assert!(items_of(json!("x"), 10).unwrap_err().contains("not a JSON list"));
-        assert!(items_of(json!({"a": 1}), 10).unwrap_err().contains("an object"));
+        assert!(items_of(json!({"a": 1}), 10).unwrap_err().contains("not a list"));
         assert!(items_of(json!([1, 2, 3]), 2).unwrap_err().contains("at most 2"));
         assert_eq!(items_of(json!([]), 2).unwrap(), Vec::<Value>::new());
     }

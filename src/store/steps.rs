@@ -64,9 +64,12 @@ pub(super) const STEP_COLUMNS: &str =
 /// Statuses of a step that has not reached its end.
 pub const UNFINISHED: [&str; 4] = ["Pending", "Starting", "Executing", "Stopping"];
 
+/// The steps of the execution, without the steps of ForEach iterations
+/// (`iterations` lists those).
 pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunRow>> {
     Ok(sqlx::query_as::<_, StepRunRow>(&format!(
-        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 order by s.position"
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.parent is null \
+         order by s.position"
     ))
     .bind(execution_id)
     .fetch_all(pool)
@@ -82,6 +85,35 @@ pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> Store
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
+}
+
+/// A page of the iteration steps of the ForEach run `parent_run`, in item
+/// order then body order, after the `(iteration, body_index)` given.
+pub async fn iterations(
+    pool: &PgPool,
+    parent_run: Uuid,
+    after: Option<(i32, i32)>,
+    limit: i64,
+) -> StoreResult<Vec<(StepRunRow, i32)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        step: StepRunRow,
+        body_index: i32,
+    }
+    let rows = sqlx::query_as::<_, Row>(&format!(
+        "select {STEP_COLUMNS}, s.body_index from step_runs p join step_runs s \
+           on s.execution_id = p.execution_id and s.parent = p.step_name \
+         where p.id = $1 and ($2::int is null or (s.iteration, s.body_index) > ($2, $3)) \
+         order by s.iteration, s.body_index limit $4"
+    ))
+    .bind(parent_run)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.step, r.body_index)).collect())
 }
 
 pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> StoreResult<Option<StepRunRow>> {
