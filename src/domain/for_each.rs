@@ -30,12 +30,7 @@ pub fn items_of(value: Value, max: usize) -> Result<Vec<Value>, String> {
                 ));
             }
         },
-        other => {
-            return Err(format!(
-                "IterableItems resolved to {}, not a list",
-                type_name(&other)
-            ))
-        }
+        other => return Err(format!("IterableItems resolved to {}, not a list", type_name(&other))),
     };
     if items.len() > max {
         return Err(format!(
@@ -162,17 +157,16 @@ mod tests {
     use crate::domain::expr::PathSegment;
 
     fn source(index: usize, item: Value, succeeded: bool) -> SourceIteration {
-        SourceIteration {
-            index,
-            item,
-            succeeded,
-        }
+        SourceIteration { index, item, succeeded }
     }
 
     #[test]
     fn items_come_from_a_list_or_a_json_list_string() {
         assert_eq!(items_of(json!([1, "a"]), 10).unwrap(), vec![json!(1), json!("a")]);
-        assert_eq!(items_of(json!("[\"x\", {\"a\": 1}]"), 10).unwrap(), vec![json!("x"), json!({"a": 1})]);
+        assert_eq!(
+            items_of(json!("[\"x\", {\"a\": 1}]"), 10).unwrap(),
+            vec![json!("x"), json!({"a": 1})]
+        );
         assert!(items_of(json!("x"), 10).unwrap_err().contains("not a JSON list"));
         assert!(items_of(json!({"a": 1}), 10).unwrap_err().contains("not a list"));
         assert!(items_of(json!([1, 2, 3]), 2).unwrap_err().contains("at most 2"));
@@ -214,14 +208,22 @@ mod tests {
         let doc = properties(its.clone(), Some(&max), Counts::default()).unwrap();
         assert_eq!(doc["Selected"], json!({"Outputs": {"acc": "0.9"}}));
         assert_eq!(doc["InputItemCount"], json!(4));
-        let min = Selector { pick: Pick::MinBy, ..max };
-        assert_eq!(properties(its, Some(&min), Counts::default()).unwrap()["Selected"]["Outputs"]["acc"], json!(0.1));
+        let min = Selector {
+            pick: Pick::MinBy,
+            ..max
+        };
+        assert_eq!(
+            properties(its, Some(&min), Counts::default()).unwrap()["Selected"]["Outputs"]["acc"],
+            json!(0.1)
+        );
         let bad = vec![json!({"Score": {"Outputs": {"acc": [1]}}})];
         let sel = Selector {
             pick: Pick::MaxBy,
             step: "Score".into(),
             path,
         };
-        assert!(properties(bad, Some(&sel), Counts::default()).unwrap_err().contains("not a number"));
+        assert!(properties(bad, Some(&sel), Counts::default())
+            .unwrap_err()
+            .contains("not a number"));
     }
 }

@@ -134,6 +134,8 @@ pub struct Settings {
     /// `worker.max_outputs_bytes`: the largest artifacts file `Std:JsonGet`
     /// reads.
     pub max_outputs_bytes: u64,
+    /// `worker.for_each_max_items`.
+    pub for_each_max_items: usize,
 }
 
 impl Settings {
@@ -158,6 +160,7 @@ impl Settings {
             },
             cache_cap: config.cache.max_expire_after,
             max_outputs_bytes: config.worker.max_outputs_bytes,
+            for_each_max_items: config.worker.for_each_max_items,
         }
     }
 }
@@ -170,6 +173,9 @@ pub struct Prepared {
     pub steps: NewSteps,
     pub selective: Option<Value>,
     pub source_arn: Option<String>,
+    /// The selective source execution (whose ForEach iterations a ForEach
+    /// of this start is compared with, item by item).
+    pub source_execution: Option<Uuid>,
 }
 
 /// Everything a start decides before writing: parameters and, for a
@@ -197,6 +203,7 @@ pub async fn prepare(
             steps,
             selective: None,
             source_arn: None,
+            source_execution: None,
         });
     };
     let planned = super::selective::plan(conn, arns, settings, pipeline, definition, req, selective_request).await?;
@@ -207,6 +214,7 @@ pub async fn prepare(
     Ok(Prepared {
         parameters: planned.parameters,
         source_arn: planned.source.as_ref().map(|s| s.arn.clone()),
+        source_execution: planned.source.as_ref().map(|s| s.execution.id),
         plans: planned.plans,
         steps,
         selective: Some(planned.record),

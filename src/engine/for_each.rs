@@ -29,8 +29,7 @@ use crate::{
     },
     store::{
         executions::{self, Member, NewStepRun},
-        for_each as store,
-        steps,
+        for_each as store, steps,
         transitions::{self, LockedStep, Success},
         StoreResult,
     },
@@ -112,7 +111,14 @@ async fn expand_once(pool: &PgPool, id: Uuid, attempt: i32, items: &[Value]) -> 
         return Ok(Expanded::Stale);
     }
     let detail = json!({"iterations": items.len(), "compared_with_source": paired});
-    executions::record_event(&mut tx, step.execution_id, Some(&step.step_name), "Executing", Some(detail)).await?;
+    executions::record_event(
+        &mut tx,
+        step.execution_id,
+        Some(&step.step_name),
+        "Executing",
+        Some(detail),
+    )
+    .await?;
     store::fill_slots(&mut tx, step.execution_id, &step.step_name).await?;
     let mut queued = steps::promote_ready(&mut tx, step.execution_id, locked.execution_max_parallel_steps).await?;
     queued += settle(&mut tx, step.execution_id).await?;
@@ -215,7 +221,9 @@ pub(super) async fn after_step(conn: &mut PgConnection, locked: &LockedStep) -> 
     let (Some(parent), Some(iteration)) = (&step.parent, step.iteration) else {
         return Ok(0);
     };
-    if locked.execution_status != "Executing" || store::iteration_open(conn, step.execution_id, parent, iteration).await? {
+    if locked.execution_status != "Executing"
+        || store::iteration_open(conn, step.execution_id, parent, iteration).await?
+    {
         return Ok(0);
     }
     if store::fill_slots(conn, step.execution_id, parent).await? == 0 {
@@ -271,7 +279,11 @@ async fn conclude(conn: &mut PgConnection, id: Uuid) -> StoreResult<u64> {
         let why = match first {
             Some((name, status, reason, error_type)) => {
                 let error = error_type.map(|e| format!("{e}: ")).unwrap_or_default();
-                format!("step {name:?} {}: {error}{}", status.to_lowercase(), reason.unwrap_or_default())
+                format!(
+                    "step {name:?} {}: {error}{}",
+                    status.to_lowercase(),
+                    reason.unwrap_or_default()
+                )
             }
             None => "an iteration did not succeed".into(),
         };

@@ -41,6 +41,7 @@ pub mod definitions;
 pub mod for_each;
 mod known;
 pub mod plan;
+mod plan_iterations;
 pub mod request;
 pub mod retention;
 pub mod selective;

@@ -108,7 +108,10 @@ pub async fn decide(
         )
     } else {
         match cache::nearest_entry(&mut conn, step.pipeline_id, step.cache_name()).await? {
-            None => format!("no earlier cache entry for step {:?} in this pipeline", step.cache_name()),
+            None => format!(
+                "no earlier cache entry for step {:?} in this pipeline",
+                step.cache_name()
+            ),
             Some(previous) => {
                 let before = previous.cache_components.clone().unwrap_or(Value::Null);
                 match explain_difference(&key.components, &before) {

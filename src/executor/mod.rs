@@ -150,7 +150,9 @@ pub enum Run {
         arguments: Value,
     },
     /// A ForEach resolved its items: its iterations are to be made.
-    Expand { items: Vec<Value> },
+    Expand {
+        items: Vec<Value>,
+    },
 }
 
 fn done(outcome: StepOutcome) -> Run {
@@ -260,8 +262,8 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
 /// ends, its body by each iteration).
 fn for_each_items(ctx: &StepContext<'_>) -> Run {
     let items = ctx.step.arguments.get("IterableItems").cloned().unwrap_or(Value::Null);
-    let resolved = evaluate(&items, ctx)
-        .and_then(|v| crate::domain::for_each::items_of(v, ctx.config.worker.for_each_max_items));
+    let resolved =
+        evaluate(&items, ctx).and_then(|v| crate::domain::for_each::items_of(v, ctx.config.worker.for_each_max_items));
     match resolved {
         Ok(items) => match nul_at(&Value::Array(items.clone())) {
             Some(at) => done(StepOutcome::failed(

@@ -165,6 +165,19 @@ pub async fn source_run(conn: &mut PgConnection, execution_id: Uuid, step: &str)
     .await?)
 }
 
+/// The run of ForEach `step` in execution `source` (following a reuse to
+/// the run that made it) and the execution that run belongs to.
+pub async fn run_in(conn: &mut PgConnection, source: Uuid, step: &str) -> StoreResult<Option<(Uuid, Uuid)>> {
+    Ok(sqlx::query_as(
+        "select o.id, o.execution_id from execution_steps v join step_runs o on o.id = v.id \
+         where v.execution_id = $1 and v.step_name = $2 and o.step_type = 'ForEach'",
+    )
+    .bind(source)
+    .bind(step)
+    .fetch_optional(conn)
+    .await?)
+}
+
 /// One iteration of a ForEach run: its item, whether all its steps
 /// succeeded, and the run of each body step by body step name.
 #[derive(Debug, Clone, sqlx::FromRow)]

@@ -114,9 +114,19 @@ async fn a_literal_list_runs_each_iteration_as_named_steps(db: PgPool) {
     let names: Vec<&str> = its.iter().map(|s| s["step_name"].as_str().unwrap()).collect();
     assert_eq!(
         names,
-        ["F[0].Work", "F[0].Report", "F[1].Work", "F[1].Report", "F[2].Work", "F[2].Report"]
+        [
+            "F[0].Work",
+            "F[0].Report",
+            "F[1].Work",
+            "F[1].Report",
+            "F[2].Work",
+            "F[2].Report"
+        ]
     );
-    assert_eq!(its[2]["iteration"], json!({"for_each": "F", "index": 1, "item": 1, "body_step": "Work"}));
+    assert_eq!(
+        its[2]["iteration"],
+        json!({"for_each": "F", "index": 1, "item": 1, "body_step": "Work"})
+    );
     // Each iteration step is a real step run, with its own log.
     let work = app.step(&id, "F[2].Work").await;
     assert_eq!(work["attempt_count"], 1);
@@ -152,7 +162,10 @@ async fn items_come_from_a_parameter_or_a_step_output(db: PgPool) {
     let (id, done) = run(&app, "computed", json!({})).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let f = app.step(&id, "F").await;
-    assert_eq!(f["properties"]["IterationOutputs"][1]["Report"]["Outputs"]["square"], 121);
+    assert_eq!(
+        f["properties"]["IterationOutputs"][1]["Report"]["Outputs"]["square"],
+        121
+    );
     assert_eq!(f["metadata"]["for_each"]["InputItemCount"], 2);
 
     // A value that is not a list fails the ForEach with a clear reason.
@@ -162,10 +175,7 @@ async fn items_come_from_a_parameter_or_a_step_output(db: PgPool) {
     let (id, done) = run(&app, "notalist", json!({})).await;
     assert_eq!(done["status"], "Failed", "{done}");
     let f = app.step(&id, "F").await;
-    assert!(
-        f["failure_reason"].as_str().unwrap().contains("not a JSON list"),
-        "{f}"
-    );
+    assert!(f["failure_reason"].as_str().unwrap().contains("not a JSON list"), "{f}");
     // An empty list: nothing to do, and the ForEach succeeds.
     let mut def = fan_out(dir.path(), json!({"Get": "Steps.Prep.Outputs.items"}), 5, None);
     def["Steps"][0]["Arguments"]["items"] = json!([]);
@@ -213,13 +223,13 @@ async fn max_concurrency_bounds_the_iterations_running_at_once(db: PgPool) {
     let def = definition_with(
         json!([]),
         json!([{"Name": "F", "Type": "ForEach", "Arguments": {
-            "IterableItems": (0..12).collect::<Vec<_>>(), "MaxConcurrency": 3,
-            "ForEachBody": [
-                {"Name": "A", "Type": "Command", "Arguments": {"Shell": format!(
-                    "echo start $(date +%s%N) >> {d}/span-$I; sleep 0.2"), "Env": index}},
-                {"Name": "B", "Type": "Command", "DependsOn": ["A"], "Arguments": {"Shell": format!(
-                    "sleep 0.1; echo end $(date +%s%N) >> {d}/span-$I"), "Env": index}}
-            ]}}]),
+        "IterableItems": (0..12).collect::<Vec<_>>(), "MaxConcurrency": 3,
+        "ForEachBody": [
+            {"Name": "A", "Type": "Command", "Arguments": {"Shell": format!(
+                "echo start $(date +%s%N) >> {d}/span-$I; sleep 0.2"), "Env": index}},
+            {"Name": "B", "Type": "Command", "DependsOn": ["A"], "Arguments": {"Shell": format!(
+                "sleep 0.1; echo end $(date +%s%N) >> {d}/span-$I"), "Env": index}}
+        ]}}]),
     );
     app.create_pipeline("conc", def).await;
     let (_, done) = run(&app, "conc", json!({})).await;
@@ -301,7 +311,9 @@ async fn a_retried_iteration_step_recovers_and_one_that_fails_for_good_fails_the
     // Fixed, the execution is retried in place: only the failed iteration
     // and those that never ran run; the ForEach and After succeed.
     std::fs::remove_file(dir.path().join("fail-2")).unwrap();
-    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(runs_of(dir.path(), "F[0].Work"), 1);
@@ -337,7 +349,9 @@ async fn a_stop_during_a_for_each_ends_it_stopped(db: PgPool) {
     })
     .await;
     assert_eq!(started, Some(2), "two iterations start");
-    app.post(&format!("/v1/executions/{id}/stop"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Stopped", "{done}");
     let f = app.step(&id, "F").await;
@@ -401,5 +415,110 @@ async fn a_definition_with_a_bad_for_each_is_refused_with_each_problem(db: PgPoo
         .await;
     resp.expect_error(400, "ValidationError");
     assert!(resp.text.contains("at most 10000 are allowed"), "{}", resp.text);
+    app.stop().await;
+}
+
+/// Ten items, one body step; item 7 fails until `fail-7` is removed, and
+/// only once the nine others have ended (so they all ran).
+fn ten_items(dir: &std::path::Path) -> Value {
+    let d = dir.display();
+    let count = count_run(dir);
+    definition_with(
+        json!([{"Name": "Items", "Type": "String", "DefaultValue": "[0,1,2,3,4,5,6,7,8,9]"}]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {
+            "IterableItems": {"Get": "Parameters.Items"}, "MaxConcurrency": 10,
+            "ForEachBody": [{"Name": "Work", "Type": "Command", "Arguments": {"Shell": format!(
+                "{count}; if [ -f {d}/fail-$N ]; then \
+                   while [ $(ls {d} | grep -c '^done-') -lt 9 ]; do sleep 0.05; done; exit 3; fi; \
+                 touch {d}/done-$N; echo \"{{\\\"n\\\": $N}}\" > $STEPWISE_OUTPUTS"),
+                "Env": {"N": {"Get": "ForEach.CurrentItem"}}}}]}},
+            {"Name": "Sum", "Type": "Pass", "Arguments": {"n": {"Get": "Steps.F.InputItemCount"}}}]),
+    )
+}
+
+fn runs_per_item(dir: &std::path::Path, n: usize) -> Vec<usize> {
+    (0..n).map(|i| runs_of(dir, &format!("F[{i}].Work"))).collect()
+}
+
+async fn plan_of_f(app: &TestApp, pipeline: &str, body: &Value) -> Value {
+    let plan = app
+        .post(&format!("/v1/pipelines/{pipeline}/executions/plan"), body)
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(plan["errors"], json!([]), "{plan}");
+    plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == "F")
+        .unwrap()
+        .clone()
+}
+
+#[sqlx::test]
+async fn a_fixed_item_reruns_alone_and_a_changed_item_alone(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("fail-7"), "").unwrap();
+    app.create_pipeline("ten", ten_items(dir.path())).await;
+    let (first, done) = run(&app, "ten", json!({})).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    assert_eq!(runs_per_item(dir.path(), 10), vec![1; 10]);
+
+    // Fixed: "changed" selects F (it did not succeed); the plan says one
+    // iteration runs, and that is what happens.
+    std::fs::remove_file(dir.path().join("fail-7")).unwrap();
+    let body = json!({"selective_execution": {"source_execution": first, "selected_steps": "changed"}});
+    let f = plan_of_f(&app, "ten", &body).await;
+    assert_eq!(f["verdict"], "Run", "{f}");
+    let its = &f["iterations"];
+    assert_eq!(
+        (its["items"].clone(), its["reuse"].clone(), its["run"].clone()),
+        (json!(10), json!(9), json!(1)),
+        "{f}"
+    );
+    assert_eq!(its["runs"][0]["index"], 7);
+    let (second, done) = run(&app, "ten", body).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let mut expected = vec![1; 10];
+    expected[7] = 2;
+    assert_eq!(runs_per_item(dir.path(), 10), expected);
+    let steps = iteration_steps(&app, &second, 100).await;
+    let reused = steps.iter().filter(|s| !s["reused_from"].is_null()).count();
+    assert_eq!(reused, 9);
+    assert_eq!(
+        steps[0]["reused_from"]["reason"],
+        "same item and inputs as its iteration in the source execution"
+    );
+    assert!(steps[7]["reused_from"].is_null());
+    let outputs = &app.step(&second, "F").await["properties"]["IterationOutputs"];
+    assert_eq!(outputs[7]["Work"]["Outputs"]["n"], 7);
+    assert_eq!(outputs[3]["Work"]["Outputs"]["n"], 3);
+
+    // One item changed, one added: the plan and the run agree, two run.
+    let body = json!({"parameters": {"Items": "[0,1,2,3,4,5,6,7,8,42,10]"},
+                      "selective_execution": {"source_execution": second, "selected_steps": "changed"}});
+    let f = plan_of_f(&app, "ten", &body).await;
+    let its = &f["iterations"];
+    assert_eq!((its["reuse"].clone(), its["run"].clone()), (json!(9), json!(2)), "{f}");
+    let planned: Vec<Value> = its["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["item"].clone())
+        .collect();
+    assert_eq!(planned, vec![json!(42), json!(10)]);
+    let (third, done) = run(&app, "ten", body).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let steps = iteration_steps(&app, &third, 4).await;
+    let ran: Vec<Value> = steps
+        .iter()
+        .filter(|s| s["reused_from"].is_null())
+        .map(|s| s["iteration"]["item"].clone())
+        .collect();
+    assert_eq!(ran, planned);
+    assert_eq!(runs_of(dir.path(), "F[9].Work"), 2);
+    assert_eq!(runs_of(dir.path(), "F[10].Work"), 1);
     app.stop().await;
 }

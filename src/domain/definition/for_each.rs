@@ -115,7 +115,9 @@ pub(super) fn parse<'a>(obj: &'a Map<String, Value>, ptr: &str, label: &str, iss
         Some(v) => {
             issues.push(Issue::new(
                 pointer_push(ptr, "MaxConcurrency"),
-                format!("MaxConcurrency of ForEach step {label} must be an integer from 1 to {MAX_CONCURRENCY}, got {v}"),
+                format!(
+                    "MaxConcurrency of ForEach step {label} must be an integer from 1 to {MAX_CONCURRENCY}, got {v}"
+                ),
             ));
             1
         }
@@ -258,7 +260,10 @@ pub(super) fn nest(steps: Vec<Step>, issues: &mut Vec<Issue>) -> Vec<Step> {
         if let Some(sel) = &spec.selector {
             if !names.contains(&sel.step) {
                 issues.push(Issue::new(
-                    pointer_push(&pointer_push(&pointer_push(&f.pointer, "Arguments"), "Selector"), "Field"),
+                    pointer_push(
+                        &pointer_push(&pointer_push(&f.pointer, "Arguments"), "Selector"),
+                        "Field",
+                    ),
                     format!(
                         "the Selector of ForEach step {} reads IterationOutput.{}, which is not a step of its \
                          body; its body steps: [{}]",

@@ -144,9 +144,7 @@ impl Linker<'_> {
                 if p.body_of.is_none() {
                     issues.push(Issue::new(
                         ptr,
-                        format!(
-                            "step {label} reads {reference}, which only a step inside a ForEach's ForEachBody has"
-                        ),
+                        format!("step {label} reads {reference}, which only a step inside a ForEach's ForEachBody has"),
                     ));
                 }
                 continue;
@@ -415,7 +413,9 @@ fn check_for_each_property(target: &Pending, path: &[PathSegment]) -> Result<(),
             "ForEach step {name} has no Selector, so it has no Selected iteration"
         )),
         "Selected" => Ok(()),
-        prop if path.len() > 1 => Err(format!("property {prop} of step {name} is a single value; it has no sub-path")),
+        prop if path.len() > 1 => Err(format!(
+            "property {prop} of step {name} is a single value; it has no sub-path"
+        )),
         _ => Ok(()),
     }
 }

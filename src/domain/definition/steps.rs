@@ -225,9 +225,7 @@ fn parse_step<'a>(
     if kind == Some(StepKind::ForEach) && !step.retry_policies.is_empty() {
         issues.push(Issue::new(
             pointer_push(ptr, "RetryPolicies"),
-            format!(
-                "ForEach step {label} is not retried itself; put RetryPolicies on the steps of its ForEachBody"
-            ),
+            format!("ForEach step {label} is not retried itself; put RetryPolicies on the steps of its ForEachBody"),
         ));
     }
     let pending = Pending {
