@@ -456,7 +456,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     }
 
     // A ForEach runs its two body steps per item (the ForEach itself aside).
-    let per_execution = if args.shape == Shape::Foreach { 2 * args.steps } else { args.steps };
+    let per_execution = if args.shape == Shape::Foreach {
+        2 * args.steps
+    } else {
+        args.steps
+    };
     let total_steps = (per_execution * args.executions) as f64;
     let report = Report {
         url: client.base.clone(),

@@ -318,15 +318,19 @@ async fn changed_selection(
     // source then (`engine::for_each`).
     for step in &definition.steps {
         let reads_files = step.for_each.as_deref().is_some_and(|f| {
-            f.body
-                .iter()
-                .any(|b| b.arguments.get("CacheInputs").is_some_and(|c| c.as_array().is_some_and(|l| !l.is_empty())))
+            f.body.iter().any(|b| {
+                b.arguments
+                    .get("CacheInputs")
+                    .is_some_and(|c| c.as_array().is_some_and(|l| !l.is_empty()))
+            })
         });
         if reads_files && !changed.contains_key(&step.name) {
             changed.insert(
                 step.name.clone(),
-                vec!["its body reads files (CacheInputs): its iterations are compared with the source's item by item"
-                    .into()],
+                vec![
+                    "its body reads files (CacheInputs): its iterations are compared with the source's item by item"
+                        .into(),
+                ],
             );
         }
     }

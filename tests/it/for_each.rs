@@ -522,3 +522,65 @@ async fn a_fixed_item_reruns_alone_and_a_changed_item_alone(db: PgPool) {
     assert_eq!(runs_of(dir.path(), "F[10].Work"), 1);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn a_dag_body_caches_per_step_and_keeps_to_max_parallel_steps(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = count_run(dir.path());
+    let cache = json!({"Enabled": true, "ExpireAfter": "P1D"});
+    // A diamond body: Split feeds Left and Right, Join reads both.
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {
+        "IterableItems": ["a", "b", "c"], "MaxConcurrency": 3,
+        "ForEachBody": [
+            {"Name": "Split", "Type": "Command", "CacheConfig": cache,
+             "Arguments": {"Shell": format!("{count}; echo \"{{\\\"v\\\": \\\"$V\\\"}}\" > $STEPWISE_OUTPUTS"),
+                           "Env": {"V": {"Get": "ForEach.CurrentItem"}}}},
+            {"Name": "Left", "Type": "Pass", "Arguments": {"l": {"Get": "Steps.Split.Outputs.v"}}},
+            {"Name": "Right", "Type": "Command", "CacheConfig": cache,
+             "Arguments": {"Shell": format!("{count}; echo \"{{\\\"r\\\": \\\"$V$V\\\"}}\" > $STEPWISE_OUTPUTS"),
+                           "Env": {"V": {"Get": "Steps.Split.Outputs.v"}}}},
+            {"Name": "Join", "Type": "Pass",
+             "Arguments": {"l": {"Get": "Steps.Left.Outputs.l"}, "r": {"Get": "Steps.Right.Outputs.r"}}}
+        ]}}]),
+    );
+    let resp = app
+        .post(
+            "/v1/pipelines",
+            &json!({"name": "dag", "definition": def, "max_parallel_steps": 2}),
+        )
+        .await;
+    resp.expect(201);
+    let (first, done) = run(&app, "dag", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let f = app.step(&first, "F").await;
+    assert_eq!(
+        f["properties"]["IterationOutputs"][2]["Join"]["Outputs"],
+        json!({"l": "c", "r": "cc"})
+    );
+    assert_eq!(f["properties"]["TotalStepCount"], 12);
+    // The second run takes every cached body step from the cache, per
+    // iteration, under the body step's name: nothing runs again.
+    let (second, done) = run(&app, "dag", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    for i in 0..3 {
+        assert_eq!(runs_of(dir.path(), &format!("F[{i}].Split")), 1);
+        assert_eq!(runs_of(dir.path(), &format!("F[{i}].Right")), 1);
+        let split = app.step(&second, &format!("F[{i}].Split")).await;
+        assert_eq!(split["cache"]["status"], "hit", "{split}");
+    }
+    // One item's cached run was by another index: a hit all the same.
+    let mut reordered = app.get("/v1/pipelines/dag").await.expect(200)["definition"].clone();
+    reordered["Steps"][0]["Arguments"]["IterableItems"] = json!(["c", "a", "d"]);
+    app.put("/v1/pipelines/dag", &json!({"definition": reordered}))
+        .await
+        .expect(200);
+    let (third, done) = run(&app, "dag", json!({})).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&third, "F[0].Split").await["cache"]["status"], "hit");
+    assert_eq!(app.step(&third, "F[2].Split").await["cache"]["status"], "miss");
+    assert_eq!(runs_of(dir.path(), "F[2].Split"), 2);
+    app.stop().await;
+}
