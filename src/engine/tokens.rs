@@ -114,6 +114,17 @@ pub async fn bootstrap(db: &PgPool, config: &Config) -> anyhow::Result<()> {
         return Ok(());
     }
     if store::tokens::any_active(&mut tx).await? {
+        // A new data directory on a database that has tokens (a second
+        // machine, a moved directory) gets no admin.token: say where a
+        // token comes from instead of leaving a user looking for the file.
+        let path = config.data_dir.join(ADMIN_TOKEN_FILE);
+        if !path.exists() {
+            tracing::info!(
+                file = %path.display(),
+                "API tokens already exist in the database, so no admin token was written to this file; \
+                 use a token you have, or create one with `stepwise token create --name NAME --role ROLE`"
+            );
+        }
         return Ok(());
     }
     let token = generate();
