@@ -368,6 +368,20 @@ impl Run<'_> {
         let text = |s: &str| detail[s].as_str().unwrap_or("").to_string();
         let line = match status {
             "Executing" if detail["waiting_for_callback"] == true => Some("waiting for its callback".to_string()),
+            "Executing" if detail.get("iterations").is_some() => {
+                let compared = detail["compared_with_source"].as_u64().unwrap_or(0);
+                Some(if compared > 0 {
+                    format!(
+                        "{} iterations ({compared} compared with the source, item by item)",
+                        detail["iterations"]
+                    )
+                } else {
+                    format!("{} iterations", detail["iterations"])
+                })
+            }
+            "Executing" if detail["retried_iterations"] == true => {
+                Some("waiting for its iterations again (retry)".to_string())
+            }
             "Executing" => {
                 self.running.insert(step.to_string());
                 let attempt = detail["attempt"].as_i64().unwrap_or(1) as i32;
