@@ -9,13 +9,6 @@ use sqlx::PgPool;
 
 use crate::helpers::{count_run, definition_with, runs_of, TestApp};
 
-fn by_name<'a>(steps: &'a [Value], name: &str) -> &'a Value {
-    steps
-        .iter()
-        .find(|s| s["step_name"] == name)
-        .unwrap_or_else(|| panic!("no step {name}"))
-}
-
 /// `Train` writes an artifact (and counts its runs), then exits `exit`;
 /// `Clean` removes its artifacts, depending on it with `dep`.
 fn train_and_clean(dir: &Path, exit: i32, cached: bool, resources: Value, dep: Value) -> Value {

@@ -352,7 +352,9 @@ fn unsupported_step_type_is_one_issue_and_nothing_else() {
     for (issue, t) in all.iter().zip(["\"Processing\"", "\"Lambda\""]) {
         assert!(issue.message.contains(t), "{}", issue.message);
         assert!(
-            issue.message.contains("Command, Pass, Condition, Fail, Callback, Cleanup"),
+            issue
+                .message
+                .contains("Command, Pass, Condition, Fail, Callback, Cleanup"),
             "{}",
             issue.message
         );
