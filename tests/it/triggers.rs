@@ -120,6 +120,32 @@ async fn after_a_failure_failed_and_any_handlers_run_and_the_execution_keeps_its
 }
 
 #[sqlx::test]
+async fn handlers_run_one_at_a_time_under_max_parallel_steps(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("narrow", every_trigger(dir.path(), "exit 3")).await;
+    let id = app.start("narrow", json!({"max_parallel_steps": 1})).await;
+    let execution = app.wait_terminal(&id).await;
+    assert_eq!(execution["status"], "Failed", "{execution}");
+    let steps = app.steps(&id).await;
+    for ran in ["OnFailed", "OnAny", "AfterFailed", "AfterAny"] {
+        assert_eq!(by_name(&steps, ran)["status"], "Succeeded", "{ran}: {steps:?}");
+    }
+    assert_not_met(by_name(&steps, "OnStopped"), "Failed", "Stopped");
+    // Never two at once: each step's run began after the one before ended.
+    let at = |v: &Value| chrono::DateTime::parse_from_rfc3339(v.as_str().unwrap()).unwrap();
+    let mut spans: Vec<_> = steps
+        .iter()
+        .filter(|s| s["attempt_count"].as_i64() > Some(0))
+        .map(|s| (at(&s["started_at"]), at(&s["ended_at"])))
+        .collect();
+    spans.sort();
+    for pair in spans.windows(2) {
+        assert!(pair[0].1 <= pair[1].0, "{spans:?}");
+    }
+}
+
+#[sqlx::test]
 async fn a_stopped_step_triggers_its_stopped_and_any_handlers_and_the_execution_ends_stopped(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let dir = tempfile::tempdir().unwrap();

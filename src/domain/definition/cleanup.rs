@@ -127,3 +127,50 @@ pub fn cleanup_targets(arguments: &Value) -> Vec<String> {
     }
     names
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn check(args: Value) -> (Vec<(String, String)>, Vec<Issue>) {
+        let mut issues = Vec::new();
+        let named = check_cleanup(args.as_object().unwrap(), "/Steps/1/Arguments", "C", &mut issues);
+        (named, issues)
+    }
+
+    #[test]
+    fn artifacts_and_s3_entries_name_steps() {
+        let (named, issues) = check(json!({"Resources": {
+            "Artifacts": [{"StepName": "A"}], "S3": [{"StepName": "B"}]}}));
+        assert!(issues.is_empty(), "{issues:?}");
+        let names: Vec<&str> = named.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["A", "B"]);
+        assert_eq!(named[1].1, "/Steps/1/Arguments/Resources/S3/0/StepName");
+        let args = json!({"Resources": {"Artifacts": [{"StepName": "A"}], "S3": [{"StepName": "A"}]}});
+        assert_eq!(cleanup_targets(&args), ["A"]);
+    }
+
+    #[test]
+    fn each_problem_is_one_issue() {
+        for (args, at) in [
+            (
+                json!({"Resources": {"S3": [{"StepName": "B", "S3Uris": ["s3://b/k"]}]}}),
+                "/S3/0/S3Uris",
+            ),
+            (
+                json!({"Resources": {"Artifacts": [{"StepName": "B", "Path": "x"}]}}),
+                "/Artifacts/0/Path",
+            ),
+            (json!({"Resources": {"Artifacts": [{}]}}), "/Artifacts/0/StepName"),
+            (json!({"Resources": {"Disks": []}}), "/Disks"),
+            (json!({"Resources": {"Artifacts": []}}), "/Resources"),
+            (json!({}), "/Resources"),
+        ] {
+            let (_, issues) = check(args.clone());
+            assert_eq!(issues.len(), 1, "{args}: {issues:?}");
+            assert!(issues[0].path.ends_with(at), "{args}: {issues:?}");
+        }
+    }
+}
