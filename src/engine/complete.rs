@@ -7,7 +7,11 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{finish_if_done_by_id, finish_if_done_unlocked, retrying, triggers, Applied, NextClaim, StepOutcome};
+use super::{
+    finish_if_done_by_id, finish_if_done_unlocked, retrying,
+    triggers::{self, Ended},
+    Applied, NextClaim, StepOutcome,
+};
 use crate::{
     domain::retry::{next_retry, RetryPolicy},
     store::{
@@ -171,7 +175,7 @@ async fn apply_success(
             }
         };
         if locked.execution_has_triggers {
-            queued += triggers::settle(conn, execution_id, locked.execution_max_parallel_steps).await?;
+            queued += triggers::settle(conn, execution_id, locked.execution_max_parallel_steps, Ended::Success).await?;
         }
     }
     Ok(Some(Effect {
@@ -261,7 +265,7 @@ async fn apply_failure(
         triggers::skip_unstarted(conn, execution_id, locked.execution_has_triggers, "UpstreamNotRun").await?;
     }
     let queued = if locked.execution_has_triggers {
-        triggers::settle(conn, execution_id, locked.execution_max_parallel_steps).await?
+        triggers::settle(conn, execution_id, locked.execution_max_parallel_steps, Ended::Other).await?
     } else {
         0
     };
@@ -301,7 +305,13 @@ async fn apply_stop(
     let detail = json!({"error_type": "Step.STOPPED", "failure_reason": message});
     executions::record_event(conn, step.execution_id, Some(&step.step_name), "Stopped", Some(detail)).await?;
     let queued = if locked.execution_has_triggers {
-        triggers::settle(conn, step.execution_id, locked.execution_max_parallel_steps).await?
+        triggers::settle(
+            conn,
+            step.execution_id,
+            locked.execution_max_parallel_steps,
+            Ended::Other,
+        )
+        .await?
     } else {
         0
     };

@@ -36,7 +36,13 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
         triggers::skip_unstarted(&mut tx, execution_id, has_triggers, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
         if has_triggers {
-            queued = triggers::settle(&mut tx, execution_id, execution.max_parallel_steps).await?;
+            queued = triggers::settle(
+                &mut tx,
+                execution_id,
+                execution.max_parallel_steps,
+                triggers::Ended::Other,
+            )
+            .await?;
         }
     } else if has_triggers {
         // A second stop, while handlers run: it stops them too.
@@ -88,7 +94,13 @@ async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionR
     transitions::set_execution_status(&mut tx, execution_id, "Executing", false, None).await?;
     let mut queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
     if has_triggers {
-        queued += triggers::settle(&mut tx, execution_id, execution.max_parallel_steps).await?;
+        queued += triggers::settle(
+            &mut tx,
+            execution_id,
+            execution.max_parallel_steps,
+            triggers::Ended::Other,
+        )
+        .await?;
     }
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;

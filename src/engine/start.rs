@@ -55,7 +55,7 @@ pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, steps: &New
     }
     let mut queued = steps::promote_ready(conn, new.id, new.max_parallel_steps).await?;
     if !handlers.is_empty() {
-        queued += super::triggers::settle(conn, new.id, new.max_parallel_steps).await?;
+        queued += super::triggers::settle(conn, new.id, new.max_parallel_steps, super::triggers::Ended::Other).await?;
     }
     let execution = executions::get(conn, new.id).await?;
     super::finish_if_done(conn, &execution).await?;

@@ -13,17 +13,40 @@ use uuid::Uuid;
 
 use crate::store::{steps, triggers, StoreResult};
 
+/// What ended before `settle` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Ended {
+    /// A success: it can make handlers ready, never block a step.
+    Success,
+    /// A failure, a stop or skips: steps may be blocked as well.
+    Other,
+}
+
 /// Skips what can no longer run and judges the handlers whose dependencies
 /// have all ended, until nothing changes (a skipped handler can block the
-/// steps below it, and they another handler), then queues the ready steps.
-/// Returns how many it queued.
-pub(super) async fn settle(conn: &mut PgConnection, execution_id: Uuid, max_parallel: Option<i32>) -> StoreResult<u64> {
+/// steps below it, and they another handler), then queues the handlers
+/// made ready. Returns how many steps it queued.
+pub(super) async fn settle(
+    conn: &mut PgConnection,
+    execution_id: Uuid,
+    max_parallel: Option<i32>,
+    ended: Ended,
+) -> StoreResult<u64> {
+    let mut blocked_possible = ended == Ended::Other;
+    let mut ready = 0;
     loop {
-        triggers::skip_blocked(conn, execution_id).await?;
+        if blocked_possible {
+            triggers::skip_blocked(conn, execution_id).await?;
+        }
         let judged = triggers::judge_handlers(conn, execution_id).await?;
+        ready += judged.ready;
         if judged.skipped == 0 {
             break;
         }
+        blocked_possible = true;
+    }
+    if ready == 0 {
+        return Ok(0);
     }
     steps::promote_ready(conn, execution_id, max_parallel).await
 }
