@@ -64,6 +64,33 @@ async fn cleanup_after_success_removes_the_artifacts_and_says_so(db: PgPool) {
     let miss = train["cache"]["miss_reason"].as_str().unwrap_or_default();
     assert!(miss.contains("lost its artifacts"), "{train}");
     assert_eq!(runs_of(dir.path(), "Train"), 2);
+
+    // Nor does a selective execution reuse the cleaned run.
+    let arn = app.get(&format!("/v1/executions/{id}")).await.expect(200)["execution_arn"].clone();
+    let resp = app
+        .post(
+            "/v1/pipelines/clean/executions",
+            &json!({"selective_execution": {"source_execution": arn, "selected_steps": ["Clean"]}}),
+        )
+        .await;
+    assert_eq!(resp.status, 400, "{}", resp.text);
+    assert!(resp.text.contains("cannot be reused"), "{}", resp.text);
+    let plan = app
+        .post(
+            "/v1/pipelines/clean/executions/plan",
+            &json!({"selective_execution": {"source_execution": arn, "selected_steps": "changed"}}),
+        )
+        .await
+        .expect(200)
+        .clone();
+    let train = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == "Train")
+        .unwrap();
+    assert_eq!(train["verdict"], "Run", "{plan}");
+    assert!(train["changes"].to_string().contains("gone"), "{plan}");
 }
 
 #[sqlx::test]
