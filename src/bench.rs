@@ -36,13 +36,17 @@ pub struct BenchArgs {
     /// creates pipelines), as for every client command.
     #[command(flatten)]
     pub server: crate::cli::ServerArgs,
-    /// Shape of the pipeline: a chain, N independent steps, or one root,
-    /// N-2 parallel middles and one sink.
+    /// Shape of the pipeline: a chain, N independent steps, one root, N-2
+    /// parallel middles and one sink, or a ForEach over N items whose body
+    /// is two steps (the second after the first), so 2N steps run.
     #[arg(long, value_enum, default_value_t = Shape::Chain)]
     pub shape: Shape,
     /// Number of steps in the pipeline.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
+    /// For `--shape foreach`: its MaxConcurrency.
+    #[arg(long, default_value_t = 50)]
+    pub max_concurrency: u32,
     /// Number of executions started at once.
     #[arg(long, default_value_t = 1)]
     pub executions: usize,
@@ -69,6 +73,7 @@ pub enum Shape {
     Chain,
     Fanout,
     Diamond,
+    Foreach,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum, Serialize)]
@@ -166,6 +171,25 @@ impl Plan {
             .collect();
         json!({"Version": "2020-12-01", "Steps": steps})
     }
+}
+
+/// A ForEach over `items` items, its body two steps: `A`, then `B`, which
+/// reads `A`'s outputs (Pass) or depends on it (Command).
+fn for_each_definition(items: usize, max_concurrency: u32, step_type: StepType) -> Value {
+    let body = match step_type {
+        StepType::Pass => json!([
+            {"Name": "A", "Type": "Pass", "Arguments": {"item": {"Get": "ForEach.CurrentItem"}}},
+            {"Name": "B", "Type": "Pass", "Arguments": {"prev": {"Get": "Steps.A.Outputs.item"}}}
+        ]),
+        StepType::Command => json!([
+            {"Name": "A", "Type": "Command", "Arguments": {"Command": ["true"]}},
+            {"Name": "B", "Type": "Command", "DependsOn": ["A"], "Arguments": {"Command": ["true"]}}
+        ]),
+    };
+    json!({"Version": "2020-12-01", "Steps": [{"Name": "F", "Type": "ForEach", "Arguments": {
+        "IterableItems": (0..items).collect::<Vec<_>>(),
+        "MaxConcurrency": max_concurrency,
+        "ForEachBody": body}}]})
 }
 
 #[derive(Deserialize)]
@@ -345,9 +369,11 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let shape_name = format!("{:?}", args.shape).to_lowercase();
     let pipeline = format!("bench-{shape_name}-{tag}");
     let plan = Plan::new(args.shape, args.steps);
-    client
-        .create_pipeline(&pipeline, plan.definition(args.step_type))
-        .await?;
+    let definition = match args.shape {
+        Shape::Foreach => for_each_definition(args.steps, args.max_concurrency, args.step_type),
+        _ => plan.definition(args.step_type),
+    };
+    client.create_pipeline(&pipeline, definition).await?;
 
     let done = CancellationToken::new();
     let rss = args.server_pid.map(|pid| tokio::spawn(sample_rss(pid, done.clone())));
@@ -423,7 +449,13 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
             .await;
     }
 
-    let total_steps = (args.steps * args.executions) as f64;
+    // A ForEach runs its two body steps per item (the ForEach itself aside).
+    let per_execution = if args.shape == Shape::Foreach {
+        2 * args.steps
+    } else {
+        args.steps
+    };
+    let total_steps = (per_execution * args.executions) as f64;
     let report = Report {
         url: client.base.clone(),
         shape: args.shape,

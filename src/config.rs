@@ -108,6 +108,7 @@ pub struct WorkerConfig {
     pub shutdown_grace_seconds: u64,
     pub kill_grace_seconds: u64,
     pub max_outputs_bytes: u64,
+    pub for_each_max_items: usize,
     pub max_log_bytes: u64,
     pub cache_input_max_bytes: u64,
     pub cache_input_timeout_seconds: u64,
@@ -234,6 +235,9 @@ impl Config {
         }
         if self.worker.poll_interval_ms == 0 {
             return fail("worker.poll_interval_ms must be at least 1");
+        }
+        if self.worker.for_each_max_items == 0 {
+            return fail("worker.for_each_max_items must be at least 1");
         }
         if self.worker.max_log_bytes < crate::executor::log::MIN_LOG_BYTES {
             return fail("worker.max_log_bytes must be at least 256");

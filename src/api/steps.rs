@@ -51,6 +51,17 @@ pub struct StepRun {
     reused_from: Option<Value>,
     cache: Option<Value>,
     metadata: Value,
+    /// For a step of a ForEach iteration: which ForEach, iteration and item.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    iteration: Option<IterationOf>,
+}
+
+#[derive(Serialize)]
+struct IterationOf {
+    for_each: String,
+    index: i32,
+    item: Value,
+    body_step: String,
 }
 
 #[derive(Serialize)]
@@ -104,7 +115,17 @@ fn view(row: StepRunRow, with_components: bool, callback_token: bool) -> StepRun
         }
         cache
     });
+    let iteration = match (row.parent, row.iteration, row.local_name) {
+        (Some(for_each), Some(index), Some(body_step)) => Some(IterationOf {
+            for_each,
+            index,
+            item: row.item.unwrap_or(Value::Null),
+            body_step,
+        }),
+        _ => None,
+    };
     StepRun {
+        iteration,
         step_name: row.step_name,
         step_type: row.step_type,
         status: row.status,
@@ -135,18 +156,53 @@ fn attempt_view(row: AttemptRow) -> Attempt {
     }
 }
 
-/// Every step of the execution, in pipeline order.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ListQuery {
+    /// List the steps of this ForEach's iterations instead, a page at a time.
+    for_each: Option<String>,
+    limit: Option<i64>,
+    next_token: Option<String>,
+}
+
+/// Every step of the execution, in pipeline order; with `?for_each=F`, the
+/// steps of F's iterations, in item order, a page at a time.
 async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
     Path(reference): Path<String>,
+    Query(q): Query<ListQuery>,
 ) -> ApiResult<Json<StepList>> {
     let execution = state.find_execution(&reference).await?;
-    let rows = store::steps::list(&state.db, execution.id).await?;
     let tokens = sees_callback_tokens(&principal);
+    let Some(for_each) = q.for_each else {
+        if q.limit.is_some() || q.next_token.is_some() {
+            return Err(ApiError::invalid(
+                "?limit",
+                "limit and next_token page through a ForEach's iterations: give for_each=<ForEach step name>",
+            ));
+        }
+        let rows = store::steps::list(&state.db, execution.id).await?;
+        return Ok(Json(StepList {
+            steps: rows.into_iter().map(|r| view(r, false, tokens)).collect(),
+            next_token: None,
+        }));
+    };
+    let limit = super::pagination::limit(q.limit)?;
+    let after: Option<(i32, i32)> = super::pagination::decode(q.next_token.as_deref())?;
+    let parent = store::steps::get_by_name(&state.db, execution.id, &for_each).await?;
+    if parent.step_type != "ForEach" {
+        return Err(ApiError::invalid(
+            "?for_each",
+            format!("step {for_each:?} is a {} step, not a ForEach", parent.step_type),
+        ));
+    }
+    // A reused ForEach's iterations are those of the run it reused.
+    let rows = store::steps::iterations(&state.db, parent.id, after, limit).await?;
+    let next_token = super::pagination::next_token(&rows, limit, |(r, body)| (r.iteration.unwrap_or(0), *body));
     Ok(Json(StepList {
-        steps: rows.into_iter().map(|r| view(r, false, tokens)).collect(),
-        next_token: None,
+        steps: rows.into_iter().map(|(r, _)| view(r, false, tokens)).collect(),
+        next_token,
     }))
 }
 

@@ -89,6 +89,17 @@ pub enum Reference {
     },
     /// A named secret (`Secrets.NAME`), allowed only as a Command's Env value.
     Secret(String),
+    /// `ForEach.CurrentItem<path>`: the item of the iteration a ForEach body
+    /// step runs in (a string holding a JSON object or list is drilled into).
+    CurrentItem(Vec<PathSegment>),
+    /// `ForEach.CurrentIndex`: that item's index in the list, from 0.
+    CurrentIndex,
+    /// `IterationOutput.<BodyStep><path>`: in a ForEach's `Selector`, the
+    /// property document of one body step of each iteration.
+    IterationOutput {
+        step: String,
+        path: Vec<PathSegment>,
+    },
 }
 
 impl fmt::Display for Reference {
@@ -98,6 +109,9 @@ impl fmt::Display for Reference {
             Reference::Execution(v) => write!(f, "Execution.{}", v.as_str()),
             Reference::Step { step, path } => write!(f, "Steps.{step}{}", format_path(path)),
             Reference::Secret(name) => write!(f, "Secrets.{name}"),
+            Reference::CurrentItem(path) => write!(f, "ForEach.CurrentItem{}", format_path(path)),
+            Reference::CurrentIndex => write!(f, "ForEach.CurrentIndex"),
+            Reference::IterationOutput { step, path } => write!(f, "IterationOutput.{step}{}", format_path(path)),
         }
     }
 }
@@ -142,8 +156,39 @@ pub fn parse_get(s: &str) -> Result<Reference, String> {
                 path: parse_segments(s, start, false)?,
             })
         }
+        "ForEach" if rest == "CurrentIndex" => Ok(Reference::CurrentIndex),
+        "ForEach" if rest.starts_with("CurrentItem") => {
+            let tail = &rest["CurrentItem".len()..];
+            if !(tail.is_empty() || tail.starts_with(['.', '['])) {
+                return Err(format!(
+                    "malformed reference {s:?}: expected ForEach.CurrentItem or ForEach.CurrentIndex"
+                ));
+            }
+            Ok(Reference::CurrentItem(parse_segments(
+                s,
+                "ForEach.CurrentItem".len(),
+                false,
+            )?))
+        }
+        "ForEach" => Err(format!(
+            "malformed reference {s:?}: inside a ForEach body use ForEach.CurrentItem (with an optional path) \
+             or ForEach.CurrentIndex"
+        )),
+        "IterationOutput" => {
+            let end = rest.find(['.', '[']).unwrap_or(rest.len());
+            if end == 0 {
+                return Err(format!(
+                    "malformed reference {s:?}: missing body step name after \"IterationOutput.\""
+                ));
+            }
+            Ok(Reference::IterationOutput {
+                step: rest[..end].to_string(),
+                path: parse_segments(s, "IterationOutput.".len() + end, false)?,
+            })
+        }
         _ => Err(format!(
-            "malformed reference {s:?}: it must start with Parameters., Execution., Secrets. or Steps."
+            "malformed reference {s:?}: it must start with Parameters., Execution., Secrets., Steps. or \
+             (inside a ForEach body) ForEach."
         )),
     }
 }
@@ -462,6 +507,10 @@ pub trait Resolver {
     /// a marker (`domain::secrets::marker`) that the process environment
     /// alone replaces with the value.
     fn secret(&self, name: &str) -> Result<Value, String>;
+    /// The item and index of the ForEach iteration being run, if any.
+    fn current_item(&self) -> Option<(Value, usize)> {
+        None
+    }
 }
 
 /// Replaces every expression in `v` with its value.
@@ -503,6 +552,29 @@ fn eval_get(body: &Value, r: &dyn Resolver) -> Result<Value, String> {
             lookup(&props, &path).map_err(|e| format!("{s}: {e}"))
         }
         Reference::Secret(name) => r.secret(&name),
+        Reference::CurrentItem(path) => {
+            let (item, _) = r
+                .current_item()
+                .ok_or_else(|| format!("{s}: only a step inside a ForEach body has a current item"))?;
+            lookup(&drillable(item, &path), &path).map_err(|e| format!("{s}: {e}"))
+        }
+        Reference::CurrentIndex => r
+            .current_item()
+            .map(|(_, index)| Value::from(index))
+            .ok_or_else(|| format!("{s}: only a step inside a ForEach body has a current index")),
+        Reference::IterationOutput { .. } => Err(format!("{s}: IterationOutput is read only by a ForEach Selector")),
+    }
+}
+
+/// An item to read a path in: a string that holds a JSON object or list is
+/// read as that document (SageMaker's items are often JSON-object strings).
+pub fn drillable(item: Value, path: &[PathSegment]) -> Value {
+    match item {
+        Value::String(text) if !path.is_empty() => match serde_json::from_str::<Value>(&text) {
+            Ok(doc @ (Value::Object(_) | Value::Array(_))) => doc,
+            _ => Value::String(text),
+        },
+        other => other,
     }
 }
 

@@ -10,6 +10,7 @@ pub mod dag;
 pub mod definition;
 pub mod duration;
 pub mod expr;
+pub mod for_each;
 pub mod names;
 pub mod params;
 pub mod retry;

@@ -107,23 +107,30 @@ async fn complete_once(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Appli
         return Ok((Applied::Stale, None));
     };
     let execution_id = step.execution_id;
+    let mut queued = effect.queued;
+    if effect.ended {
+        // A step of a ForEach iteration hands on its iteration's slot; a
+        // ForEach with nothing left to run ends.
+        queued += super::for_each::after_step(&mut tx, &locked).await?;
+        queued += super::for_each::settle(&mut tx, execution_id).await?;
+    }
     // Queued work means the execution goes on; only otherwise can it be done.
-    if effect.queued == 0 {
+    if queued == 0 {
         finish_if_done_by_id(&mut tx, execution_id).await?;
     }
     let claimed = match report.next {
-        Some(next) if effect.queued > 0 && effect.dependents_queued => {
+        Some(next) if queued > 0 && (effect.dependents_queued || queued > effect.queued) => {
             steps::claim_next_in(&mut tx, next.worker_id, next.lease_seconds, execution_id).await?
         }
         _ => None,
     };
     // Other workers are woken only for work this one did not take.
-    let wake_others = effect.queued > 0 && (claimed.is_none() || effect.queued > 1);
+    let wake_others = queued > 0 && (claimed.is_none() || queued > 1);
     if wake_others || !effect.listeners_notified {
         steps::notify(&mut tx, execution_id, wake_others).await?;
     }
     tx.commit().await?;
-    let applied = if effect.queued > 0 {
+    let applied = if queued > 0 {
         Applied::AppliedQueued
     } else {
         Applied::Applied
@@ -132,18 +139,20 @@ async fn complete_once(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Appli
 }
 
 /// What applying a report scheduled.
-struct Effect {
+pub(super) struct Effect {
     /// Steps of the execution queued by it (dependents, or this step again).
-    queued: u64,
+    pub queued: u64,
     /// The queued steps are dependents (a chain may take one at once); a
     /// retry waits for its delay instead.
-    dependents_queued: bool,
+    pub dependents_queued: bool,
     /// The write already notified the execution's listeners.
-    listeners_notified: bool,
+    pub listeners_notified: bool,
+    /// The step ended for good (it is not queued again for a retry).
+    pub ended: bool,
 }
 
 /// `None` when a fenced write did not apply.
-async fn apply_success(
+pub(super) async fn apply_success(
     conn: &mut PgConnection,
     locked: &LockedStep,
     success: &Success<'_>,
@@ -182,10 +191,11 @@ async fn apply_success(
         queued,
         dependents_queued: true,
         listeners_notified: true,
+        ended: true,
     }))
 }
 
-async fn apply_failure(
+pub(super) async fn apply_failure(
     conn: &mut PgConnection,
     locked: &LockedStep,
     outcome: &StepOutcome,
@@ -238,6 +248,7 @@ async fn apply_failure(
             queued: 1,
             dependents_queued: false,
             listeners_notified: false,
+            ended: false,
         }));
     }
     let status = if step.status == "Stopping" { "Stopped" } else { "Failed" };
@@ -273,10 +284,11 @@ async fn apply_failure(
         queued,
         dependents_queued: queued > 0,
         listeners_notified: false,
+        ended: true,
     }))
 }
 
-async fn apply_stop(
+pub(super) async fn apply_stop(
     conn: &mut PgConnection,
     locked: &LockedStep,
     message: &str,
@@ -319,5 +331,6 @@ async fn apply_stop(
         queued,
         dependents_queued: queued > 0,
         listeners_notified: false,
+        ended: true,
     }))
 }

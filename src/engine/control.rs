@@ -35,8 +35,10 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
         // judged once what they depend on has ended.
         triggers::skip_unstarted(&mut tx, execution_id, has_triggers, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
+        // A ForEach whose iterations were all waiting ends now.
+        queued += super::for_each::settle(&mut tx, execution_id).await?;
         if has_triggers {
-            queued = triggers::settle(
+            queued += triggers::settle(
                 &mut tx,
                 execution_id,
                 execution.max_parallel_steps,
@@ -48,6 +50,7 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
         // A second stop, while handlers run: it stops them too.
         steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
+        super::for_each::settle(&mut tx, execution_id).await?;
     }
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;
@@ -92,7 +95,9 @@ async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionR
     }
     steps::skip_with_descendants(&mut tx, execution_id, &blocked, "UpstreamNotRun").await?;
     transitions::set_execution_status(&mut tx, execution_id, "Executing", false, None).await?;
+    super::for_each::reopen(&mut tx, execution_id).await?;
     let mut queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
+    queued += super::for_each::settle(&mut tx, execution_id).await?;
     if has_triggers {
         queued += triggers::settle(
             &mut tx,

@@ -124,6 +124,7 @@ pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ne
             branch_if: step.branch.as_ref().map(|b| b.if_branch),
             cutoff_run: cutoff.map(|c| c.step_run),
             cutoff_execution: cutoff.map(|c| c.execution),
+            member: None,
         });
     }
     new
@@ -139,6 +140,8 @@ pub struct Settings {
     /// `worker.max_outputs_bytes`: the largest artifacts file `Std:JsonGet`
     /// reads.
     pub max_outputs_bytes: u64,
+    /// `worker.for_each_max_items`.
+    pub for_each_max_items: usize,
 }
 
 impl Settings {
@@ -163,6 +166,7 @@ impl Settings {
             },
             cache_cap: config.cache.max_expire_after,
             max_outputs_bytes: config.worker.max_outputs_bytes,
+            for_each_max_items: config.worker.for_each_max_items,
         }
     }
 }
@@ -175,6 +179,9 @@ pub struct Prepared {
     pub steps: NewSteps,
     pub selective: Option<Value>,
     pub source_arn: Option<String>,
+    /// The selective source execution (whose ForEach iterations a ForEach
+    /// of this start is compared with, item by item).
+    pub source_execution: Option<Uuid>,
 }
 
 /// Everything a start decides before writing: parameters and, for a
@@ -202,6 +209,7 @@ pub async fn prepare(
             steps,
             selective: None,
             source_arn: None,
+            source_execution: None,
         });
     };
     let planned = super::selective::plan(conn, arns, settings, pipeline, definition, req, selective_request).await?;
@@ -212,6 +220,7 @@ pub async fn prepare(
     Ok(Prepared {
         parameters: planned.parameters,
         source_arn: planned.source.as_ref().map(|s| s.arn.clone()),
+        source_execution: planned.source.as_ref().map(|s| s.execution.id),
         plans: planned.plans,
         steps,
         selective: Some(planned.record),

@@ -57,6 +57,9 @@ pub struct StepVerdict {
     /// (`parameter Epochs: 10 -> 12`, `downstream of Train`).
     pub changes: Vec<String>,
     pub source_execution_arn: Option<String>,
+    /// For a ForEach that runs: its iterations, in compact form.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub iterations: Option<super::plan_iterations::IterationPlan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -148,6 +151,7 @@ pub async fn plan_execution(
         verdicts: HashMap::new(),
         outcomes: HashMap::new(),
         hashing_since: std::time::Instant::now(),
+        source_execution: prepared.source_execution,
     };
     for name in definition.dag.topological_order() {
         let Some(step) = definition.step(&name) else { continue };
@@ -184,6 +188,8 @@ struct Predictor<'a> {
     outcomes: HashMap<String, bool>,
     /// When hashing began: all of it shares one time budget.
     hashing_since: std::time::Instant,
+    /// The selective source, whose ForEach iterations are compared item by item.
+    source_execution: Option<Uuid>,
 }
 
 /// What the cache will do for a step that runs.
@@ -204,6 +210,7 @@ fn verdict(step: &Step, verdict: &'static str, reason: String, changes: Vec<Stri
         reason,
         changes,
         source_execution_arn: None,
+        iterations: None,
     }
 }
 
@@ -293,6 +300,28 @@ impl Predictor<'_> {
         if let Some(gate) = gate {
             out.verdict = "RunIfTriggered";
             out.reason = format!("{gate}; then it {}", out.reason);
+        }
+        if let Some(spec) = step.for_each.as_deref() {
+            // Field by field: the connection is borrowed apart from what is known.
+            let known = KnownNow {
+                parameters: self.parameters,
+                known: &self.known,
+                pipeline_name: &self.pipeline.name,
+                arns: self.arns,
+                secret_digests: HashMap::new(),
+                max_outputs_bytes: self.settings.max_outputs_bytes,
+            };
+            let max = self.settings.for_each_max_items;
+            let plan = super::plan_iterations::plan(
+                self.conn,
+                self.settings,
+                &known,
+                &step.name,
+                spec,
+                self.source_execution,
+                max,
+            );
+            out.iterations = Some(plan.await?);
         }
         if let Some(branch) = branch {
             // It runs (or hits, or is reused after all) only if a branch is

@@ -312,6 +312,28 @@ async fn changed_selection(
             .collect(),
     };
     compare_with_origins(conn, definition, source, context, &mut changed).await?;
+    // The files a ForEach's body reads are hashed per iteration when it
+    // runs: such a ForEach runs, and each iteration whose item and inputs
+    // (those files' content included) are unchanged is reused from the
+    // source then (`engine::for_each`).
+    for step in &definition.steps {
+        let reads_files = step.for_each.as_deref().is_some_and(|f| {
+            f.body.iter().any(|b| {
+                b.arguments
+                    .get("CacheInputs")
+                    .is_some_and(|c| c.as_array().is_some_and(|l| !l.is_empty()))
+            })
+        });
+        if reads_files && !changed.contains_key(&step.name) {
+            changed.insert(
+                step.name.clone(),
+                vec![
+                    "its body reads files (CacheInputs): its iterations are compared with the source's item by item"
+                        .into(),
+                ],
+            );
+        }
+    }
     let candidates: Vec<(&Step, &SourceRun)> = definition
         .steps
         .iter()

@@ -65,7 +65,7 @@ pub async fn decide(
 
     let mut conn = ctx.db.acquire().await?;
     let earliest = cache_valid_since(config.expire_after, ctx.config.cache.max_expire_after, Utc::now());
-    let candidates = cache::entries_with_key(&mut conn, step.pipeline_id, &step.step_name, &key.key, 20).await?;
+    let candidates = cache::entries_with_key(&mut conn, step.pipeline_id, step.cache_name(), &key.key, 20).await?;
     let mut expired_entry: Option<&Entry> = None;
     let mut artifacts_gone: Option<(&Entry, String)> = None;
     for entry in &candidates {
@@ -107,8 +107,11 @@ pub async fn decide(
             entry.ended_at.map(|t| t.to_rfc3339()).unwrap_or_default()
         )
     } else {
-        match cache::nearest_entry(&mut conn, step.pipeline_id, &step.step_name).await? {
-            None => format!("no earlier cache entry for step {:?} in this pipeline", step.step_name),
+        match cache::nearest_entry(&mut conn, step.pipeline_id, step.cache_name()).await? {
+            None => format!(
+                "no earlier cache entry for step {:?} in this pipeline",
+                step.cache_name()
+            ),
             Some(previous) => {
                 let before = previous.cache_components.clone().unwrap_or(Value::Null);
                 match explain_difference(&key.components, &before) {

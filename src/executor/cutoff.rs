@@ -26,6 +26,8 @@ use crate::{
 
 /// Why a reused step was reused, in its `reused_from`.
 pub const REASON: &str = "inputs unchanged after upstream re-ran";
+/// Why a step of a ForEach iteration was reused (item-level reuse).
+pub const ITEM_REASON: &str = "same item and inputs as its iteration in the source execution";
 
 pub enum CutOff {
     /// Not a candidate.
@@ -50,7 +52,8 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
             "reason": why,
         }))
     };
-    let Some(source) = steps::cutoff_source(ctx.db, run, &step.dependencies).await? else {
+    let dependencies = step.dependency_names();
+    let Some(source) = steps::cutoff_source(ctx.db, run, &dependencies).await? else {
         return Ok(runs("its run in the source execution no longer exists".into()));
     };
     let Some(mut before) = source.cache_components.clone() else {
@@ -62,7 +65,7 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
     // past it, what is left uncompared counts as different and it runs.
     let started = std::time::Instant::now();
     let budget = Duration::from_secs(ctx.config.worker.cache_input_timeout_seconds);
-    for dependency in &step.dependencies {
+    for dependency in &dependencies {
         let Some(left) = budget.checked_sub(started.elapsed()).filter(|d| !d.is_zero()) else {
             break;
         };
@@ -90,10 +93,11 @@ pub async fn check(ctx: &StepContext<'_>, kind: StepKind, key: &CacheKey) -> Sto
     if let Some(gone) = missing_artifacts(source.properties.as_ref(), &source.metadata) {
         return Ok(runs(format!("its outputs in the source are gone: {gone}")));
     }
+    let reason = if step.parent.is_some() { ITEM_REASON } else { REASON };
     let reused_from = json!({
         "source_execution_arn": source_arn,
         "source_step_run_id": run,
-        "reason": REASON,
+        "reason": reason,
     });
     if !steps::record_reuse(ctx.db, step.id, step.attempt, &reused_from, (&key.key, &key.components)).await? {
         // The attempt is no longer current; its report will be dropped too.

@@ -92,6 +92,11 @@ impl Resolver for StepContext<'_> {
         )
     }
 
+    fn current_item(&self) -> Option<(Value, usize)> {
+        let item = self.step.item.clone()?;
+        Some((item, self.step.iteration?.max(0) as usize))
+    }
+
     fn secret(&self, name: &str) -> Result<Value, String> {
         // `secrets::WithSecrets` resolves the secrets a step loaded.
         Err(format!(
@@ -145,6 +150,10 @@ pub enum Run {
         /// The SageMaker SDK's `SqsQueueUrl`, shown in the step's metadata.
         sqs_queue_url: Option<String>,
         arguments: Value,
+    },
+    /// A ForEach resolved its items: its iterations are to be made.
+    Expand {
+        items: Vec<Value>,
     },
 }
 
@@ -205,6 +214,9 @@ fn storable(outcome: StepOutcome, step_type: &str) -> StepOutcome {
 }
 
 async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
+    if ctx.step.step_type == StepKind::ForEach.as_str() {
+        return for_each_items(ctx);
+    }
     let secrets = match secrets::StepSecrets::load(ctx).await {
         Ok(s) => s,
         Err(outcome) => return done(outcome),
@@ -245,6 +257,24 @@ async fn run_step(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
             Run::Done { outcome, log }
         }
         waiting => waiting,
+    }
+}
+
+/// A ForEach resolves its `IterableItems` (its Selector is read when it
+/// ends, its body by each iteration).
+fn for_each_items(ctx: &StepContext<'_>) -> Run {
+    let items = ctx.step.arguments.get("IterableItems").cloned().unwrap_or(Value::Null);
+    let resolved =
+        evaluate(&items, ctx).and_then(|v| crate::domain::for_each::items_of(v, ctx.config.worker.for_each_max_items));
+    match resolved {
+        Ok(items) => match nul_at(&Value::Array(items.clone())) {
+            Some(at) => done(StepOutcome::failed(
+                INPUT_ERROR,
+                format!("the items hold a NUL character (\\u0000) in {at}, which cannot be stored"),
+            )),
+            None => Run::Expand { items },
+        },
+        Err(message) => done(StepOutcome::failed(INPUT_ERROR, message)),
     }
 }
 

@@ -98,6 +98,9 @@ impl Resolver for WithSecrets<'_, '_> {
     fn artifact_json(&self, step: &str, file: &str) -> Result<Value, String> {
         self.ctx.artifact_json(step, file)
     }
+    fn current_item(&self) -> Option<(Value, usize)> {
+        self.ctx.current_item()
+    }
     fn secret(&self, name: &str) -> Result<Value, String> {
         self.secrets
             .digests

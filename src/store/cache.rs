@@ -33,7 +33,7 @@ pub async fn entries_with_key(
 ) -> StoreResult<Vec<Entry>> {
     Ok(sqlx::query_as::<_, Entry>(&format!(
         "select {ENTRY_COLUMNS} from step_runs s join pipelines p on p.id = s.pipeline_id \
-         where s.pipeline_id = $1 and s.step_name = $2 and s.cache_key = $3 and s.cache_entry \
+         where s.pipeline_id = $1 and coalesce(s.local_name, s.step_name) = $2 and s.cache_key = $3 and s.cache_entry \
          order by s.ended_at desc limit $4"
     ))
     .bind(pipeline_id)
@@ -48,7 +48,7 @@ pub async fn entries_with_key(
 pub async fn nearest_entry(conn: &mut PgConnection, pipeline_id: Uuid, step: &str) -> StoreResult<Option<Entry>> {
     Ok(sqlx::query_as::<_, Entry>(&format!(
         "select {ENTRY_COLUMNS} from step_runs s join pipelines p on p.id = s.pipeline_id \
-         where s.pipeline_id = $1 and s.step_name = $2 and s.cache_entry order by s.ended_at desc limit 1"
+         where s.pipeline_id = $1 and coalesce(s.local_name, s.step_name) = $2 and s.cache_entry order by s.ended_at desc limit 1"
     ))
     .bind(pipeline_id)
     .bind(step)
@@ -90,7 +90,7 @@ pub async fn record(pool: &PgPool, id: Uuid, attempt: i32, record: &KeyRecord<'_
 pub async fn purge(pool: &PgPool, pipeline_id: Uuid, step: Option<&str>) -> StoreResult<u64> {
     Ok(sqlx::query(
         "update step_runs set cache_entry = false where pipeline_id = $1 and cache_entry \
-         and ($2::text is null or step_name = $2)",
+         and ($2::text is null or coalesce(local_name, step_name) = $2)",
     )
     .bind(pipeline_id)
     .bind(step)

@@ -87,6 +87,21 @@ pub struct NewStepRun {
     /// Early cut-off: the source run compared with, and its execution.
     pub cutoff_run: Option<Uuid>,
     pub cutoff_execution: Option<Uuid>,
+    /// For a step of a ForEach iteration: where it belongs.
+    pub member: Option<Member>,
+}
+
+/// A step run's place in a ForEach: the iteration it runs in and the body
+/// step it runs.
+#[derive(Debug, Clone)]
+pub struct Member {
+    pub parent: String,
+    pub iteration: i32,
+    pub item: Value,
+    pub local_name: String,
+    pub body_index: i32,
+    /// Waits for a slot under the ForEach's `MaxConcurrency`.
+    pub slot_wait: bool,
 }
 
 /// One field of every row, as an array to bind and `unnest`.
@@ -139,16 +154,19 @@ pub async fn insert_step_runs(
     sqlx::query(
         "insert into step_runs (id, execution_id, pipeline_id, step_name, step_type, position, status, skip_reason, \
            arguments, retry_policies, cache_config, dependencies, dependents, remaining_deps, branch_of, branch_if, \
-           started_at, ended_at, cutoff_run, cutoff_execution) \
+           started_at, ended_at, cutoff_run, cutoff_execution, parent, iteration, item, local_name, body_index, \
+           slot_wait) \
          select u.id, $1, $2, u.name, u.type, u.position, u.status, u.skip_reason, u.arguments, u.retry, u.cache, \
            string_to_array(u.deps, ','), string_to_array(u.dependents, ','), u.remaining, u.branch_of, u.branch_if, \
            case when u.status = 'Skipped' then now() end, case when u.status = 'Skipped' then now() end, \
-           u.cutoff_run, u.cutoff_execution \
+           u.cutoff_run, u.cutoff_execution, u.parent, u.iteration, u.item, u.local_name, u.body_index, \
+           coalesce(u.slot_wait, false) \
          from unnest($3::uuid[], $4::text[], $5::text[], $6::int[], $7::text[], $8::text[], $9::jsonb[], \
            $10::jsonb[], $11::jsonb[], $12::text[], $13::text[], $14::int[], $15::text[], $16::bool[], \
-           $17::uuid[], $18::uuid[]) \
+           $17::uuid[], $18::uuid[], $19::text[], $20::int[], $21::jsonb[], $22::text[], $23::int[], $24::bool[]) \
            as u(id, name, type, position, status, skip_reason, arguments, retry, cache, deps, dependents, \
-             remaining, branch_of, branch_if, cutoff_run, cutoff_execution)",
+             remaining, branch_of, branch_if, cutoff_run, cutoff_execution, parent, iteration, item, local_name, \
+             body_index, slot_wait)",
     )
     .bind(execution_id)
     .bind(pipeline_id)
@@ -168,6 +186,12 @@ pub async fn insert_step_runs(
     .bind(column(steps, |s| s.branch_if))
     .bind(column(steps, |s| s.cutoff_run))
     .bind(column(steps, |s| s.cutoff_execution))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.parent.clone())))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.iteration)))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.item.clone())))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.local_name.clone())))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.body_index)))
+    .bind(column(steps, |s| s.member.as_ref().map(|m| m.slot_wait)))
     .execute(&mut *conn)
     .await?;
     Ok(())

@@ -6,6 +6,7 @@ pub mod cache;
 pub mod cleanup;
 pub mod diagnosis;
 pub mod executions;
+pub mod for_each;
 pub mod pipelines;
 pub mod retention;
 pub mod secrets;

@@ -45,6 +45,12 @@ pub struct StepRunRow {
     pub cache_hit: Option<Value>,
     pub reused_from: Option<Value>,
     pub artifacts_dir: Option<String>,
+    /// For a step of a ForEach iteration: the ForEach, the iteration, its
+    /// item and the body step this row runs.
+    pub parent: Option<String>,
+    pub iteration: Option<i32>,
+    pub item: Option<Value>,
+    pub local_name: Option<String>,
 }
 
 pub(super) const STEP_COLUMNS: &str =
@@ -52,14 +58,18 @@ pub(super) const STEP_COLUMNS: &str =
     s.skip_reason, s.arguments, s.retry_policies, s.cache_config, s.dependencies, s.dependents, s.branch_of, \
     s.branch_if, s.attempt, s.lease_owner, s.callback_token, s.callback_deadline, s.failure_reason, s.error_type, \
     s.properties, s.metadata, s.first_started_at, s.started_at, s.ended_at, s.cache_key, s.cache_components, \
-    s.cache_status, s.cache_miss_reason, s.cache_warnings, s.cache_hit, s.reused_from, s.artifacts_dir";
+    s.cache_status, s.cache_miss_reason, s.cache_warnings, s.cache_hit, s.reused_from, s.artifacts_dir, \
+    s.parent, s.iteration, s.item, s.local_name";
 
 /// Statuses of a step that has not reached its end.
 pub const UNFINISHED: [&str; 4] = ["Pending", "Starting", "Executing", "Stopping"];
 
+/// The steps of the execution, without the steps of ForEach iterations
+/// (`iterations` lists those).
 pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunRow>> {
     Ok(sqlx::query_as::<_, StepRunRow>(&format!(
-        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 order by s.position"
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.parent is null \
+         order by s.position"
     ))
     .bind(execution_id)
     .fetch_all(pool)
@@ -75,6 +85,35 @@ pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> Store
     .fetch_optional(pool)
     .await?
     .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
+}
+
+/// A page of the iteration steps of the ForEach run `parent_run`, in item
+/// order then body order, after the `(iteration, body_index)` given.
+pub async fn iterations(
+    pool: &PgPool,
+    parent_run: Uuid,
+    after: Option<(i32, i32)>,
+    limit: i64,
+) -> StoreResult<Vec<(StepRunRow, i32)>> {
+    #[derive(sqlx::FromRow)]
+    struct Row {
+        #[sqlx(flatten)]
+        step: StepRunRow,
+        body_index: i32,
+    }
+    let rows = sqlx::query_as::<_, Row>(&format!(
+        "select {STEP_COLUMNS}, s.body_index from step_runs p join step_runs s \
+           on s.execution_id = p.execution_id and s.parent = p.step_name \
+         where p.id = $1 and ($2::int is null or (s.iteration, s.body_index) > ($2, $3)) \
+         order by s.iteration, s.body_index limit $4"
+    ))
+    .bind(parent_run)
+    .bind(after.map(|a| a.0))
+    .bind(after.map(|a| a.1))
+    .bind(limit)
+    .fetch_all(pool)
+    .await?;
+    Ok(rows.into_iter().map(|r| (r.step, r.body_index)).collect())
 }
 
 pub async fn find_by_callback_token(conn: &mut PgConnection, token: Uuid) -> StoreResult<Option<StepRunRow>> {
@@ -93,7 +132,9 @@ pub async fn promote_ready(conn: &mut PgConnection, execution_id: Uuid, max_para
         None => None,
         Some(max) => {
             let active: i64 = sqlx::query_scalar(
-                "select count(*) from step_runs where execution_id = $1 and status in ('Starting', 'Executing', 'Stopping')",
+                // A ForEach waiting for its iterations holds no slot: its iterations do.
+                "select count(*) from step_runs where execution_id = $1 and status in ('Starting', 'Executing', 'Stopping') \
+                 and step_type <> 'ForEach'",
             )
             .bind(execution_id)
             .fetch_one(&mut *conn)
@@ -107,7 +148,8 @@ pub async fn promote_ready(conn: &mut PgConnection, execution_id: Uuid, max_para
     let queued: i64 = sqlx::query_scalar(
         "with ready as ( \
            select id from step_runs where execution_id = $1 and status = 'Pending' and remaining_deps = 0 \
-           order by position limit $2), \
+             and not slot_wait \
+           order by position, iteration nulls first, body_index limit $2), \
          queued as ( \
            update step_runs s set status = 'Starting', available_at = now() from ready where s.id = ready.id \
            returning s.step_name, s.position), \
@@ -157,8 +199,8 @@ pub async fn decrement_and_queue(
     let queued: i64 = sqlx::query_scalar(
         "with counted as ( \
            update step_runs set remaining_deps = remaining_deps - 1, \
-             status = case when remaining_deps = 1 then 'Starting' else status end, \
-             available_at = case when remaining_deps = 1 then now() else available_at end \
+             status = case when remaining_deps = 1 and not slot_wait then 'Starting' else status end, \
+             available_at = case when remaining_deps = 1 and not slot_wait then now() else available_at end \
            where execution_id = $1 and step_name = any($2) and status = 'Pending' \
            returning step_name, status, position), \
          events as ( \
@@ -319,6 +361,33 @@ pub struct ClaimedStep {
     /// execution (see `engine::decide::CutOff`).
     pub cutoff_run: Option<Uuid>,
     pub cutoff_execution: Option<Uuid>,
+    /// For a step of a ForEach iteration: the ForEach, the iteration, its
+    /// item and the body step it runs.
+    pub parent: Option<String>,
+    pub iteration: Option<i32>,
+    pub item: Option<Value>,
+    pub local_name: Option<String>,
+}
+
+impl ClaimedStep {
+    /// The name its cache entries go by: a body step's, shared by all
+    /// iterations of its ForEach.
+    pub fn cache_name(&self) -> &str {
+        self.local_name.as_deref().unwrap_or(&self.step_name)
+    }
+
+    /// Its dependencies by the names its expressions read them by: a body
+    /// step's siblings by their body names.
+    pub fn dependency_names(&self) -> Vec<String> {
+        let prefix = match (&self.parent, self.iteration) {
+            (Some(parent), Some(i)) => format!("{parent}[{i}]."),
+            _ => return self.dependencies.clone(),
+        };
+        self.dependencies
+            .iter()
+            .map(|d| d.strip_prefix(&prefix).unwrap_or(d).to_string())
+            .collect()
+    }
 }
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
@@ -361,7 +430,8 @@ async fn claim_with<'c>(
            from picked where s.id = picked.id \
            returning s.id, s.execution_id, s.pipeline_id, s.step_name, s.step_type, s.attempt, s.arguments, \
              s.cache_config, s.dependencies, s.position, s.cutoff_run, s.cutoff_execution, \
-             cardinality(s.dependents) = 0 and s.step_type <> 'Condition' as leaf), \
+             s.parent, s.iteration, s.item, s.local_name, \
+             cardinality(s.dependents) = 0 and s.step_type <> 'Condition' and s.parent is null as leaf), \
          attempts as ( \
            insert into step_attempts (step_run_id, attempt, status, worker_id) \
            select id, attempt, 'Executing', $2 from claimed), \
@@ -371,12 +441,13 @@ async fn claim_with<'c>(
            order by position) \
          select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
            c.cache_config, c.dependencies, c.leaf, c.cutoff_run, c.cutoff_execution, e.parameters, \
+           c.parent, c.iteration, c.item, c.local_name, \
            p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
            coalesce((e.selective_execution->'selected_steps') ? c.step_name \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
-           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from execution_steps d \
-             where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
+           (select coalesce(jsonb_object_agg(coalesce(d.local_name, d.step_name), d.properties), '{}'::jsonb) \
+             from execution_steps d where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
                and d.properties is not null) as upstream \
          from claimed c join executions e on e.id = c.execution_id join pipelines p on p.id = e.pipeline_id",
     )
@@ -506,8 +577,10 @@ pub struct CutoffSource {
 pub async fn cutoff_source(pool: &PgPool, run: Uuid, dependencies: &[String]) -> StoreResult<Option<CutoffSource>> {
     Ok(sqlx::query_as::<_, CutoffSource>(
         "select s.status, s.properties, s.metadata, s.cache_components, \
-           (select coalesce(jsonb_object_agg(d.step_name, d.properties), '{}'::jsonb) from execution_steps d \
-             where d.execution_id = s.execution_id and d.step_name = any($2) and d.properties is not null) \
+           (select coalesce(jsonb_object_agg(coalesce(d.local_name, d.step_name), d.properties), '{}'::jsonb) \
+             from execution_steps d where d.execution_id = s.execution_id and d.properties is not null \
+               and ((d.parent is null and d.step_name = any($2)) \
+                 or (d.parent = s.parent and d.iteration = s.iteration and d.local_name = any($2)))) \
            as upstream \
          from step_runs s where s.id = $1",
     )

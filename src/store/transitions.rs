@@ -95,7 +95,7 @@ async fn record_success<'c>(
              cache_entry = coalesce(s.cache_status in ('miss', 'bypassed'), false), \
              cache_key = coalesce($8, s.cache_key), cache_components = coalesce($9, s.cache_components) \
            where s.id = $1 and s.attempt = $4 and s.status in ('Executing', 'Stopping') \
-             and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' \
+             and (not $7 or (cardinality(s.dependents) = 0 and s.step_type <> 'Condition' and s.parent is null \
                and exists (select 1 from executions e where e.id = s.execution_id and e.max_parallel_steps is null))) \
            returning s.execution_id, s.step_name, s.cache_hit, s.reused_from), \
          attempt_end as ( \

@@ -405,6 +405,19 @@ impl WorkerPool {
                     self.call_webhook(step, token, &url, arguments).await?;
                 }
             }
+            Run::Expand { items } => match engine::for_each::expand(&inner.db, step.id, step.attempt, &items).await? {
+                engine::for_each::Expanded::Waiting => {}
+                engine::for_each::Expanded::Stale => {
+                    let message = "the execution was stopped before the iterations were made".to_string();
+                    return self
+                        .report(step, StepOutcome::Stopped { message }, None, shutdown)
+                        .await;
+                }
+                engine::for_each::Expanded::Failed(message) => {
+                    let outcome = StepOutcome::failed("ForEach.NOT_RUN", message);
+                    return self.report(step, outcome, None, shutdown).await;
+                }
+            },
         }
         Ok(None)
     }

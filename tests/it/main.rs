@@ -14,6 +14,7 @@ mod errors;
 mod exact;
 mod executions;
 mod fences;
+mod for_each;
 mod hardening;
 mod helpers;
 mod limits;

@@ -92,6 +92,10 @@ async fn walk_through_runs_as_written(db: PgPool) {
         "{'Outputs': {'score': 0.84}}\n",
         "Featurize Succeeded ran\nTrain Succeeded inputs unchanged after upstream re-ran\n\
          Evaluate Succeeded inputs unchanged after upstream re-ran\n",
+        // a ForEach with one broken item: fixed, only that item runs again
+        "Failed - step \"FanOut[7].Score\" failed: Command.FAILED: the command exited with code 3\n",
+        "FanOut Run reuse 9 run 1 [7]\n",
+        "Succeeded\nran: ['FanOut[7].Score'] reused: 9\n10 {'score': 81}\n",
     ] {
         assert!(
             stdout.contains(expected),

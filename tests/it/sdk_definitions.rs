@@ -173,7 +173,7 @@ async fn one_issue(app: &TestApp, version: &str, fixture_name: &str, path: &str,
 #[sqlx::test]
 async fn sdk_job_steps_and_s3_json_get_are_one_issue_each(db: PgPool) {
     let app = TestApp::spawn(db).await;
-    let supported = "Command, Pass, Condition, Fail, Callback, Cleanup";
+    let supported = "Command, Pass, Condition, Fail, Callback, ForEach, Cleanup";
     for version in VERSIONS {
         // PropertyFiles, CacheConfig and SageMaker.* retry types on the
         // Processing step, and a JsonGet of its property file: one issue.

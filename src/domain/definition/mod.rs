@@ -8,6 +8,7 @@ mod args;
 mod callback;
 mod cleanup;
 mod deps;
+pub mod for_each;
 mod refs;
 mod steps;
 
@@ -56,16 +57,18 @@ pub enum StepKind {
     Condition,
     Fail,
     Callback,
+    ForEach,
     Cleanup,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 6] = [
+    pub const ALL: [StepKind; 7] = [
         StepKind::Command,
         StepKind::Pass,
         StepKind::Condition,
         StepKind::Fail,
         StepKind::Callback,
+        StepKind::ForEach,
         StepKind::Cleanup,
     ];
 
@@ -77,6 +80,7 @@ impl StepKind {
             StepKind::Fail => "Fail",
             StepKind::Callback => "Callback",
             StepKind::Cleanup => "Cleanup",
+            StepKind::ForEach => "ForEach",
         }
     }
 
@@ -92,6 +96,16 @@ impl StepKind {
             StepKind::Condition => &["Outcome"],
             StepKind::Callback => &["OutputParameters"],
             StepKind::Fail | StepKind::Cleanup => &[],
+            StepKind::ForEach => &[
+                "IterationOutputs",
+                "Selected",
+                "Status",
+                "InputItemCount",
+                "TotalStepCount",
+                "SucceededStepCount",
+                "FailedStepCount",
+                "StoppedStepCount",
+            ],
         }
     }
 
@@ -148,6 +162,10 @@ pub struct Step {
     /// The step object as given (for Condition, with branches removed): what
     /// "this step changed" is judged on.
     pub raw: Value,
+    /// For a step of a ForEach body: that ForEach.
+    pub parent: Option<String>,
+    /// For a ForEach step: its items, concurrency, selector and body.
+    pub for_each: Option<Box<for_each::ForEachSpec>>,
 }
 
 impl Step {
@@ -189,15 +207,26 @@ impl Definition {
         self.steps.iter().any(|s| !s.triggers.is_empty())
     }
 
+    /// The ForEach step named `name`, with its items, body and selector.
+    pub fn for_each(&self, name: &str) -> Option<&for_each::ForEachSpec> {
+        self.step(name).and_then(|s| s.for_each.as_deref())
+    }
+
     pub fn parameter(&self, name: &str) -> Option<&params::Parameter> {
         self.parameters.iter().find(|p| p.name == name)
     }
 
     /// The secrets the definition's Command steps use, sorted, each once.
     pub fn secret_names(&self) -> Vec<String> {
+        let body_steps = self
+            .steps
+            .iter()
+            .filter_map(|s| s.for_each.as_deref())
+            .flat_map(|f| &f.body);
         let mut names: Vec<String> = self
             .steps
             .iter()
+            .chain(body_steps)
             .filter(|s| s.kind == StepKind::Command)
             .flat_map(|s| super::secrets::env_secrets(&s.arguments))
             .map(|(_, name)| name)
@@ -255,7 +284,12 @@ pub fn parse_definition(input: &Value) -> Result<Definition, Vec<Issue>> {
         None => issues.push(Issue::new("/Steps", "Steps is required (a non-empty list of steps)")),
     }
 
-    let (steps, step_index) = refs::link(pending, &parameters, &mut issues);
+    let (steps, _) = refs::link(pending, &parameters, &mut issues);
+    let steps = for_each::nest(steps, &mut issues);
+    let mut step_index: HashMap<String, usize> = HashMap::with_capacity(steps.len());
+    for (i, s) in steps.iter().enumerate() {
+        step_index.entry(s.name.clone()).or_insert(i);
+    }
     let nodes: Vec<(String, Vec<String>)> = steps
         .iter()
         .enumerate()

@@ -169,7 +169,10 @@ impl Linker<'_> {
         for (dep, ptr, _) in &p.explicit_deps {
             match self.index.get(dep) {
                 _ if dep == me => issues.push(Issue::new(ptr, format!("step {label} depends on itself"))),
-                Some(&t) => add(t, ptr, issues),
+                Some(&t) => match self.body_rule(i, t) {
+                    Some(e) => issues.push(Issue::new(ptr, format!("DependsOn of step {label}: {e}"))),
+                    None => add(t, ptr, issues),
+                },
                 None => issues.push(Issue::new(
                     ptr,
                     format!("DependsOn of step {label} names unknown step {dep:?}"),
@@ -201,6 +204,30 @@ impl Linker<'_> {
                 }
                 continue;
             }
+            if let Found::Get {
+                reference: reference @ (Reference::CurrentItem(_) | Reference::CurrentIndex),
+                ..
+            } = found
+            {
+                if p.body_of.is_none() {
+                    issues.push(Issue::new(
+                        ptr,
+                        format!("step {label} reads {reference}, which only a step inside a ForEach's ForEachBody has"),
+                    ));
+                }
+                continue;
+            }
+            if let Found::Get {
+                reference: reference @ Reference::IterationOutput { .. },
+                ..
+            } = found
+            {
+                issues.push(Issue::new(
+                    ptr,
+                    format!("step {label} reads {reference}; IterationOutput is only for a ForEach's Selector.Field"),
+                ));
+                continue;
+            }
             let Some(target_name) = found.step() else { continue };
             let shown = describe(found);
             let Some(&t) = self.index.get(target_name) else {
@@ -215,6 +242,10 @@ impl Linker<'_> {
                 continue;
             }
             let target = &self.pending[t];
+            if let Some(e) = self.body_rule(i, t) {
+                issues.push(Issue::new(ptr, format!("step {label}: {shown}: {e}")));
+                continue;
+            }
             if let Err(e) = self.check_target(found, target) {
                 issues.push(Issue::new(ptr, format!("step {label}: {shown}: {e}")));
             } else if let Found::PropertyFileGet { property_file, .. } = found {
@@ -237,12 +268,45 @@ impl Linker<'_> {
         (deps, rewrites)
     }
 
+    /// Why step `i` may not depend on step `t` across a ForEach body's edge:
+    /// a body step reads its siblings and steps outside every body (which
+    /// become dependencies of its ForEach), never its own ForEach or another
+    /// body; a step outside reads a body's results through its ForEach.
+    fn body_rule(&self, i: usize, t: usize) -> Option<String> {
+        let (mine, theirs) = (self.pending[i].body_of, self.pending[t].body_of);
+        let name = |x: usize| self.pending[x].step.name.clone();
+        match (mine, theirs) {
+            (Some(f), _) if f == t => Some(format!(
+                "a step of the body of ForEach {} cannot read that ForEach: it ends after all its iterations",
+                name(f)
+            )),
+            (Some(f), Some(g)) if f != g => Some(format!(
+                "{} is a step of the body of ForEach {}, which runs apart from ForEach {}",
+                name(t),
+                name(g),
+                name(f)
+            )),
+            (None, Some(g)) => Some(format!(
+                "{} runs once per item inside ForEach {g}; read Steps.{g}.IterationOutputs[i].{} or \
+                 Steps.{g}.Selected instead",
+                name(t),
+                name(t),
+                g = name(g)
+            )),
+            _ => None,
+        }
+    }
+
     /// Whether `found` reads something `target` will actually have.
     fn check_target(&self, found: &Found, target: &Pending) -> Result<(), String> {
         // An unsupported Type is already an issue; do not pile more on it.
         let Some(kind) = target.kind else { return Ok(()) };
         let name = &target.step.name;
         match found {
+            Found::Get {
+                reference: Reference::Step { path, .. },
+                ..
+            } if kind == StepKind::ForEach => check_for_each_property(target, path),
             Found::Get {
                 reference: Reference::Step { path, .. },
                 ..
@@ -387,6 +451,40 @@ fn check_property(kind: StepKind, step: &str, outputs: &[String], path: &[PathSe
         (prop, Some(_)) => Err(format!(
             "property {prop} of step {step} is a single value; it has no sub-path"
         )),
+    }
+}
+
+/// Whether `path` names something a ForEach's property document has:
+/// `IterationOutputs[i].<BodyStep>...`, `Selected...` (with a Selector), or
+/// one of its counts.
+fn check_for_each_property(target: &Pending, path: &[PathSegment]) -> Result<(), String> {
+    let name = &target.step.name;
+    let list = StepKind::ForEach.properties().join(", ");
+    let first = match path.first() {
+        Some(PathSegment::Key(k)) if StepKind::ForEach.properties().contains(&k.as_str()) => k.as_str(),
+        _ => return Err(format!("ForEach step {name} has these properties: {list}")),
+    };
+    match first {
+        "IterationOutputs" => match (path.get(1), path.get(2)) {
+            (Some(PathSegment::Index(_)), Some(PathSegment::Key(body))) if target.body_names.contains(body) => Ok(()),
+            (Some(PathSegment::Index(_)), Some(PathSegment::Key(body))) => Err(format!(
+                "{body} is not a step of the body of ForEach {name}; its body steps: [{}]",
+                target.body_names.join(", ")
+            )),
+            _ => Err(format!(
+                "IterationOutputs of ForEach {name} is read by iteration and body step, such as \
+                 Steps.{name}.IterationOutputs[0].{}.Outputs",
+                target.body_names.first().map_or("Body", String::as_str)
+            )),
+        },
+        "Selected" if target.step.for_each.as_ref().is_some_and(|f| f.selector.is_none()) => Err(format!(
+            "ForEach step {name} has no Selector, so it has no Selected iteration"
+        )),
+        "Selected" => Ok(()),
+        prop if path.len() > 1 => Err(format!(
+            "property {prop} of step {name} is a single value; it has no sub-path"
+        )),
+        _ => Ok(()),
     }
 }
 

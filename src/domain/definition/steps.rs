@@ -5,7 +5,7 @@
 use serde_json::{Map, Value};
 
 use super::deps::{parse_depends_on, Dependency};
-use super::{callback, cleanup, supported_types, Branch, CacheConfig, Step, StepKind};
+use super::{callback, cleanup, for_each, supported_types, Branch, CacheConfig, Step, StepKind};
 use crate::domain::expr::{self, Found};
 use crate::domain::{condition, duration, names, pointer_push, retry, type_name, Issue};
 
@@ -43,6 +43,10 @@ pub(super) struct Pending {
     pub branch_path: Vec<(usize, bool)>,
     /// Declared OutputNames of a Callback step.
     pub callback_outputs: Vec<String>,
+    /// For a step of a ForEach body: the index of that ForEach in the pending list.
+    pub body_of: Option<usize>,
+    /// For a ForEach step: the names of its body's steps.
+    pub body_names: Vec<String>,
 }
 
 /// Parses `list` (a Steps, IfSteps or ElseSteps list at `list_ptr`) into
@@ -60,23 +64,61 @@ pub(super) fn collect(
             condition: out[c].step.name.clone(),
             if_branch,
         });
-        let Some((pending, branches)) = parse_step(v, &ptr, branch, branch_path.to_vec(), issues) else {
+        let Some((pending, inner)) = parse_step(v, &ptr, branch, branch_path.to_vec(), issues) else {
             continue;
         };
         let idx = out.len();
         out.push(pending);
-        if let Some((if_steps, else_steps)) = branches {
-            let args_ptr = pointer_push(&ptr, "Arguments");
-            for (key, list, flag) in [("IfSteps", if_steps, true), ("ElseSteps", else_steps, false)] {
-                let mut inner = branch_path.to_vec();
-                inner.push((idx, flag));
-                collect(list, &pointer_push(&args_ptr, key), &inner, out, issues);
+        let args_ptr = pointer_push(&ptr, "Arguments");
+        match inner {
+            Inner::None => {}
+            Inner::Branches(if_steps, else_steps) => {
+                for (key, list, flag) in [("IfSteps", if_steps, true), ("ElseSteps", else_steps, false)] {
+                    let mut inner = branch_path.to_vec();
+                    inner.push((idx, flag));
+                    collect(list, &pointer_push(&args_ptr, key), &inner, out, issues);
+                }
             }
+            Inner::Body(body) => collect_body(body, &pointer_push(&args_ptr, "ForEachBody"), idx, out, issues),
         }
     }
 }
 
-type Branches<'a> = Option<(&'a [Value], &'a [Value])>;
+/// Parses the body of the ForEach at `parent` in the pending list.
+fn collect_body(list: &[Value], list_ptr: &str, parent: usize, out: &mut Vec<Pending>, issues: &mut Vec<Issue>) {
+    let parent_name = out[parent].step.name.clone();
+    for (i, v) in list.iter().enumerate() {
+        let ptr = pointer_push(list_ptr, i);
+        let Some((mut pending, _)) = parse_step(v, &ptr, None, Vec::new(), issues) else {
+            continue;
+        };
+        if let Some(kind) = pending.kind.filter(|k| !for_each::BODY_KINDS.contains(k)) {
+            let allowed: Vec<&str> = for_each::BODY_KINDS.iter().map(|k| k.as_str()).collect();
+            issues.push(Issue::new(
+                pointer_push(&ptr, "Type"),
+                format!(
+                    "step {} is a {} step, which a ForEach body cannot hold; allowed in a body: {} \
+                     (put a Condition or another ForEach after the ForEach step instead)",
+                    pending.step.name,
+                    kind.as_str(),
+                    allowed.join(", ")
+                ),
+            ));
+            pending.kind = None;
+        }
+        pending.step.parent = Some(parent_name.clone());
+        pending.body_of = Some(parent);
+        out[parent].body_names.push(pending.step.name.clone());
+        out.push(pending);
+    }
+}
+
+/// The steps a step holds: a Condition's branches, a ForEach's body.
+enum Inner<'a> {
+    None,
+    Branches(&'a [Value], &'a [Value]),
+    Body(&'a [Value]),
+}
 
 fn parse_step<'a>(
     v: &'a Value,
@@ -84,7 +126,7 @@ fn parse_step<'a>(
     branch: Option<Branch>,
     branch_path: Vec<(usize, bool)>,
     issues: &mut Vec<Issue>,
-) -> Option<(Pending, Branches<'a>)> {
+) -> Option<(Pending, Inner<'a>)> {
     let Some(obj) = v.as_object() else {
         issues.push(Issue::new(
             ptr,
@@ -93,7 +135,7 @@ fn parse_step<'a>(
         return None;
     };
     if let Some(pending) = unsupported_type(obj, ptr, &branch, &branch_path, issues) {
-        return Some((pending, None));
+        return Some((pending, Inner::None));
     }
     let name_ptr = pointer_push(ptr, "Name");
     let name = match obj.get("Name") {
@@ -152,9 +194,10 @@ fn parse_step<'a>(
             Parsed {
                 arguments,
                 refs,
-                branches: None,
+                inner: Inner::None,
                 callback_outputs,
                 cleanup_targets: Vec::new(),
+                for_each: None,
             }
         }
         Some(k) => parse_arguments(k, obj.get("Arguments"), ptr, &label, issues),
@@ -181,7 +224,15 @@ fn parse_step<'a>(
         property_files,
         pointer: ptr.to_string(),
         raw,
+        parent: None,
+        for_each: parsed.for_each.map(Box::new),
     };
+    if kind == Some(StepKind::ForEach) && !step.retry_policies.is_empty() {
+        issues.push(Issue::new(
+            pointer_push(ptr, "RetryPolicies"),
+            format!("ForEach step {label} is not retried itself; put RetryPolicies on the steps of its ForEachBody"),
+        ));
+    }
     let pending = Pending {
         step,
         kind,
@@ -190,8 +241,10 @@ fn parse_step<'a>(
         branch_path,
         callback_outputs: parsed.callback_outputs,
         cleanup_targets: parsed.cleanup_targets,
+        body_of: None,
+        body_names: Vec::new(),
     };
-    Some((pending, parsed.branches))
+    Some((pending, parsed.inner))
 }
 
 /// A type stepwise does not run (a SageMaker job: Processing, Training,
@@ -236,6 +289,8 @@ fn unsupported_type(
             property_files: Vec::new(),
             pointer: ptr.to_string(),
             raw: Value::Object(obj.clone()),
+            parent: None,
+            for_each: None,
         },
         kind: None,
         explicit_deps: Vec::new(),
@@ -243,6 +298,8 @@ fn unsupported_type(
         refs: Vec::new(),
         branch_path: branch_path.to_vec(),
         callback_outputs: Vec::new(),
+        body_of: None,
+        body_names: Vec::new(),
     })
 }
 
@@ -429,13 +486,26 @@ fn parse_property_files(v: &Value, ptr: &str, label: &str, issues: &mut Vec<Issu
     out
 }
 
-#[derive(Default)]
 struct Parsed<'a> {
     arguments: Value,
     refs: Vec<Found>,
-    branches: Branches<'a>,
+    inner: Inner<'a>,
     callback_outputs: Vec<String>,
     cleanup_targets: Vec<(String, String)>,
+    for_each: Option<for_each::ForEachSpec>,
+}
+
+impl Default for Parsed<'_> {
+    fn default() -> Self {
+        Parsed {
+            arguments: Value::Null,
+            refs: Vec::new(),
+            inner: Inner::None,
+            callback_outputs: Vec::new(),
+            cleanup_targets: Vec::new(),
+            for_each: None,
+        }
+    }
 }
 
 fn parse_arguments<'a>(
@@ -452,10 +522,17 @@ fn parse_arguments<'a>(
     };
     let obj = match args {
         Some(Value::Object(m)) => m,
-        None if !matches!(kind, StepKind::Command | StepKind::Condition | StepKind::Cleanup) => return empty(),
+        None if !matches!(
+            kind,
+            StepKind::Command | StepKind::Condition | StepKind::ForEach | StepKind::Cleanup
+        ) =>
+        {
+            return empty()
+        }
         None => {
             let needs = match kind {
                 StepKind::Command => "Command or Shell",
+                StepKind::ForEach => "IterableItems, MaxConcurrency and ForEachBody",
                 StepKind::Cleanup => "Resources",
                 _ => "Conditions",
             };
@@ -495,6 +572,14 @@ fn parse_arguments<'a>(
             }
         }
         StepKind::Callback => parsed.callback_outputs = callback::check_callback(obj, &ptr, label, issues),
+        StepKind::ForEach => {
+            let f = for_each::parse(obj, &ptr, label, issues);
+            parsed.arguments = f.arguments;
+            parsed.refs = f.refs;
+            parsed.inner = Inner::Body(f.body);
+            parsed.for_each = Some(f.spec);
+            return parsed;
+        }
         StepKind::Condition => {
             unknown_keys(obj, &["Conditions", "IfSteps", "ElseSteps"], &ptr, label, issues);
             let cond_ptr = pointer_push(&ptr, "Conditions");
@@ -529,7 +614,7 @@ fn parse_arguments<'a>(
                     }
                 }
             };
-            parsed.branches = Some((branch("IfSteps", issues), branch("ElseSteps", issues)));
+            parsed.inner = Inner::Branches(branch("IfSteps", issues), branch("ElseSteps", issues));
             // Branch steps are steps of their own; only Conditions belong to this one.
             parsed.refs = expr::find_references(&conditions, &cond_ptr, issues);
             let mut only = Map::new();

@@ -327,7 +327,10 @@ fn unsupported_step_type_lists_supported() {
     assert_issue(
         v,
         "/Steps/0/Type",
-        &["\"Training\"", "Command, Pass, Condition, Fail, Callback, Cleanup"],
+        &[
+            "\"Training\"",
+            "Command, Pass, Condition, Fail, Callback, ForEach, Cleanup",
+        ],
     );
 }
 
@@ -354,7 +357,7 @@ fn unsupported_step_type_is_one_issue_and_nothing_else() {
         assert!(
             issue
                 .message
-                .contains("Command, Pass, Condition, Fail, Callback, Cleanup"),
+                .contains("Command, Pass, Condition, Fail, Callback, ForEach, Cleanup"),
             "{}",
             issue.message
         );
