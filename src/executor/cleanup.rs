@@ -1,5 +1,5 @@
 //! The Cleanup step: removes the artifacts directories of the steps it
-//! names, of this execution only. A step that took its outputs from
+//! names (for a ForEach, of its iterations' steps), of this execution only. A step that took its outputs from
 //! another execution (reused by a selective execution or by early cut-off,
 //! or a cache hit) refers to that execution's artifacts: they are kept, and
 //! the step's metadata says so. Removing what is already gone is fine (an
@@ -36,31 +36,38 @@ pub async fn run(ctx: &StepContext<'_>, arguments: &Value) -> StepOutcome {
     let mut removed = Vec::new();
     let mut kept = Vec::new();
     for name in &names {
-        let Some(source) = sources.iter().find(|s| &s.step_name == name) else {
+        if !sources.iter().any(|s| &s.step_name == name) {
             kept.push(json!({"step": name, "reason": "the step has no run in this execution"}));
             continue;
-        };
-        if let Some(reason) = foreign(source) {
-            kept.push(json!({"step": name, "reason": reason}));
-            continue;
         }
-        let Some(dir) = step_dir(&root, name) else {
-            kept.push(json!({"step": name, "reason": "the step name does not name a directory"}));
-            continue;
-        };
-        match remove(&dir).await {
-            Ok(true) => removed.push(json!({"step": name, "path": dir.display().to_string()})),
-            Ok(false) => kept.push(json!({
-                "step": name,
-                "reason": format!(
-                    "nothing to remove: {} does not exist (the step left no artifacts in this execution, \
-                     or they were removed already)",
-                    dir.display()
-                ),
-            })),
-            Err(e) => {
-                return StepOutcome::failed(CLEANUP_FAILED, format!("cannot remove {}: {e}", dir.display()))
-                    .with_metadata("cleanup", json!({"removed": removed, "kept": kept}))
+        // A ForEach's artifacts are those of its iterations' steps.
+        let rows = sources
+            .iter()
+            .filter(|s| (&s.step_name == name && s.step_type != "ForEach") || s.parent.as_ref() == Some(name));
+        for source in rows {
+            let name = &source.step_name;
+            if let Some(reason) = foreign(source) {
+                kept.push(json!({"step": name, "reason": reason}));
+                continue;
+            }
+            let Some(dir) = step_dir(&root, name) else {
+                kept.push(json!({"step": name, "reason": "the step name does not name a directory"}));
+                continue;
+            };
+            match remove(&dir).await {
+                Ok(true) => removed.push(json!({"step": name, "path": dir.display().to_string()})),
+                Ok(false) => kept.push(json!({
+                    "step": name,
+                    "reason": format!(
+                        "nothing to remove: {} does not exist (the step left no artifacts in this execution, \
+                         or they were removed already)",
+                        dir.display()
+                    ),
+                })),
+                Err(e) => {
+                    return StepOutcome::failed(CLEANUP_FAILED, format!("cannot remove {}: {e}", dir.display()))
+                        .with_metadata("cleanup", json!({"removed": removed, "kept": kept}))
+                }
             }
         }
     }

@@ -104,6 +104,23 @@ impl Linker<'_> {
             .filter(|(n, _, t)| *t != Trigger::Completed && *n != p.step.name && self.index.contains_key(n))
             .map(|(n, _, t)| (n.clone(), *t))
             .collect();
+        if p.body_of.is_some() {
+            // Iterations are scheduled as a unit; a body step's entries
+            // with a trigger would silently mean Completed.
+            for (n, ptr, t) in p.explicit_deps.iter().filter(|(_, _, t)| *t != Trigger::Completed) {
+                issues.push(Issue::new(
+                    ptr,
+                    format!(
+                        "step {} is in a ForEachBody, whose steps run after their dependencies succeeded; \
+                         its DependsOn entry on {n:?} with trigger {} is not supported there (put the \
+                         trigger on a step after the ForEach step)",
+                        self.label(i),
+                        t.as_str()
+                    ),
+                ));
+            }
+            return Vec::new();
+        }
         for found in &p.refs {
             let Some(target) = found.step() else { continue };
             if let Some((_, t)) = triggers.iter().find(|(n, _)| n == target) {
