@@ -44,6 +44,9 @@ pub struct BenchArgs {
     /// Number of steps in the pipeline.
     #[arg(long, default_value_t = 100)]
     pub steps: usize,
+    /// The pipeline's `max_parallel_steps` (none by default).
+    #[arg(long)]
+    pub max_parallel_steps: Option<u32>,
     /// For `--shape foreach`: its MaxConcurrency.
     #[arg(long, default_value_t = 50)]
     pub max_concurrency: u32,
@@ -262,8 +265,9 @@ impl Client {
         serde_json::from_value(v).with_context(|| format!("GET {path}: unexpected answer"))
     }
 
-    async fn create_pipeline(&self, name: &str, definition: Value) -> anyhow::Result<()> {
-        let body = json!({"name": name, "definition": definition, "description": "created by stepwise bench"});
+    async fn create_pipeline(&self, name: &str, definition: Value, max_parallel: Option<u32>) -> anyhow::Result<()> {
+        let body = json!({"name": name, "definition": definition, "description": "created by stepwise bench",
+                          "max_parallel_steps": max_parallel});
         self.call(Method::POST, "/v1/pipelines", Some(&body)).await.map(|_| ())
     }
 
@@ -373,7 +377,9 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         Shape::Foreach => for_each_definition(args.steps, args.max_concurrency, args.step_type),
         _ => plan.definition(args.step_type),
     };
-    client.create_pipeline(&pipeline, definition).await?;
+    client
+        .create_pipeline(&pipeline, definition, args.max_parallel_steps)
+        .await?;
 
     let done = CancellationToken::new();
     let rss = args.server_pid.map(|pid| tokio::spawn(sample_rss(pid, done.clone())));
@@ -588,7 +594,7 @@ async fn measure_selective(
 
     let single = format!("bench-single-{tag}");
     let definition = json!({"Version": "2020-12-01", "Steps": [{"Name": "S", "Type": "Pass", "Arguments": {}}]});
-    client.create_pipeline(&single, definition).await?;
+    client.create_pipeline(&single, definition, None).await?;
     let mut plain_start = Vec::new();
     for _ in 0..repeat {
         let t = Instant::now();

@@ -110,9 +110,14 @@ async fn complete_once(pool: &PgPool, report: &Report<'_>) -> StoreResult<(Appli
     let mut queued = effect.queued;
     if effect.ended {
         // A step of a ForEach iteration hands on its iteration's slot; a
-        // ForEach with nothing left to run ends.
-        queued += super::for_each::after_step(&mut tx, &locked).await?;
-        queued += super::for_each::settle(&mut tx, execution_id).await?;
+        // ForEach with nothing left to run ends (after the last step of its
+        // last iteration, or after a failure or stop skipped what was left).
+        let handed = super::for_each::after_step(&mut tx, &locked).await?;
+        queued += handed.queued;
+        let failed = !matches!(outcome, StepOutcome::Succeeded { .. });
+        if handed.may_settle || failed {
+            queued += super::for_each::settle(&mut tx, execution_id).await?;
+        }
     }
     // Queued work means the execution goes on; only otherwise can it be done.
     if queued == 0 {

@@ -213,23 +213,41 @@ fn iteration_rows(
     rows
 }
 
-/// After a step of an iteration of `parent` ended for good: when its
-/// iteration has ended, its slot goes to the next waiting one. Returns how
-/// many steps that queued.
-pub(super) async fn after_step(conn: &mut PgConnection, locked: &LockedStep) -> StoreResult<u64> {
+/// What handing on an iteration's slot did.
+pub(super) struct HandedOn {
+    /// Steps queued.
+    pub queued: u64,
+    /// The ForEach may have nothing left to run: `settle` must look.
+    pub may_settle: bool,
+}
+
+/// After a step of a ForEach iteration ended for good: when its iteration
+/// has ended, its slot goes to the next waiting one, whose ready steps are
+/// queued. A step outside any iteration hands on nothing.
+pub(super) async fn after_step(conn: &mut PgConnection, locked: &LockedStep) -> StoreResult<HandedOn> {
     let step = &locked.step;
     let (Some(parent), Some(iteration)) = (&step.parent, step.iteration) else {
-        return Ok(0);
+        return Ok(HandedOn {
+            queued: 0,
+            may_settle: false,
+        });
     };
-    if locked.execution_status != "Executing"
-        || store::iteration_open(conn, step.execution_id, parent, iteration).await?
-    {
-        return Ok(0);
+    if locked.execution_status != "Executing" {
+        return Ok(HandedOn {
+            queued: 0,
+            may_settle: true,
+        });
     }
-    if store::fill_slots(conn, step.execution_id, parent).await? == 0 {
-        return Ok(0);
+    let unbounded = locked.execution_max_parallel_steps.is_none();
+    let (closed, slots, mut queued) = store::hand_on_slot(conn, step.execution_id, parent, iteration, unbounded).await?;
+    if slots > 0 && !unbounded {
+        queued = steps::promote_ready(conn, step.execution_id, locked.execution_max_parallel_steps).await? as i64;
     }
-    steps::promote_ready(conn, step.execution_id, locked.execution_max_parallel_steps).await
+    Ok(HandedOn {
+        queued: queued.max(0) as u64,
+        // An iteration that handed its slot on leaves a running one behind.
+        may_settle: closed && slots == 0,
+    })
 }
 
 /// Ends every ForEach of the execution that has no iteration left to run.

@@ -53,20 +53,52 @@ pub async fn fill_slots(conn: &mut PgConnection, execution_id: Uuid, parent: &st
     .rows_affected())
 }
 
-/// Whether iteration `iteration` of `parent` has a step left to finish.
-pub async fn iteration_open(
+/// After a step of iteration `iteration` of `parent` ended: when that
+/// iteration has no step left to finish, its slot goes to the next
+/// waiting iterations (as `fill_slots`), and with `queue` (the execution
+/// has no `max_parallel_steps`) their ready steps are queued in the same
+/// statement. One statement: it runs after every step of every iteration.
+/// Returns whether the iteration has ended, how many iterations got a
+/// slot and how many steps were queued.
+pub async fn hand_on_slot(
     conn: &mut PgConnection,
     execution_id: Uuid,
     parent: &str,
     iteration: i32,
-) -> StoreResult<bool> {
-    Ok(sqlx::query_scalar(&format!(
-        "select exists (select 1 from step_runs where execution_id = $1 and parent = $2 and iteration = $3 \
-           and not slot_wait and status in {OPEN})"
+    queue: bool,
+) -> StoreResult<(bool, i64, i64)> {
+    Ok(sqlx::query_as(&format!(
+        "with closed as ( \
+           select not exists (select 1 from step_runs where execution_id = $1 and parent = $2 \
+             and iteration = $3 and not slot_wait and status in {OPEN}) as yes), \
+         f as ( \
+           select coalesce((arguments ->> 'MaxConcurrency')::int, 1) as max from step_runs \
+           where execution_id = $1 and step_name = $2 and (select yes from closed)), \
+         active as ( \
+           select count(distinct iteration) as n from step_runs where execution_id = $1 and parent = $2 \
+             and not slot_wait and status in {OPEN} and (select yes from closed)), \
+         next as ( \
+           select distinct iteration from step_runs where execution_id = $1 and parent = $2 and slot_wait \
+             and status = 'Pending' and (select yes from closed) \
+           order by iteration limit greatest(coalesce((select max from f), 0) - (select n from active), 0)), \
+         released as ( \
+           update step_runs s set slot_wait = false, \
+             status = case when $4 and s.remaining_deps = 0 then 'Starting' else s.status end, \
+             available_at = case when $4 and s.remaining_deps = 0 then now() else s.available_at end \
+           where s.execution_id = $1 and s.parent = $2 and s.slot_wait and s.status = 'Pending' \
+             and s.iteration in (select iteration from next) \
+           returning s.step_name, s.status, s.position, s.iteration, s.body_index), \
+         events as ( \
+           insert into execution_events (execution_id, step_name, status) \
+           select $1, step_name, 'Starting' from released where status = 'Starting' \
+           order by iteration, body_index) \
+         select (select yes from closed), (select count(*) from next), \
+           (select count(*) from released where status = 'Starting')"
     ))
     .bind(execution_id)
     .bind(parent)
     .bind(iteration)
+    .bind(queue)
     .fetch_one(conn)
     .await?)
 }
