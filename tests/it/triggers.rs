@@ -304,3 +304,27 @@ async fn bad_trigger_entries_are_refused_with_one_issue_each(db: PgPool) {
         "{details:?}"
     );
 }
+
+#[sqlx::test]
+async fn a_trigger_inside_a_for_each_body_is_refused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Fan", "Type": "ForEach", "Arguments": {
+        "IterableItems": [1, 2], "MaxConcurrency": 1,
+        "ForEachBody": [
+            {"Name": "A", "Type": "Pass", "Arguments": {}},
+            {"Name": "B", "Type": "Pass", "DependsOn": [on("A", "Any")], "Arguments": {}}
+        ]}}]),
+    );
+    let resp = app
+        .post("/v1/pipelines", &json!({"name": "body", "definition": definition}))
+        .await;
+    resp.expect_error(400, "ValidationError");
+    assert_eq!(
+        resp.detail_paths(),
+        ["/Steps/0/Arguments/ForEachBody/1/DependsOn/0"],
+        "{}",
+        resp.text
+    );
+}
