@@ -239,7 +239,8 @@ pub(super) async fn after_step(conn: &mut PgConnection, locked: &LockedStep) -> 
         });
     }
     let unbounded = locked.execution_max_parallel_steps.is_none();
-    let (closed, slots, mut queued) = store::hand_on_slot(conn, step.execution_id, parent, iteration, unbounded).await?;
+    let (closed, slots, mut queued) =
+        store::hand_on_slot(conn, step.execution_id, parent, iteration, unbounded).await?;
     if slots > 0 && !unbounded {
         queued = steps::promote_ready(conn, step.execution_id, locked.execution_max_parallel_steps).await? as i64;
     }
