@@ -215,7 +215,10 @@ pub fn step_summary(step: &Value) -> String {
     let status = step["status"].as_str().unwrap_or("");
     let mut line = format!("{name:<24} {status:<10}");
     if let Some(reason) = step["skip_reason"].as_str() {
-        line.push_str(&format!(" ({reason})"));
+        match step["metadata"]["trigger"]["not_met"].as_str() {
+            Some(why) => line.push_str(&format!(" ({reason}: {why})")),
+            None => line.push_str(&format!(" ({reason})")),
+        }
     }
     if let Some(from) = step["reused_from"].as_object() {
         line.push_str(&format!(" reused from {}", source_of(from)));
@@ -431,6 +434,10 @@ impl Run<'_> {
                 } else {
                     format!("{}: {}: {reason}", status.to_lowercase(), text("error_type"))
                 })
+            }
+            // A trigger not met says which (`"Train" ended Succeeded; ...`).
+            "Skipped" if !text("reason").is_empty() => {
+                Some(format!("skipped ({}: {})", text("skip_reason"), text("reason")))
             }
             "Skipped" => Some(format!("skipped ({})", text("skip_reason"))),
             other => Some(other.to_lowercase()),

@@ -7,7 +7,11 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-use super::{finish_if_done_by_id, finish_if_done_unlocked, retrying, Applied, NextClaim, StepOutcome};
+use super::{
+    finish_if_done_by_id, finish_if_done_unlocked, retrying,
+    triggers::{self, Ended},
+    Applied, NextClaim, StepOutcome,
+};
 use crate::{
     domain::retry::{next_retry, RetryPolicy},
     store::{
@@ -164,7 +168,9 @@ pub(super) async fn apply_success(
         return Ok(None);
     }
     let mut queued = 0;
-    if locked.execution_status == "Executing" {
+    // In an execution with handlers, the steps left after a failure or a
+    // stop (handlers and the steps below them) go on being scheduled.
+    if locked.execution_status == "Executing" || locked.execution_has_triggers {
         if step.step_type == "Condition" {
             let outcome = success
                 .properties
@@ -182,6 +188,9 @@ pub(super) async fn apply_success(
                 steps::promote_ready(conn, execution_id, Some(max)).await?
             }
         };
+        if locked.execution_has_triggers {
+            queued += triggers::settle(conn, execution_id, locked.execution_max_parallel_steps, Ended::Success).await?;
+        }
     }
     Ok(Some(Effect {
         queued,
@@ -265,13 +274,20 @@ pub(super) async fn apply_failure(
         } else {
             format!("step {:?} failed: {error_type}: {message}", step.step_name)
         };
+        // The first failure stays the execution's reason: a handler that
+        // fails afterwards does not replace it.
         transitions::set_failure_reason(conn, execution_id, &reason, *by_fail_step).await?;
-        // No new step starts after a final failure (SPEC 3.2).
-        steps::skip_unstarted(conn, execution_id, "UpstreamNotRun").await?;
+        // No new step starts after a final failure (SPEC 3.2), but handlers.
+        triggers::skip_unstarted(conn, execution_id, locked.execution_has_triggers, "UpstreamNotRun").await?;
     }
+    let queued = if locked.execution_has_triggers {
+        triggers::settle(conn, execution_id, locked.execution_max_parallel_steps, Ended::Other).await?
+    } else {
+        0
+    };
     Ok(Some(Effect {
-        queued: 0,
-        dependents_queued: false,
+        queued,
+        dependents_queued: queued > 0,
         listeners_notified: false,
         ended: true,
     }))
@@ -305,9 +321,20 @@ pub(super) async fn apply_stop(
     }
     let detail = json!({"error_type": "Step.STOPPED", "failure_reason": message});
     executions::record_event(conn, step.execution_id, Some(&step.step_name), "Stopped", Some(detail)).await?;
+    let queued = if locked.execution_has_triggers {
+        triggers::settle(
+            conn,
+            step.execution_id,
+            locked.execution_max_parallel_steps,
+            Ended::Other,
+        )
+        .await?
+    } else {
+        0
+    };
     Ok(Some(Effect {
-        queued: 0,
-        dependents_queued: false,
+        queued,
+        dependents_queued: queued > 0,
         listeners_notified: false,
         ended: true,
     }))

@@ -6,10 +6,10 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{complete_attempt, finish_if_done, retrying, Applied, StepOutcome};
+use super::{complete_attempt, finish_if_done, retrying, triggers, Applied, StepOutcome};
 use crate::store::{
     executions::{self, ExecutionRow},
-    steps, transitions, StoreError, StoreResult,
+    steps, transitions, triggers as store_triggers, StoreError, StoreResult,
 };
 
 /// Stops a running execution (SPEC 3.4). Unstarted steps are skipped,
@@ -27,16 +27,37 @@ async fn stop_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionRo
             execution.status
         )));
     }
+    let has_triggers = store_triggers::has_triggers(&mut tx, execution_id).await?;
+    let mut queued = 0;
     if execution.status == "Executing" {
         transitions::set_execution_status(&mut tx, execution_id, "Stopping", false, None).await?;
-        steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
+        // Handlers not started yet (and the steps below them) stay, to be
+        // judged once what they depend on has ended.
+        triggers::skip_unstarted(&mut tx, execution_id, has_triggers, "ExecutionStopped").await?;
         transitions::stop_running_steps(&mut tx, execution_id).await?;
         // A ForEach whose iterations were all waiting ends now.
+        queued += super::for_each::settle(&mut tx, execution_id).await?;
+        if has_triggers {
+            queued += triggers::settle(
+                &mut tx,
+                execution_id,
+                execution.max_parallel_steps,
+                triggers::Ended::Other,
+            )
+            .await?;
+        }
+    } else if has_triggers {
+        // A second stop, while handlers run: it stops them too.
+        steps::skip_unstarted(&mut tx, execution_id, "ExecutionStopped").await?;
+        transitions::stop_running_steps(&mut tx, execution_id).await?;
         super::for_each::settle(&mut tx, execution_id).await?;
     }
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;
     steps::notify_stop(&mut tx, execution_id).await?;
+    if queued > 0 {
+        steps::notify(&mut tx, execution_id, true).await?;
+    }
     let execution = executions::get(&mut tx, execution_id).await?;
     tx.commit().await?;
     Ok(execution)
@@ -66,11 +87,26 @@ async fn retry_once(pool: &PgPool, execution_id: Uuid) -> StoreResult<ExecutionR
     }
     // Steps below a branch that was not taken stay skipped.
     let blocked = transitions::reset_for_retry(&mut tx, execution_id).await?;
+    let has_triggers = store_triggers::has_triggers(&mut tx, execution_id).await?;
+    if has_triggers {
+        // Reset handlers (TriggerNotMet ones included) are judged again
+        // once their dependencies have ended in the retried run.
+        store_triggers::regate_handlers(&mut tx, execution_id).await?;
+    }
     steps::skip_with_descendants(&mut tx, execution_id, &blocked, "UpstreamNotRun").await?;
     transitions::set_execution_status(&mut tx, execution_id, "Executing", false, None).await?;
     super::for_each::reopen(&mut tx, execution_id).await?;
     let mut queued = steps::promote_ready(&mut tx, execution_id, execution.max_parallel_steps).await?;
     queued += super::for_each::settle(&mut tx, execution_id).await?;
+    if has_triggers {
+        queued += triggers::settle(
+            &mut tx,
+            execution_id,
+            execution.max_parallel_steps,
+            triggers::Ended::Other,
+        )
+        .await?;
+    }
     let execution = executions::get(&mut tx, execution_id).await?;
     finish_if_done(&mut tx, &execution).await?;
     steps::notify(&mut tx, execution_id, queued > 0).await?;

@@ -70,6 +70,9 @@ pub struct CutOff {
 pub struct NewSteps {
     pub runs: Vec<NewStepRun>,
     pub reused: Vec<ReusedStep>,
+    /// The handlers among `runs` (steps with a trigger other than
+    /// Completed) and their trigger maps; empty for most definitions.
+    pub handlers: Vec<(String, serde_json::Value)>,
 }
 
 /// Builds the rows of every step of `definition` following `plan` (a step
@@ -94,6 +97,9 @@ pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ne
                 continue;
             }
         };
+        if let Some(triggers) = step.triggers_json() {
+            new.handlers.push((step.name.clone(), triggers));
+        }
         let remaining = step
             .depends_on
             .iter()

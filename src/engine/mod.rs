@@ -47,6 +47,7 @@ pub mod retention;
 pub mod selective;
 pub mod start;
 pub mod tokens;
+mod triggers;
 
 use std::{future::Future, time::Duration};
 

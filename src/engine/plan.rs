@@ -14,7 +14,9 @@
 //! depends on a step that runs cannot be known: such a step is
 //! `RunUnlessUnchanged` when it may still be reused (early cut-off) or hit
 //! the cache, else `Run`. Conditions whose inputs are known are evaluated,
-//! so the steps of the branch they will not take are `Skip`.
+//! so the steps of the branch they will not take are `Skip`. A step with a
+//! Failed or Stopped trigger (and what runs only after it) is
+//! `RunIfTriggered`: the plan cannot foresee failures.
 
 use std::collections::HashMap;
 
@@ -35,7 +37,7 @@ use crate::{
     content,
     domain::{
         condition::evaluate_conditions,
-        definition::{Definition, Step, StepKind},
+        definition::{Definition, Step, StepKind, Trigger},
         duration::cache_valid_since,
         expr::{evaluate, uses_per_execution_value},
         json_list, Issue,
@@ -47,8 +49,8 @@ use crate::{
 #[derive(Debug, Serialize)]
 pub struct StepVerdict {
     pub step_name: String,
-    /// `Run`, `RunUnlessUnchanged`, `RunIfBranchTaken`, `Reuse`, `CacheHit`
-    /// or `Skip`.
+    /// `Run`, `RunUnlessUnchanged`, `RunIfBranchTaken`, `RunIfTriggered`,
+    /// `Reuse`, `CacheHit` or `Skip`.
     pub verdict: &'static str,
     pub reason: String,
     /// What changed, for a step that runs because of a change
@@ -241,6 +243,10 @@ impl Predictor<'_> {
         if let Some(reason) = self.not_reached(step) {
             return Ok(verdict(step, "Skip", reason, why));
         }
+        let gate = match self.trigger_gate(step) {
+            Ok(gate) => gate,
+            Err(reason) => return Ok(verdict(step, "Skip", reason, why)),
+        };
         let branch = self.undecided_branch(definition, step).or_else(|| {
             step.depends_on
                 .iter()
@@ -284,8 +290,16 @@ impl Predictor<'_> {
         if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
             self.evaluate_condition(step);
         }
-        if step.kind == StepKind::Pass && out.verdict != "CacheHit" && branch.is_none() {
+        if step.kind == StepKind::Pass && out.verdict != "CacheHit" && branch.is_none() && gate.is_none() {
             self.learn_pass(step);
+        }
+        if gate.is_some() && out.verdict == "CacheHit" {
+            // Its outputs reach the steps after it only if it runs.
+            self.known.remove(&step.name);
+        }
+        if let Some(gate) = gate {
+            out.verdict = "RunIfTriggered";
+            out.reason = format!("{gate}; then it {}", out.reason);
         }
         if let Some(spec) = step.for_each.as_deref() {
             // Field by field: the connection is borrowed apart from what is known.
@@ -342,10 +356,51 @@ impl Predictor<'_> {
                 }
             }
         }
+        // A step with triggers is judged by `trigger_gate` instead.
+        if !step.triggers.is_empty() {
+            return None;
+        }
         step.depends_on
             .iter()
             .find(|d| self.verdicts.get(*d).is_some_and(|v| v.verdict == "Skip"))
             .map(|d| format!("{d:?} will not run (UpstreamNotRun)"))
+    }
+
+    /// For a step with triggers (SPEC 8, 2.3), or below one whose run the
+    /// plan cannot foresee: `Ok(Some(why))` when it runs only if upstream
+    /// steps end as its triggers ask (`runs only if "Train" ends Failed`);
+    /// `Err(why)` when the plan knows a trigger will not be met (an
+    /// upstream reused or served from the cache succeeds; a skipped one
+    /// is Skipped).
+    fn trigger_gate(&self, step: &Step) -> Result<Option<String>, String> {
+        let mut unknown = Vec::new();
+        for dep in &step.depends_on {
+            let trigger = step.trigger_on(dep);
+            let seen = self.verdicts.get(dep).map(|v| v.verdict);
+            let status = match seen {
+                Some("Reuse" | "CacheHit") => Some("Succeeded"),
+                Some("Skip") => Some("Skipped"),
+                _ => None,
+            };
+            match status {
+                Some(status) if !trigger.met_by(status) => {
+                    return Err(format!(
+                        "{dep:?} will end {status}; its trigger {} runs this step only if it {} (TriggerNotMet)",
+                        trigger.as_str(),
+                        trigger.needs()
+                    ))
+                }
+                Some(_) => {}
+                None if matches!(trigger, Trigger::Failed | Trigger::Stopped) => {
+                    unknown.push(format!("{dep:?} {}", trigger.needs()));
+                }
+                None if seen == Some("RunIfTriggered") && trigger == Trigger::Completed => {
+                    unknown.push(format!("{dep:?} runs (and succeeds)"));
+                }
+                None => {}
+            }
+        }
+        Ok((!unknown.is_empty()).then(|| format!("runs only if {}", unknown.join(" and "))))
     }
 
     /// The nearest enclosing Condition whose outcome is not known yet, as

@@ -31,7 +31,12 @@ pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, steps: &New
     let detail = (reused + skipped > 0).then(|| json!({"reused_steps": reused, "skipped_steps": skipped}));
     executions::record_event(conn, new.id, None, "Executing", detail).await?;
     executions::insert_step_runs(conn, new.id, new.pipeline_id, &steps.runs).await?;
-    // Steps below a skipped step never run.
+    let handlers: std::collections::HashSet<&str> = steps.handlers.iter().map(|(n, _)| n.as_str()).collect();
+    if !handlers.is_empty() {
+        let (names, triggers): (Vec<String>, Vec<Value>) = steps.handlers.iter().cloned().unzip();
+        crate::store::triggers::mark_handlers(conn, new.id, &names, &triggers).await?;
+    }
+    // Steps below a skipped step never run (a handler is judged instead).
     let skipped: std::collections::HashSet<&str> = steps
         .runs
         .iter()
@@ -42,12 +47,16 @@ pub async fn create(conn: &mut PgConnection, new: &NewExecution<'_>, steps: &New
         let children: Vec<String> = steps
             .runs
             .iter()
-            .filter(|r| r.status == "Pending" && r.dependencies.iter().any(|d| skipped.contains(d.as_str())))
+            .filter(|r| r.status == "Pending" && !handlers.contains(r.step_name.as_str()))
+            .filter(|r| r.dependencies.iter().any(|d| skipped.contains(d.as_str())))
             .map(|r| r.step_name.clone())
             .collect();
         steps::skip_with_descendants(conn, new.id, &children, "UpstreamNotRun").await?;
     }
-    let queued = steps::promote_ready(conn, new.id, new.max_parallel_steps).await?;
+    let mut queued = steps::promote_ready(conn, new.id, new.max_parallel_steps).await?;
+    if !handlers.is_empty() {
+        queued += super::triggers::settle(conn, new.id, new.max_parallel_steps, super::triggers::Ended::Other).await?;
+    }
     let execution = executions::get(conn, new.id).await?;
     super::finish_if_done(conn, &execution).await?;
     steps::notify(conn, new.id, queued > 0).await?;

@@ -1,9 +1,11 @@
 //! What a claimed step does. Expressions in its arguments are evaluated
 //! against the execution (parameters, execution variables, upstream property
 //! documents), then the step type runs: a process for Command, nothing but
-//! evaluation for Pass, Condition and Fail, a wait for Callback.
+//! evaluation for Pass, Condition and Fail, a wait for Callback, removal of
+//! artifacts directories for Cleanup.
 
 pub mod cache;
+pub mod cleanup;
 pub mod command;
 pub mod cutoff;
 pub mod log;
@@ -383,6 +385,7 @@ async fn run_by_type(
                 by_fail_step: true,
             })
         }
+        "Cleanup" => done(cleanup::run(ctx, arguments).await),
         "Callback" => match CallbackArgs::from_resolved(arguments) {
             Ok(args) => Run::WaitForCallback {
                 token: Uuid::new_v4(),

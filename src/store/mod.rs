@@ -3,6 +3,7 @@
 //! here knows about HTTP.
 
 pub mod cache;
+pub mod cleanup;
 pub mod diagnosis;
 pub mod executions;
 pub mod for_each;
@@ -13,6 +14,7 @@ pub mod selective;
 pub mod steps;
 pub mod tokens;
 pub mod transitions;
+pub mod triggers;
 
 use std::time::Duration;
 

@@ -216,7 +216,8 @@ pub async fn decrement_and_queue(
 }
 
 /// Skips the unfinished `roots` with `reason` and every unstarted step
-/// downstream of them with `UpstreamNotRun`.
+/// downstream of them with `UpstreamNotRun`, down to the handlers (steps
+/// with a trigger, see `triggers`), which are judged on their own.
 pub async fn skip_with_descendants(
     conn: &mut PgConnection,
     execution_id: Uuid,
@@ -230,11 +231,13 @@ pub async fn skip_with_descendants(
         "with recursive down(name) as ( \
            select unnest($2::text[]) \
            union \
-           select unnest(s.dependents) from step_runs s join down on s.execution_id = $1 and s.step_name = down.name), \
+           select unnest(s.dependents) from step_runs s join down on s.execution_id = $1 and s.step_name = down.name \
+             where s.triggers is null or s.step_name = any($2)), \
          skipped as ( \
            update step_runs s set status = 'Skipped', ended_at = now(), \
              skip_reason = case when s.step_name = any($2) then $3 else 'UpstreamNotRun' end \
            where s.execution_id = $1 and s.step_name in (select name from down) and s.status in ('Pending', 'Starting') \
+             and (s.triggers is null or s.step_name = any($2)) \
            returning s.step_name, s.skip_reason, s.position) \
          insert into execution_events (execution_id, step_name, status, detail) \
          select $1, step_name, 'Skipped', jsonb_build_object('skip_reason', skip_reason) from skipped order by position",

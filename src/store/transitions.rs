@@ -16,6 +16,8 @@ use super::{steps::StepRunRow, StoreResult};
 pub struct LockedStep {
     pub execution_status: String,
     pub execution_max_parallel_steps: Option<i32>,
+    /// The execution has handlers (see `triggers`).
+    pub execution_has_triggers: bool,
     /// Attempts before the last `POST /retry` (or released at shutdown):
     /// they do not count against the retry budget.
     pub attempt_base: i32,
@@ -35,10 +37,10 @@ pub async fn lock_with_execution(conn: &mut PgConnection, id: Uuid) -> StoreResu
     // version of the step row.
     Ok(sqlx::query_as::<_, LockedStep>(&format!(
         "with e as materialized ( \
-           select status, max_parallel_steps from executions \
+           select status, max_parallel_steps, has_triggers from executions \
            where id = (select execution_id from step_runs where id = $1) for no key update) \
          select e.status as execution_status, e.max_parallel_steps as execution_max_parallel_steps, \
-           s.attempt_base, {} \
+           e.has_triggers as execution_has_triggers, s.attempt_base, {} \
          from e, step_runs s where s.id = $1 for update of s",
         super::steps::STEP_COLUMNS
     ))
@@ -395,7 +397,8 @@ pub async fn stop_running_steps(conn: &mut PgConnection, execution_id: Uuid) -> 
 /// Retry, under the execution's lock: failed, stopped and not-run steps
 /// are reset, each with a fresh retry budget (their earlier attempts stay
 /// in the history), and their dependency counts recomputed. Returns the
-/// reset steps that still sit below a skipped step.
+/// reset steps that still sit below a skipped step (handlers, which a
+/// skipped upstream may trigger, are left to be judged).
 pub async fn reset_for_retry(conn: &mut PgConnection, execution_id: Uuid) -> StoreResult<Vec<String>> {
     sqlx::query(
         "update step_runs set status = 'Pending', skip_reason = null, failure_reason = null, error_type = null, \
@@ -403,7 +406,7 @@ pub async fn reset_for_retry(conn: &mut PgConnection, execution_id: Uuid) -> Sto
          lease_expires_at = null, callback_token = null, callback_deadline = null, \
          attempt_base = attempt, first_started_at = null, metadata = metadata - 'callback' - 'early_cutoff' \
          where execution_id = $1 and (status in ('Failed', 'Stopped') \
-           or (status = 'Skipped' and skip_reason in ('UpstreamNotRun', 'ExecutionStopped')))",
+           or (status = 'Skipped' and skip_reason in ('UpstreamNotRun', 'ExecutionStopped', 'TriggerNotMet')))",
     )
     .bind(execution_id)
     .execute(&mut *conn)
@@ -422,7 +425,8 @@ pub async fn reset_for_retry(conn: &mut PgConnection, execution_id: Uuid) -> Sto
         .execute(&mut *conn)
         .await?;
     Ok(sqlx::query_scalar(
-        "select s.step_name from step_runs s where s.execution_id = $1 and s.status = 'Pending' and exists ( \
+        "select s.step_name from step_runs s where s.execution_id = $1 and s.status = 'Pending' \
+           and s.triggers is null and exists ( \
            select 1 from step_runs d where d.execution_id = s.execution_id and d.step_name = any(s.dependencies) \
              and d.status = 'Skipped')",
     )

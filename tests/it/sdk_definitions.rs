@@ -173,7 +173,7 @@ async fn one_issue(app: &TestApp, version: &str, fixture_name: &str, path: &str,
 #[sqlx::test]
 async fn sdk_job_steps_and_s3_json_get_are_one_issue_each(db: PgPool) {
     let app = TestApp::spawn(db).await;
-    let supported = "Command, Pass, Condition, Fail, Callback";
+    let supported = "Command, Pass, Condition, Fail, Callback, ForEach, Cleanup";
     for version in VERSIONS {
         // PropertyFiles, CacheConfig and SageMaker.* retry types on the
         // Processing step, and a JsonGet of its property file: one issue.
@@ -202,4 +202,32 @@ async fn sdk_job_steps_and_s3_json_get_are_one_issue_each(db: PgPool) {
         )
         .await;
     }
+}
+
+/// SDK v3's ForEachStep (its Lambda body written as a Command step by
+/// generate.py), CleanupStep and StepDependency with the Failed and Any
+/// triggers: accepted as emitted, and run.
+#[sqlx::test]
+async fn sdk_v3_for_each_cleanup_and_triggers_run(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let definition = fixture("v3", "foreach_cleanup_trigger");
+    create(&app, "sdk-foreach", &definition).await;
+    let id = app.start("sdk-foreach", json!({})).await;
+    let execution = app.wait_terminal(&id).await;
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let steps = app.steps(&id).await;
+    assert_eq!(step(&steps, "FanOut")["status"], "Succeeded");
+    let alert = step(&steps, "FanOutFailed");
+    assert_eq!(alert["skip_reason"], "TriggerNotMet", "{alert}");
+    let tidy = step(&steps, "Tidy");
+    assert_eq!(tidy["status"], "Succeeded", "{tidy}");
+    // The SDK's S3 source naming the ForEach removes its iterations' artifacts.
+    let removed = tidy["metadata"]["cleanup"]["removed"].as_array().unwrap();
+    assert_eq!(removed.len(), 3, "{tidy}");
+    assert!(
+        removed
+            .iter()
+            .all(|r| r["step"].as_str().unwrap().starts_with("FanOut[")),
+        "{tidy}"
+    );
 }

@@ -6,6 +6,8 @@
 
 mod args;
 mod callback;
+mod cleanup;
+mod deps;
 pub mod for_each;
 mod refs;
 mod steps;
@@ -16,6 +18,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 pub use args::{cache_input_paths, CallbackArgs, CommandArgs};
+pub use cleanup::cleanup_targets;
+pub use deps::Trigger;
 
 use super::{dag, duration, params, pointer_push, retry, type_name, Issue};
 
@@ -54,16 +58,18 @@ pub enum StepKind {
     Fail,
     Callback,
     ForEach,
+    Cleanup,
 }
 
 impl StepKind {
-    pub const ALL: [StepKind; 6] = [
+    pub const ALL: [StepKind; 7] = [
         StepKind::Command,
         StepKind::Pass,
         StepKind::Condition,
         StepKind::Fail,
         StepKind::Callback,
         StepKind::ForEach,
+        StepKind::Cleanup,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -73,6 +79,7 @@ impl StepKind {
             StepKind::Condition => "Condition",
             StepKind::Fail => "Fail",
             StepKind::Callback => "Callback",
+            StepKind::Cleanup => "Cleanup",
             StepKind::ForEach => "ForEach",
         }
     }
@@ -88,7 +95,7 @@ impl StepKind {
             StepKind::Pass => &["Outputs"],
             StepKind::Condition => &["Outcome"],
             StepKind::Callback => &["OutputParameters"],
-            StepKind::Fail => &[],
+            StepKind::Fail | StepKind::Cleanup => &[],
             StepKind::ForEach => &[
                 "IterationOutputs",
                 "Selected",
@@ -102,8 +109,8 @@ impl StepKind {
         }
     }
 
-    /// Condition, Fail and Callback steps are never cached (SPEC 4): their
-    /// effect is not a pure function of their inputs.
+    /// Condition, Fail, Callback and Cleanup steps are never cached (SPEC
+    /// 4): their effect is not a pure function of their inputs.
     pub fn is_cacheable(self) -> bool {
         matches!(self, StepKind::Command | StepKind::Pass)
     }
@@ -138,6 +145,11 @@ pub struct Step {
     /// All dependencies: DependsOn, every step referenced in Arguments, and
     /// for a branch step its Condition; deduplicated, in that order.
     pub depends_on: Vec<String>,
+    /// The DependsOn entries whose trigger is not `Completed` (SPEC 8,
+    /// 2.3), in DependsOn order. A step with any is a *handler*: it waits
+    /// for its dependencies to end, whatever their status, and runs only if
+    /// every trigger is met.
+    pub triggers: Vec<(String, Trigger)>,
     pub branch: Option<Branch>,
     pub display_name: Option<String>,
     pub description: Option<String>,
@@ -161,11 +173,38 @@ impl Step {
     pub fn caching_enabled(&self) -> bool {
         self.kind.is_cacheable() && self.cache.is_some_and(|c| c.enabled)
     }
+
+    /// The trigger of its dependency on `upstream` (`Completed` for a
+    /// dependency that is not a non-default DependsOn entry).
+    pub fn trigger_on(&self, upstream: &str) -> Trigger {
+        self.triggers
+            .iter()
+            .find(|(n, _)| n == upstream)
+            .map_or(Trigger::Completed, |(_, t)| *t)
+    }
+
+    /// The trigger map stored with its step run: `{upstream: trigger}` for
+    /// every non-`Completed` entry; `None` for a step that has none.
+    pub fn triggers_json(&self) -> Option<Value> {
+        (!self.triggers.is_empty()).then(|| {
+            Value::Object(
+                self.triggers
+                    .iter()
+                    .map(|(n, t)| (n.clone(), Value::String(t.as_str().to_string())))
+                    .collect(),
+            )
+        })
+    }
 }
 
 impl Definition {
     pub fn step(&self, name: &str) -> Option<&Step> {
         self.step_index.get(name).map(|&i| &self.steps[i])
+    }
+
+    /// Whether some step has a non-`Completed` trigger.
+    pub fn has_triggers(&self) -> bool {
+        self.steps.iter().any(|s| !s.triggers.is_empty())
     }
 
     /// The ForEach step named `name`, with its items, body and selector.

@@ -9,7 +9,7 @@ use serde_json::json;
 
 use super::callback::{is_sdk_callback, SDK_CALLBACK_INPUTS};
 use super::steps::{check_artifact_path, Pending};
-use super::{Step, StepKind};
+use super::{Step, StepKind, Trigger};
 use crate::domain::expr::{format_path, Found, PathSegment, Reference};
 use crate::domain::params::Parameter;
 use crate::domain::{pointer_push, Issue};
@@ -49,18 +49,23 @@ pub(super) fn link(
     };
     let mut all_deps = Vec::with_capacity(pending.len());
     let mut all_rewrites = Vec::with_capacity(pending.len());
+    let mut all_triggers = Vec::with_capacity(pending.len());
     for i in 0..pending.len() {
         let (deps, rewrites) = cx.step_deps(i, issues);
         all_deps.push(deps);
         all_rewrites.push(rewrites);
+        all_triggers.push(cx.triggers(i, issues));
+        cx.check_cleanup_targets(i, issues);
     }
     let steps = pending
         .into_iter()
         .zip(all_deps)
         .zip(all_rewrites)
-        .map(|((p, deps), rewrites)| {
+        .zip(all_triggers)
+        .map(|(((p, deps), rewrites), triggers)| {
             let mut step = p.step;
             step.depends_on = deps;
+            step.triggers = triggers;
             apply_rewrites(&mut step, rewrites);
             step
         })
@@ -78,6 +83,86 @@ struct Linker<'a> {
 type Rewrite = (String, String, String);
 
 impl Linker<'_> {
+    fn label(&self, i: usize) -> String {
+        let p = &self.pending[i];
+        if p.step.name.is_empty() {
+            format!("at {}", p.step.pointer)
+        } else {
+            p.step.name.clone()
+        }
+    }
+
+    /// The non-`Completed` DependsOn entries of step `i` that name another
+    /// known step. A step reading the properties of an upstream it may run
+    /// without (a Failed, Stopped or Any trigger) is an issue: that upstream
+    /// has no outputs unless it succeeded.
+    fn triggers(&self, i: usize, issues: &mut Vec<Issue>) -> Vec<(String, Trigger)> {
+        let p = &self.pending[i];
+        let triggers: Vec<(String, Trigger)> = p
+            .explicit_deps
+            .iter()
+            .filter(|(n, _, t)| *t != Trigger::Completed && *n != p.step.name && self.index.contains_key(n))
+            .map(|(n, _, t)| (n.clone(), *t))
+            .collect();
+        if p.body_of.is_some() {
+            // Iterations are scheduled as a unit; a body step's entries
+            // with a trigger would silently mean Completed.
+            for (n, ptr, t) in p.explicit_deps.iter().filter(|(_, _, t)| *t != Trigger::Completed) {
+                issues.push(Issue::new(
+                    ptr,
+                    format!(
+                        "step {} is in a ForEachBody, whose steps run after their dependencies succeeded; \
+                         its DependsOn entry on {n:?} with trigger {} is not supported there (put the \
+                         trigger on a step after the ForEach step)",
+                        self.label(i),
+                        t.as_str()
+                    ),
+                ));
+            }
+            return Vec::new();
+        }
+        for found in &p.refs {
+            let Some(target) = found.step() else { continue };
+            if let Some((_, t)) = triggers.iter().find(|(n, _)| n == target) {
+                issues.push(Issue::new(
+                    found.pointer(),
+                    format!(
+                        "step {} reads {} but depends on step {target} with trigger {}: it may run when \
+                         {target} did not succeed, and then {target} has no outputs to read; read only steps \
+                         it depends on with the default trigger (Completed)",
+                        self.label(i),
+                        describe(found),
+                        t.as_str()
+                    ),
+                ));
+            }
+        }
+        triggers
+    }
+
+    /// Every step a Cleanup step names must be one of its DependsOn entries:
+    /// it may only remove what has ended.
+    fn check_cleanup_targets(&self, i: usize, issues: &mut Vec<Issue>) {
+        let p = &self.pending[i];
+        for (name, ptr) in &p.cleanup_targets {
+            if !self.index.contains_key(name) {
+                issues.push(Issue::new(
+                    ptr,
+                    format!("Cleanup step {} names unknown step {name:?}", self.label(i)),
+                ));
+            } else if !p.explicit_deps.iter().any(|(n, _, _)| n == name) {
+                issues.push(Issue::new(
+                    ptr,
+                    format!(
+                        "Cleanup step {} removes the artifacts of step {name}, so it must run after it: add \
+                         {name:?} (or {{\"Step\": {name:?}, \"Trigger\": \"Any\"}}) to its DependsOn",
+                        self.label(i)
+                    ),
+                ));
+            }
+        }
+    }
+
     fn step_deps(&self, i: usize, issues: &mut Vec<Issue>) -> (Vec<String>, Vec<Rewrite>) {
         let p = &self.pending[i];
         let me = p.step.name.as_str();
@@ -98,7 +183,7 @@ impl Linker<'_> {
             }
         };
 
-        for (dep, ptr) in &p.explicit_deps {
+        for (dep, ptr, _) in &p.explicit_deps {
             match self.index.get(dep) {
                 _ if dep == me => issues.push(Issue::new(ptr, format!("step {label} depends on itself"))),
                 Some(&t) => match self.body_rule(i, t) {

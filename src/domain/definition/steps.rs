@@ -4,7 +4,8 @@
 
 use serde_json::{Map, Value};
 
-use super::{callback, for_each, supported_types, Branch, CacheConfig, Step, StepKind};
+use super::deps::{parse_depends_on, Dependency};
+use super::{callback, cleanup, for_each, supported_types, Branch, CacheConfig, Step, StepKind};
 use crate::domain::expr::{self, Found};
 use crate::domain::{condition, duration, names, pointer_push, retry, type_name, Issue};
 
@@ -33,8 +34,10 @@ pub(super) struct Pending {
     pub step: Step,
     /// `None` when the Type was missing or unsupported (already an issue).
     pub kind: Option<StepKind>,
-    /// `(name, pointer)` of each DependsOn entry.
-    pub explicit_deps: Vec<(String, String)>,
+    /// `(name, pointer, trigger)` of each DependsOn entry.
+    pub explicit_deps: Vec<Dependency>,
+    /// `(name, pointer)` of each step a Cleanup step names.
+    pub cleanup_targets: Vec<(String, String)>,
     pub refs: Vec<Found>,
     /// Enclosing Conditions, outermost first: (index in the pending list, in IfSteps?).
     pub branch_path: Vec<(usize, bool)>,
@@ -193,6 +196,7 @@ fn parse_step<'a>(
                 refs,
                 inner: Inner::None,
                 callback_outputs,
+                cleanup_targets: Vec::new(),
                 for_each: None,
             }
         }
@@ -211,6 +215,7 @@ fn parse_step<'a>(
         kind: kind.unwrap_or(StepKind::Pass),
         arguments: parsed.arguments,
         depends_on: Vec::new(),
+        triggers: Vec::new(),
         branch,
         display_name,
         description,
@@ -235,6 +240,7 @@ fn parse_step<'a>(
         refs: parsed.refs,
         branch_path,
         callback_outputs: parsed.callback_outputs,
+        cleanup_targets: parsed.cleanup_targets,
         body_of: None,
         body_names: Vec::new(),
     };
@@ -274,6 +280,7 @@ fn unsupported_type(
             kind: StepKind::Pass,
             arguments: Value::Object(Map::new()),
             depends_on: Vec::new(),
+            triggers: Vec::new(),
             branch: branch.clone(),
             display_name: None,
             description: None,
@@ -287,6 +294,7 @@ fn unsupported_type(
         },
         kind: None,
         explicit_deps: Vec::new(),
+        cleanup_targets: Vec::new(),
         refs: Vec::new(),
         branch_path: branch_path.to_vec(),
         callback_outputs: Vec::new(),
@@ -329,40 +337,6 @@ fn opt_string(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issue
                 format!("{key} of step {label} must be a string, got {}", type_name(other)),
             ));
             None
-        }
-    }
-}
-
-fn parse_depends_on(v: Option<&Value>, ptr: &str, label: &str, issues: &mut Vec<Issue>) -> Vec<(String, String)> {
-    let ptr = pointer_push(ptr, "DependsOn");
-    match v {
-        None => Vec::new(),
-        Some(Value::Array(list)) => list
-            .iter()
-            .enumerate()
-            .filter_map(|(i, d)| match d {
-                Value::String(s) => Some((s.clone(), pointer_push(&ptr, i))),
-                other => {
-                    issues.push(Issue::new(
-                        pointer_push(&ptr, i),
-                        format!(
-                            "DependsOn of step {label} must list step names, got {}",
-                            type_name(other)
-                        ),
-                    ));
-                    None
-                }
-            })
-            .collect(),
-        Some(other) => {
-            issues.push(Issue::new(
-                ptr,
-                format!(
-                    "DependsOn of step {label} must be a list of step names, got {}",
-                    type_name(other)
-                ),
-            ));
-            Vec::new()
         }
     }
 }
@@ -517,6 +491,7 @@ struct Parsed<'a> {
     refs: Vec<Found>,
     inner: Inner<'a>,
     callback_outputs: Vec<String>,
+    cleanup_targets: Vec<(String, String)>,
     for_each: Option<for_each::ForEachSpec>,
 }
 
@@ -527,6 +502,7 @@ impl Default for Parsed<'_> {
             refs: Vec::new(),
             inner: Inner::None,
             callback_outputs: Vec::new(),
+            cleanup_targets: Vec::new(),
             for_each: None,
         }
     }
@@ -546,11 +522,18 @@ fn parse_arguments<'a>(
     };
     let obj = match args {
         Some(Value::Object(m)) => m,
-        None if !matches!(kind, StepKind::Command | StepKind::Condition | StepKind::ForEach) => return empty(),
+        None if !matches!(
+            kind,
+            StepKind::Command | StepKind::Condition | StepKind::ForEach | StepKind::Cleanup
+        ) =>
+        {
+            return empty()
+        }
         None => {
             let needs = match kind {
                 StepKind::Command => "Command or Shell",
                 StepKind::ForEach => "IterableItems, MaxConcurrency and ForEachBody",
+                StepKind::Cleanup => "Resources",
                 _ => "Conditions",
             };
             issues.push(Issue::new(
@@ -575,6 +558,7 @@ fn parse_arguments<'a>(
     match kind {
         StepKind::Command => check_command(obj, &ptr, label, issues),
         StepKind::Pass => {}
+        StepKind::Cleanup => parsed.cleanup_targets = cleanup::check_cleanup(obj, &ptr, label, issues),
         StepKind::Fail => {
             unknown_keys(obj, &["ErrorMessage"], &ptr, label, issues);
             if let Some(m) = obj.get("ErrorMessage").filter(|m| !is_string_like(m)) {

@@ -327,7 +327,10 @@ fn unsupported_step_type_lists_supported() {
     assert_issue(
         v,
         "/Steps/0/Type",
-        &["\"Training\"", "Command, Pass, Condition, Fail, Callback"],
+        &[
+            "\"Training\"",
+            "Command, Pass, Condition, Fail, Callback, ForEach, Cleanup",
+        ],
     );
 }
 
@@ -352,7 +355,9 @@ fn unsupported_step_type_is_one_issue_and_nothing_else() {
     for (issue, t) in all.iter().zip(["\"Processing\"", "\"Lambda\""]) {
         assert!(issue.message.contains(t), "{}", issue.message);
         assert!(
-            issue.message.contains("Command, Pass, Condition, Fail, Callback"),
+            issue
+                .message
+                .contains("Command, Pass, Condition, Fail, Callback, ForEach, Cleanup"),
             "{}",
             issue.message
         );
