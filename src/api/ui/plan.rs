@@ -170,7 +170,7 @@ pub async fn plan(
                 @for v in &planned.steps {
                     tr data-step=(v.step_name) {
                         td { (v.step_name) }
-                        td class="verdict" { span class=(format!("verdict v-{}", v.verdict)) { span aria-hidden="true" { (verdict_icon(v.verdict)) " " } (v.verdict) } }
+                        td { span class=(format!("verdict v-{}", v.verdict)) { span aria-hidden="true" { (verdict_icon(v.verdict)) " " } (v.verdict) } }
                         td { (v.reason) }
                         td { @for c in &v.changes { div { (c) } } }
                     }
