@@ -32,5 +32,6 @@ mod selective;
 mod shutdown;
 mod step_env;
 mod step_processes;
+mod ui;
 mod webhooks;
 mod workers;

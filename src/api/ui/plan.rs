@@ -164,7 +164,7 @@ pub async fn plan(
                 @match execution_link(&state, arn) { Some(href) => a href=(href) { (short_arn(arn)) }, None => (arn) } }
         }
         div class="dag-wrap" { (dag) }
-        table class="plan" {
+        @if !planned.steps.is_empty() { table class="plan" {
             thead { tr { th scope="col" { "Step" } th scope="col" { "Verdict" } th scope="col" { "Reason" } th scope="col" { "Changes" } } }
             tbody {
                 @for v in &planned.steps {
@@ -176,7 +176,7 @@ pub async fn plan(
                     }
                 }
             }
-        }
+        } }
         @if planned.errors.is_empty() {
             form method="post" action=(format!("/ui/pipelines/{}/start", enc(&name))) {
                 @for (k, v) in pairs.iter().filter(|(k, _)| matches!(k.as_str(), "mode" | "step" | "source")) {

@@ -165,18 +165,29 @@ fn lay_out(graph: &Graph, index: &HashMap<&str, usize>, decos: &[Deco], group: O
             at = index.get(node.group.as_deref()?).copied()?;
         }
     };
-    let mut labels = Vec::new();
+    let mut pairs = Vec::new();
     let mut drawn = std::collections::HashSet::new();
     for edge in &graph.edges {
         let (Some(from), Some(to)) = (holder(&edge.from), holder(&edge.to)) else {
             continue;
         };
-        if from == to || !drawn.insert((from, to)) {
-            continue;
+        if from != to && drawn.insert((from, to)) {
+            pairs.push((from, to, edge.label));
         }
+    }
+    // layout-rs checks each new edge for a cycle with a search that can
+    // take exponential time on a wide DAG; added in topological order of
+    // their heads, the head has no successors yet and the check is
+    // immediate. (Its own whole-graph verification after every edge is
+    // quadratic and only guards against its own bugs: it is turned off.)
+    let order = topological_positions(&members, &pairs);
+    pairs.sort_by_key(|(_, to, _)| order.get(to).copied().unwrap_or(usize::MAX));
+    vg.dag.set_validate(false);
+    let mut labels = Vec::new();
+    for (from, to, label) in pairs {
         let mut arrow = Arrow::simple("");
         arrow.properties = Some(labels.len().to_string());
-        labels.push(edge.label);
+        labels.push(label);
         vg.add_edge(arrow, handles[&from], handles[&to]);
     }
     let mut capture = Capture::default();
@@ -251,6 +262,30 @@ fn lay_out(graph: &Graph, index: &HashMap<&str, usize>, decos: &[Deco], group: O
     out
 }
 
+/// Each member's position in a topological order of `edges` (Kahn's
+/// algorithm, ties in document order); members on a cycle come last.
+fn topological_positions(members: &[usize], edges: &[(usize, usize, Option<&'static str>)]) -> HashMap<usize, usize> {
+    let mut indegree: HashMap<usize, usize> = members.iter().map(|&m| (m, 0)).collect();
+    let mut out: HashMap<usize, Vec<usize>> = HashMap::new();
+    for &(from, to, _) in edges {
+        *indegree.entry(to).or_default() += 1;
+        out.entry(from).or_default().push(to);
+    }
+    let mut ready: std::collections::BTreeSet<usize> = members.iter().copied().filter(|m| indegree[m] == 0).collect();
+    let mut order = HashMap::with_capacity(members.len());
+    while let Some(next) = ready.pop_first() {
+        order.insert(next, order.len());
+        for &to in out.get(&next).map(Vec::as_slice).unwrap_or_default() {
+            let d = indegree.get_mut(&to).expect("every head is a member");
+            *d -= 1;
+            if *d == 0 {
+                ready.insert(to);
+            }
+        }
+    }
+    order
+}
+
 /// Cubic Béziers through the layout's control points, as layout-rs's own
 /// SVG backend joins them.
 fn path_data(path: &[(Point, Point)]) -> String {
@@ -295,5 +330,48 @@ impl RenderBackend for Capture {
     }
     fn create_clip(&mut self, _: Point, _: Point, _: usize) -> ClipHandle {
         0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    #[ignore]
+    fn timing() {
+        for n in [50usize, 100, 150, 200, 400, 1000] {
+            let width = 25;
+            let steps: Vec<_> = (0..n)
+                .map(|i| {
+                    let mut s = json!({"Name": format!("S{i}"), "Type": "Pass", "Arguments": {"i": i}});
+                    if i >= width {
+                        let above = i - width - (i % width);
+                        s["DependsOn"] = json!([
+                            format!("S{}", above + i % width),
+                            format!("S{}", above + (i + 1) % width)
+                        ]);
+                    }
+                    s
+                })
+                .collect();
+            let def = json!({"Version": "2020-12-01", "Steps": steps});
+            let t = std::time::Instant::now();
+            let graph = Graph::from_definition(&def);
+            let t1 = t.elapsed();
+            let out = render(&graph, &|n| Deco {
+                class: String::new(),
+                icon: "x",
+                detail: "Succeeded".into(),
+                href: None,
+                aria: n.name.clone(),
+            });
+            eprintln!(
+                "n={n} graph={t1:?} total={:?} bytes={}",
+                t.elapsed(),
+                out.into_string().len()
+            );
+        }
     }
 }
