@@ -132,7 +132,8 @@ pub async fn page(
             None => shown.entry(&run.step_name).or_default().run = Some(run),
         }
     }
-    let dag = svg::render(&graph, &|node| deco(&execution, node, shown.get(node.name.as_str())));
+    let decos = svg::decorate(&graph, |node| deco(&execution, node, shown.get(node.name.as_str())));
+    let dag = svg::render(graph, decos).await;
     let picked = match field(&pairs, "step") {
         Some(step) => Some(panel(&state, &execution, step).await?),
         None => None,

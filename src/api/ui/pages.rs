@@ -141,13 +141,15 @@ pub async fn pipeline(
     let versions = store::pipelines::list_versions(&state.db, &name, None, 1000).await?;
     let executions = store::executions::list(&state.db, latest.id, status, None, 100).await?;
     let graph = Graph::from_definition(&shown.definition);
-    let dag = svg::render(&graph, &|node| Deco {
+    let picks = super::plan::form(&name, &graph, &executions);
+    let decos = svg::decorate(&graph, |node| Deco {
         class: format!("kind-{}", node.kind),
         icon: "□",
         detail: node.kind.clone(),
         href: None,
         aria: format!("step {} ({})", node.name, node.kind),
     });
+    let dag = svg::render(graph, decos).await;
     let base = format!("/ui/pipelines/{}", enc(&name));
     let can_start = may(&who, "POST", "/ui/pipelines/{name}/start");
     let body = html! {
@@ -186,7 +188,7 @@ pub async fn pipeline(
             (executions_table(&state, &executions))
         }
         @if can_start {
-            (super::plan::form(&name, &graph, &executions))
+            (picks)
         }
     };
     Ok(page(layout(&format!("Pipeline {name}"), Some(&who), body)))

@@ -134,7 +134,7 @@ pub async fn plan(
     let pipeline = crate::store::pipelines::get(&state.db, &name, None).await?;
     let graph = Graph::from_definition(&pipeline.definition);
     let verdict_of = |step: &str| -> Option<&StepVerdict> { planned.steps.iter().find(|v| v.step_name == step) };
-    let dag = svg::render(&graph, &|node| match verdict_of(&node.name) {
+    let decos = svg::decorate(&graph, |node| match verdict_of(&node.name) {
         Some(v) => Deco {
             class: format!("v-{}", v.verdict),
             icon: verdict_icon(v.verdict),
@@ -150,6 +150,7 @@ pub async fn plan(
             aria: format!("step {}: not planned", node.name),
         },
     });
+    let dag = svg::render(graph, decos).await;
     let body = html! {
         p { a href=(format!("/ui/pipelines/{}", enc(&name))) { "← " (name) } }
         h1 { "Plan for " (name) }

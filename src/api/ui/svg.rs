@@ -61,12 +61,29 @@ struct Laid {
     height: f64,
 }
 
-/// The SVG of `graph`, each node drawn as `deco` says.
-pub fn render(graph: &Graph, deco: &dyn Fn(&Node) -> Deco) -> Markup {
+/// The SVG of `graph`, each node drawn as `deco` says. The layout is CPU
+/// work (tens of milliseconds for a thousand steps): it runs on a blocking
+/// thread, not on the server's async workers.
+pub async fn render(graph: Graph, decos: Vec<Deco>) -> Markup {
+    match tokio::task::spawn_blocking(move || render_now(&graph, decos)).await {
+        Ok(markup) => markup,
+        Err(e) => {
+            tracing::error!(error = %e, "laying out a graph failed");
+            html! { p class="error" { "The graph could not be drawn (see the server log)." } }
+        }
+    }
+}
+
+/// How each node of `graph` is drawn, in node order (for [`render`]).
+pub fn decorate(graph: &Graph, deco: impl Fn(&Node) -> Deco) -> Vec<Deco> {
+    graph.nodes.iter().map(deco).collect()
+}
+
+/// [`render`] on the calling thread.
+pub fn render_now(graph: &Graph, decos: Vec<Deco>) -> Markup {
     if graph.nodes.is_empty() {
         return html! { p { "This definition has no steps to draw." } };
     }
-    let decos: Vec<Deco> = graph.nodes.iter().map(deco).collect();
     let index: HashMap<&str, usize> = graph
         .nodes
         .iter()
