@@ -97,8 +97,14 @@ pub fn render_now(graph: &Graph, decos: Vec<Deco>) -> Markup {
         .collect();
     let laid = lay_out(graph, &index, &decos, None);
     let mut boxes = laid.boxes;
-    // Groups first, so their members are drawn over them.
+    // Groups first (outer before inner), then the edges, then the steps,
+    // so that neither a group's box nor an edge hides what is inside.
     boxes.sort_by_key(|(i, _)| graph.nodes[*i].kind != "ForEach");
+    let groups = boxes
+        .iter()
+        .take_while(|(i, _)| graph.nodes[*i].kind == "ForEach")
+        .count();
+    let (groups, steps) = boxes.split_at(groups);
     let (w, h) = (laid.width.max(1.0), laid.height.max(1.0));
     html! {
         svg class="dag" xmlns="http://www.w3.org/2000/svg" role="group" aria-label="pipeline graph"
@@ -108,6 +114,9 @@ pub fn render_now(graph: &Graph, decos: Vec<Deco>) -> Markup {
                     path d="M 0 0 L 10 5 L 0 10 z" class="arrowhead" {}
                 }
             }
+            @for (i, rect) in groups {
+                (node_markup(&graph.nodes[*i], &decos[*i], *rect))
+            }
             g class="edges" aria-hidden="true" {
                 @for (points, label) in &laid.edges {
                     path class="edge" d=(path_data(points)) marker-end="url(#arrow)" {}
@@ -116,7 +125,7 @@ pub fn render_now(graph: &Graph, decos: Vec<Deco>) -> Markup {
                     }
                 }
             }
-            @for (i, rect) in &boxes {
+            @for (i, rect) in steps {
                 (node_markup(&graph.nodes[*i], &decos[*i], *rect))
             }
         }
@@ -413,6 +422,9 @@ mod tests {
             {"Name": "End", "Type": "Pass", "DependsOn": ["FanOut"]}]});
         let graph = Graph::from_definition(&definition);
         let svg = render_now(&graph, plain(&graph)).into_string();
+        if let Ok(path) = std::env::var("STEPWISE_UI_SVG_OUT") {
+            std::fs::write(path, &svg).unwrap();
+        }
         let group = rect_of(&svg, "FanOut");
         for member in ["Score", "Keep"] {
             let r = rect_of(&svg, member);
