@@ -74,11 +74,18 @@ const live = {
   ],
 };
 
+const held = {
+  Version: '2020-12-01',
+  Steps: [{ Name: 'Hold', Type: 'Command', Arguments: { Command: waitFor('hold') } }],
+};
+
 const suffix = Date.now().toString(36);
 const demoName = `ui-demo-${suffix}`;
 const liveName = `ui-live-${suffix}`;
 await api('POST', '/v1/pipelines', { name: demoName, definition: demo });
 await api('POST', '/v1/pipelines', { name: liveName, definition: live });
+const heldName = `ui-held-${suffix}`;
+await api('POST', '/v1/pipelines', { name: heldName, definition: held });
 const run1 = (await api('POST', `/v1/pipelines/${demoName}/executions`, {})).execution_id;
 assert.equal((await finished(run1)).status, 'Succeeded');
 const run2 = (await api('POST', `/v1/pipelines/${demoName}/executions`, {
@@ -210,6 +217,20 @@ await check('plan a selective run on the DAG, then start it', async () => {
   assert.equal(execution.status, 'Succeeded');
   assert.deepEqual(execution.selective_execution.selected_steps, ['Train']);
   await page.locator('#execution-status', { hasText: 'Succeeded' }).waitFor();
+});
+
+await check('stop a running execution, then retry it, with the buttons', async () => {
+  const id = (await api('POST', `/v1/pipelines/${heldName}/executions`, {})).execution_id;
+  await page.goto(`${base}/ui/executions/${id}`);
+  await page.locator('svg.dag [data-step="Hold"].st-Executing').waitFor({ state: 'attached' });
+  assert.equal(await page.getByRole('button', { name: 'Retry' }).count(), 0);
+  await page.getByRole('button', { name: 'Stop' }).click();
+  await page.locator('#execution-status', { hasText: 'Stopped' }).waitFor();
+  await page.getByRole('button', { name: 'Retry' }).click();
+  await page.locator('svg.dag [data-step="Hold"].st-Executing').waitFor({ state: 'attached' });
+  fs.writeFileSync(path.join(gates, 'hold'), '');
+  await page.locator('#execution-status', { hasText: 'Succeeded' }).waitFor();
+  assert.equal((await api('GET', `/v1/executions/${id}/steps/Hold`)).attempt_count, 2);
 });
 
 await check('a version diff and a definition', async () => {
