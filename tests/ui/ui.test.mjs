@@ -199,6 +199,7 @@ await check("a running execution's nodes change live", async () => {
 
 await check('plan a selective run on the DAG, then start it', async () => {
   await page.goto(`${base}/ui/pipelines/${demoName}`);
+  await page.screenshot({ path: path.join(shots, 'pipeline.png'), fullPage: true });
   await page.getByLabel('The steps ticked below', { exact: false }).check();
   await page.locator('#pick-Train').check();
   await page.getByLabel('Source execution', { exact: true }).selectOption(run1);

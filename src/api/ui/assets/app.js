@@ -33,6 +33,13 @@
   }
 
   function updateStep(name, status) {
+    // An iteration of a ForEach body step (`FanOut[3].Score`) shows on the
+    // body step's node while it runs; the finished page sums them up.
+    var iteration = /^[^\[]+\[\d+\]\.(.+)$/.exec(name);
+    if (iteration) {
+      if (status !== 'Starting' && status !== 'Executing') return;
+      name = iteration[1];
+    }
     var selector = '[data-step="' + CSS.escape(name) + '"]';
     document.querySelectorAll('svg.dag ' + selector).forEach(function (node) {
       setStatusClass(node, status);
@@ -85,7 +92,7 @@
           pre.dataset.done = 'true';
           if (!pre.textContent) pre.textContent = '(the log is empty)';
         }
-      });
+      }).catch(function () { pre.dataset.done = 'true'; });
     }
     function read() {
       fetch(url + '&offset=' + received, { credentials: 'same-origin' }).then(function (response) {
