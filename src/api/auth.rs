@@ -83,6 +83,7 @@ pub fn access(method: &Method, route: &str) -> Access {
     let method = if method == Method::HEAD { &Method::GET } else { method };
     POLICY
         .iter()
+        .chain(super::ui::POLICY)
         .find(|(m, r, _)| *m == method.as_str() && *r == route)
         .map_or(Needs(Admin), |(_, _, access)| *access)
 }
@@ -198,12 +199,20 @@ pub async fn guard(State(state): State<AppState>, request: Request, next: Next) 
             ));
         }
     }
+    // The web UI's forms post `application/x-www-form-urlencoded`, which a
+    // page of any site could send too: a post to `/ui/` must say it comes
+    // from this site (browsers send `Origin` with every post).
+    let reads = matches!(*request.method(), Method::GET | Method::HEAD);
+    let ui_post = path.starts_with("/ui/") && !reads;
+    if ui_post && !headers.contains_key(header::ORIGIN) {
+        return forbidden("a post to the web UI must come from its own pages (it has no Origin header)".into());
+    }
     // An empty form post (`Content-Length: 0`) is a body-less request a
     // page can send cross-site without a preflight: a declared type must
     // be JSON too, unless the method reads.
     let declares_type =
         headers.contains_key(header::CONTENT_TYPE) && !matches!(*request.method(), Method::GET | Method::HEAD);
-    if (has_body(headers) || declares_type) && !is_json(headers) {
+    if (has_body(headers) || declares_type) && !is_json(headers) && !(ui_post && is_form(headers)) {
         let given = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -236,6 +245,14 @@ fn has_body(headers: &HeaderMap) -> bool {
     length || headers.contains_key(header::TRANSFER_ENCODING)
 }
 
+fn is_form(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|essence| essence.trim().eq_ignore_ascii_case("application/x-www-form-urlencoded"))
+}
+
 fn is_json(headers: &HeaderMap) -> bool {
     let Some(value) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -244,8 +261,9 @@ fn is_json(headers: &HeaderMap) -> bool {
     essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// Checks the bearer token against what the route needs, and hands the
-/// handler its [`Principal`].
+/// Checks the bearer token (or the web UI's session cookie) against what
+/// the route needs, and hands the handler its [`Principal`]. A refused UI
+/// page is answered with the sign-in page or an HTML page, not JSON.
 pub async fn authorize(State(state): State<AppState>, mut request: Request, next: Next) -> Response {
     let route = request
         .extensions()
@@ -256,20 +274,38 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         Open => return next.run(request).await,
         Needs(role) => role,
     };
+    let refuse = |error: ApiError| {
+        if route.starts_with("/ui") {
+            super::ui::refusal(error)
+        } else {
+            error.into_response()
+        }
+    };
     let principal = if state.config.auth.enabled {
-        match bearer(request.headers()) {
-            Err(message) => return ApiError::new(ErrorCode::Unauthorized, message).into_response(),
-            Ok(token) => match tokens::authenticate(&state.db, token).await {
-                Ok(Some(principal)) => principal,
-                Ok(None) => {
-                    return ApiError::new(
-                        ErrorCode::Unauthorized,
-                        "the bearer token is not valid (unknown or revoked)",
-                    )
-                    .into_response()
-                }
-                Err(e) => return ApiError::from(e).into_response(),
-            },
+        let token = match credential(request.headers()) {
+            Err(message) => return refuse(ApiError::new(ErrorCode::Unauthorized, message)),
+            Ok(Credential::Cookie(_))
+                if !matches!(*request.method(), Method::GET | Method::HEAD)
+                    && !request.headers().contains_key(header::ORIGIN) =>
+            {
+                // The guard checked any Origin is this site; a cookie may
+                // only act for a request that says where it comes from.
+                return refuse(ApiError::new(
+                    ErrorCode::Forbidden,
+                    "a request signed in by the web UI's cookie must come from its pages (it has no Origin header)",
+                ));
+            }
+            Ok(Credential::Bearer(token) | Credential::Cookie(token)) => token,
+        };
+        match tokens::authenticate(&state.db, &token).await {
+            Ok(Some(principal)) => principal,
+            Ok(None) => {
+                return refuse(ApiError::new(
+                    ErrorCode::Unauthorized,
+                    "the bearer token is not valid (unknown or revoked)",
+                ))
+            }
+            Err(e) => return refuse(ApiError::from(e)),
         }
     } else {
         Principal {
@@ -278,15 +314,34 @@ pub async fn authorize(State(state): State<AppState>, mut request: Request, next
         }
     };
     if principal.role < needs {
-        return forbidden(format!(
-            "{} {route} needs a token with the {needs} role or above; token {:?} has the {} role",
-            request.method(),
-            principal.name,
-            principal.role
+        return refuse(ApiError::new(
+            ErrorCode::Forbidden,
+            format!(
+                "{} {route} needs a token with the {needs} role or above; token {:?} has the {} role",
+                request.method(),
+                principal.name,
+                principal.role
+            ),
         ));
     }
     request.extensions_mut().insert(principal);
     next.run(request).await
+}
+
+/// Where a request's token came from.
+enum Credential {
+    Bearer(String),
+    /// The web UI's session cookie (only when no Authorization header).
+    Cookie(String),
+}
+
+fn credential(headers: &HeaderMap) -> Result<Credential, String> {
+    if !headers.contains_key(header::AUTHORIZATION) {
+        if let Some(token) = super::ui::session_token(headers) {
+            return Ok(Credential::Cookie(token));
+        }
+    }
+    bearer(headers).map(|token| Credential::Bearer(token.to_string()))
 }
 
 /// The token of an `Authorization: Bearer <token>` header.

@@ -16,6 +16,7 @@ mod secrets;
 pub mod server;
 mod steps;
 mod tokens;
+pub mod ui;
 
 use std::sync::Arc;
 
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .merge(callbacks::router())
         .merge(tokens::router())
         .merge(secrets::router())
+        .merge(ui::router())
         .route("/openapi.yaml", get(openapi))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(unknown_route)

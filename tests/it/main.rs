@@ -35,5 +35,6 @@ mod shutdown;
 mod step_env;
 mod step_processes;
 mod triggers;
+mod ui;
 mod webhooks;
 mod workers;
