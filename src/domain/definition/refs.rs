@@ -54,6 +54,7 @@ pub(super) fn link(
         all_deps.push(deps);
         all_rewrites.push(rewrites);
     }
+    check_selectors(&pending, &index, issues);
     let steps = pending
         .into_iter()
         .zip(all_deps)
@@ -337,6 +338,30 @@ fn describe(found: &Found) -> String {
             step, property_file, ..
         } => {
             format!("Steps.{step}.PropertyFiles.{property_file}")
+        }
+    }
+}
+
+/// Whether each ForEach's `Selector.Field` names a property its body step
+/// has (a Callback's declared output, a Command's or Pass's `Outputs`), as a
+/// reference to that step would be checked. A Selector naming no body step
+/// is reported by `for_each::nest`.
+fn check_selectors(pending: &[Pending], index: &HashMap<String, usize>, issues: &mut Vec<Issue>) {
+    for (i, p) in pending.iter().enumerate() {
+        let Some(sel) = p.step.for_each.as_ref().and_then(|f| f.selector.as_ref()) else {
+            continue;
+        };
+        let Some(&t) = index.get(&sel.step) else { continue };
+        let body = &pending[t];
+        let (Some(kind), Some(true)) = (body.kind, body.body_of.map(|b| b == i)) else {
+            continue;
+        };
+        if let Err(e) = check_property(kind, &sel.step, &body.callback_outputs, &sel.path) {
+            let ptr = pointer_push(
+                &pointer_push(&pointer_push(&p.step.pointer, "Arguments"), "Selector"),
+                "Field",
+            );
+            issues.push(Issue::new(ptr, format!("Selector.Field of step {}: {e}", p.step.name)));
         }
     }
 }
