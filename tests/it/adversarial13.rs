@@ -618,3 +618,109 @@ async fn adversarial13_item_level_reuse_with_objects_duplicates_and_changed_inpu
     assert_eq!(f["properties"]["IterationOutputs"][2]["Tag"]["Outputs"]["v"], 6);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn adversarial13_a_failure_outside_ends_a_for_each_whose_iterations_wait(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().display();
+    // X fails once iteration 0 has started; iteration 0 goes on until the
+    // test sees X failed; iterations 1 and 2 wait for its slot.
+    let def = definition_with(
+        json!([]),
+        json!([
+            {"Name": "X", "Type": "Command", "Arguments": {"Shell": format!(
+                "while [ ! -f {d}/started ]; do sleep 0.05; done; exit 1")}},
+            {"Name": "F", "Type": "ForEach", "Arguments": {
+                "IterableItems": [0, 1, 2], "MaxConcurrency": 1,
+                "ForEachBody": [{"Name": "W", "Type": "Command", "Arguments": {"Shell": format!(
+                    "touch {d}/started; while [ ! -f {d}/go ]; do sleep 0.05; done")}}]}},
+            {"Name": "After", "Type": "Pass", "Arguments": {"n": {"Get": "Steps.F.InputItemCount"}}}
+        ]),
+    );
+    app.create_pipeline("outside", def).await;
+    let id = app.start("outside", json!({})).await;
+    app.wait_step(&id, "X", |s| s["status"] == "Failed").await;
+    std::fs::write(dir.path().join("go"), "").unwrap();
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let reason = done["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("\"X\""), "the original failure is kept: {reason}");
+    let f = app.step(&id, "F").await;
+    assert!(matches!(f["status"].as_str(), Some("Failed" | "Stopped")), "{f}");
+    let its = iteration_steps(&app, &id, 10).await;
+    let statuses: Vec<&str> = its.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["Succeeded", "Skipped", "Skipped"]);
+    assert_eq!(app.step(&id, "After").await["status"], "Skipped");
+    // A retry runs the rest.
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "X fails again: {done}");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_ten_thousand_and_one_items_at_run_time_fail_cleanly(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let def = definition_with(
+        json!([{"Name": "Items", "Type": "String", "DefaultValue": "[]"}]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {
+            "IterableItems": {"Get": "Parameters.Items"}, "MaxConcurrency": 1000,
+            "ForEachBody": pass_body()}}]),
+    );
+    app.create_pipeline("big", def).await;
+    let items = serde_json::to_string(&(0..10_001).collect::<Vec<u32>>()).unwrap();
+    let body = json!({"parameters": {"Items": items}});
+    let plan = app.post("/v1/pipelines/big/executions/plan", &body).await;
+    assert!(plan.status == 200 || plan.status == 400, "{}", plan.text);
+    assert_human(&plan.text);
+    let resp = app.post("/v1/pipelines/big/executions", &body).await;
+    if resp.status == 400 {
+        assert_human(&resp.text);
+    } else {
+        let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+        let done = app.wait_terminal(&id).await;
+        assert_eq!(done["status"], "Failed", "{done}");
+        let f = app.step(&id, "F").await;
+        assert!(f["failure_reason"].as_str().unwrap().contains("at most 10000"), "{f}");
+    }
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_a_stop_while_callbacks_wait_ends_every_iteration(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("cb", callbacks(4)).await;
+    let id = app.start("cb", json!({})).await;
+    let t0 = token_of(&app, &id, "F%5B0%5D.Ask").await;
+    token_of(&app, &id, "F%5B1%5D.Ask").await;
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({})).await.expect(200);
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Stopped", "{done}");
+    assert_eq!(app.step(&id, "F").await["status"], "Stopped");
+    let resp = app
+        .post(&format!("/v1/callbacks/{t0}/success"), &json!({"output_parameters": {"score": "1"}}))
+        .await;
+    assert!(resp.status == 409 || resp.status == 404, "{}", resp.text);
+    let its = iteration_steps(&app, &id, 10).await;
+    let statuses: Vec<&str> = its.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["Stopped", "Stopped", "Skipped", "Skipped"]);
+    // Retried: the four wait again; all answered, it succeeds.
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    for i in 0..4 {
+        let token = token_of(&app, &id, &format!("F%5B{i}%5D.Ask")).await;
+        if token == t0 {
+            panic!("iteration 0 kept its cancelled token");
+        }
+        app.post(
+            &format!("/v1/callbacks/{token}/success"),
+            &json!({"output_parameters": {"score": i.to_string()}}),
+        )
+        .await
+        .expect(200);
+    }
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(app.step(&id, "After").await["properties"]["Outputs"]["best"], 3.0);
+    app.stop().await;
+}
