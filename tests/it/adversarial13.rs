@@ -653,7 +653,9 @@ async fn adversarial13_a_failure_outside_ends_a_for_each_whose_iterations_wait(d
     assert_eq!(statuses, ["Succeeded", "Skipped", "Skipped"]);
     assert_eq!(app.step(&id, "After").await["status"], "Skipped");
     // A retry runs the rest.
-    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Failed", "X fails again: {done}");
     app.stop().await;
@@ -694,19 +696,26 @@ async fn adversarial13_a_stop_while_callbacks_wait_ends_every_iteration(db: PgPo
     let id = app.start("cb", json!({})).await;
     let t0 = token_of(&app, &id, "F%5B0%5D.Ask").await;
     token_of(&app, &id, "F%5B1%5D.Ask").await;
-    app.post(&format!("/v1/executions/{id}/stop"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Stopped", "{done}");
     assert_eq!(app.step(&id, "F").await["status"], "Stopped");
     let resp = app
-        .post(&format!("/v1/callbacks/{t0}/success"), &json!({"output_parameters": {"score": "1"}}))
+        .post(
+            &format!("/v1/callbacks/{t0}/success"),
+            &json!({"output_parameters": {"score": "1"}}),
+        )
         .await;
     assert!(resp.status == 409 || resp.status == 404, "{}", resp.text);
     let its = iteration_steps(&app, &id, 10).await;
     let statuses: Vec<&str> = its.iter().map(|s| s["status"].as_str().unwrap()).collect();
     assert_eq!(statuses, ["Stopped", "Stopped", "Skipped", "Skipped"]);
     // Retried: the four wait again; all answered, it succeeds.
-    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
     for i in 0..4 {
         let token = token_of(&app, &id, &format!("F%5B{i}%5D.Ask")).await;
         if token == t0 {
@@ -722,5 +731,40 @@ async fn adversarial13_a_stop_while_callbacks_wait_ends_every_iteration(db: PgPo
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(app.step(&id, "After").await["properties"]["Outputs"]["best"], 3.0);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_reads_into_a_for_each_are_checked_against_its_body_steps(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let body = json!([{"Name": "C", "Type": "Callback",
+        "Arguments": {"OutputParameters": [{"OutputName": "score", "OutputType": "Float"}]}}]);
+    let sel = json!({"Pick": "MaxBy", "Field": {"Get": "IterationOutput.C.OutputParameters.score"}});
+    for read in [
+        "Steps.F.Selected.OutputParameters.nope",
+        "Steps.F.Selected.Outputs.score",
+        "Steps.F.IterationOutputs[0].C.Outputs",
+        "Steps.F.IterationOutputs[0].C.OutputParameters.nope",
+    ] {
+        let def = definition_with(
+            json!([]),
+            json!([{"Name": "F", "Type": "ForEach", "Arguments": {"IterableItems": [1], "MaxConcurrency": 1,
+                     "ForEachBody": body.clone(), "Selector": sel.clone()}},
+                   {"Name": "After", "Type": "Pass", "Arguments": {"x": {"Get": read}}}]),
+        );
+        let text = refused(&app, "reads", def).await;
+        assert!(text.contains("C"), "{read}: {text}");
+    }
+    // What the body step has is accepted.
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {"IterableItems": [1], "MaxConcurrency": 1,
+                 "ForEachBody": body, "Selector": sel}},
+               {"Name": "After", "Type": "Pass", "Arguments": {
+                   "x": {"Get": "Steps.F.Selected.OutputParameters.score"},
+                   "y": {"Get": "Steps.F.IterationOutputs[0].C.OutputParameters.score"},
+                   "z": {"Get": "Steps.F.IterationOutputs[0].C"}}}]),
+    );
+    app.create_pipeline("good", def).await;
     app.stop().await;
 }

@@ -230,6 +230,36 @@ impl Linker<'_> {
         }
     }
 
+    /// Whether a read into ForEach `target`'s iterations
+    /// (`IterationOutputs[i].<Body>.<path>`, `Selected.<path>`) names a
+    /// property that body step has, as a read of that step would be checked.
+    fn check_body_property(&self, target: &Pending, path: &[PathSegment]) -> Result<(), String> {
+        let (body, rest) = match path {
+            [PathSegment::Key(k), PathSegment::Index(_), PathSegment::Key(body), rest @ ..]
+                if k == "IterationOutputs" =>
+            {
+                (body.as_str(), rest)
+            }
+            [PathSegment::Key(k), rest @ ..] if k == "Selected" => {
+                match target.step.for_each.as_ref().and_then(|f| f.selector.as_ref()) {
+                    Some(sel) => (sel.step.as_str(), rest),
+                    None => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(b) = self.index.get(body).map(|&t| &self.pending[t]) else {
+            return Ok(());
+        };
+        match b.kind {
+            Some(kind) => check_property(kind, body, &b.callback_outputs, rest),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `found` reads something `target` will actually have.
     fn check_target(&self, found: &Found, target: &Pending) -> Result<(), String> {
         // An unsupported Type is already an issue; do not pile more on it.
@@ -239,7 +269,10 @@ impl Linker<'_> {
             Found::Get {
                 reference: Reference::Step { path, .. },
                 ..
-            } if kind == StepKind::ForEach => check_for_each_property(target, path),
+            } if kind == StepKind::ForEach => {
+                check_for_each_property(target, path)?;
+                self.check_body_property(target, path)
+            }
             Found::Get {
                 reference: Reference::Step { path, .. },
                 ..
