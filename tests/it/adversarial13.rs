@@ -768,3 +768,63 @@ async fn adversarial13_reads_into_a_for_each_are_checked_against_its_body_steps(
     app.create_pipeline("good", def).await;
     app.stop().await;
 }
+
+/// The indexes of the iterations of `F` in which some step did not take
+/// its outputs from the source.
+async fn iterations_that_ran(app: &TestApp, id: &str) -> Vec<u64> {
+    let mut ran: Vec<u64> = iteration_steps(app, id, 50)
+        .await
+        .iter()
+        .filter(|s| s["reused_from"].is_null())
+        .map(|s| s["iteration"]["index"].as_u64().unwrap())
+        .collect();
+    ran.dedup();
+    ran
+}
+
+#[sqlx::test]
+async fn adversarial13_the_plan_agrees_when_an_upstream_step_read_by_the_body_changed(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("up", fan_out(dir.path(), json!([1, 2, 3]), 3, None)).await;
+    let first = app.start("up", json!({})).await;
+    assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
+    // Prep's output, which every Report reads, changes.
+    let mut def = app.get("/v1/pipelines/up").await.expect(200)["definition"].clone();
+    def["Steps"][0]["Arguments"]["prefix"] = json!("q");
+    app.put("/v1/pipelines/up", &json!({"definition": def})).await.expect(200);
+    let body = json!({"selective_execution": {"source_execution": first, "selected_steps": "changed"}});
+    let plan = app
+        .post("/v1/pipelines/up/executions/plan", &body)
+        .await
+        .expect(200)
+        .clone();
+    let f = plan["steps"].as_array().unwrap().iter().find(|s| s["step_name"] == "F").unwrap().clone();
+    let second = app.start("up", body).await;
+    assert_eq!(app.wait_terminal(&second).await["status"], "Succeeded");
+    let ran = iterations_that_ran(&app, &second).await;
+    assert_eq!(ran, [0, 1, 2], "every Report reads the changed Prep");
+    assert_eq!(f["iterations"]["run"], 3, "the plan says what runs: {f}");
+    let out = app.step(&second, "F").await;
+    assert_eq!(out["properties"]["IterationOutputs"][1]["Report"]["Outputs"]["prefix"], "q");
+    // The Work steps did not run again.
+    assert_eq!(runs_of(dir.path(), "F[1].Work"), 1);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_a_retry_after_a_selector_failure_ends(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let bad = json!({"Pick": "MaxBy", "Field": {"Get": "IterationOutput.Report.Outputs.prefix"}});
+    app.create_pipeline("badsel", fan_out(dir.path(), json!([1, 2]), 3, Some(bad))).await;
+    let id = app.start("badsel", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Failed");
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let f = app.step(&id, "F").await;
+    assert!(f["failure_reason"].as_str().unwrap().contains("not a number"), "{f}");
+    assert_eq!(runs_of(dir.path(), "F[0].Work"), 1, "succeeded iterations are kept");
+    app.stop().await;
+}
