@@ -828,3 +828,40 @@ async fn adversarial13_a_retry_after_a_selector_failure_ends(db: PgPool) {
     assert_eq!(runs_of(dir.path(), "F[0].Work"), 1, "succeeded iterations are kept");
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn adversarial13_long_names_string_items_and_a_bad_item_path(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let f = "F".repeat(64);
+    let b = "B".repeat(64);
+    // The longest names, an item that is a string holding a JSON object,
+    // and one that is a plain string read by a path: that iteration fails
+    // with a clear reason, the others end, the ForEach fails.
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": f, "Type": "ForEach", "Arguments": {
+            "IterableItems": ["{\"name\": \"a\"}", {"name": "b"}, "plain", {"other": 1}], "MaxConcurrency": 4,
+            "ForEachBody": [{"Name": b, "Type": "Command", "Arguments": {
+                "Shell": "echo \"{\\\"n\\\": \\\"$N\\\"}\" > $STEPWISE_OUTPUTS",
+                "Env": {"N": {"Get": "ForEach.CurrentItem.name"}}}}]}}]),
+    );
+    app.create_pipeline("long", def).await;
+    let id = app.start("long", json!({})).await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let page = app
+        .get(&format!("/v1/executions/{id}/steps?for_each={f}&limit=10"))
+        .await
+        .expect(200)
+        .clone();
+    let steps = page["steps"].as_array().unwrap();
+    let statuses: Vec<&str> = steps.iter().map(|s| s["status"].as_str().unwrap()).collect();
+    assert_eq!(statuses, ["Succeeded", "Succeeded", "Failed", "Failed"], "{page}");
+    assert_eq!(steps[0]["properties"]["Outputs"]["n"], "a");
+    let reason = steps[2]["failure_reason"].as_str().unwrap();
+    assert!(reason.contains("name"), "{reason}");
+    assert_human(reason);
+    let one = app.get(&format!("/v1/executions/{id}/steps/{f}%5B3%5D.{b}/logs")).await;
+    assert!(one.status == 200 || one.status == 404, "{}", one.text);
+    app.stop().await;
+}
