@@ -786,27 +786,39 @@ async fn iterations_that_ran(app: &TestApp, id: &str) -> Vec<u64> {
 async fn adversarial13_the_plan_agrees_when_an_upstream_step_read_by_the_body_changed(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let dir = tempfile::tempdir().unwrap();
-    app.create_pipeline("up", fan_out(dir.path(), json!([1, 2, 3]), 3, None)).await;
+    app.create_pipeline("up", fan_out(dir.path(), json!([1, 2, 3]), 3, None))
+        .await;
     let first = app.start("up", json!({})).await;
     assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
     // Prep's output, which every Report reads, changes.
     let mut def = app.get("/v1/pipelines/up").await.expect(200)["definition"].clone();
     def["Steps"][0]["Arguments"]["prefix"] = json!("q");
-    app.put("/v1/pipelines/up", &json!({"definition": def})).await.expect(200);
+    app.put("/v1/pipelines/up", &json!({"definition": def}))
+        .await
+        .expect(200);
     let body = json!({"selective_execution": {"source_execution": first, "selected_steps": "changed"}});
     let plan = app
         .post("/v1/pipelines/up/executions/plan", &body)
         .await
         .expect(200)
         .clone();
-    let f = plan["steps"].as_array().unwrap().iter().find(|s| s["step_name"] == "F").unwrap().clone();
+    let f = plan["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step_name"] == "F")
+        .unwrap()
+        .clone();
     let second = app.start("up", body).await;
     assert_eq!(app.wait_terminal(&second).await["status"], "Succeeded");
     let ran = iterations_that_ran(&app, &second).await;
     assert_eq!(ran, [0, 1, 2], "every Report reads the changed Prep");
     assert_eq!(f["iterations"]["run"], 3, "the plan says what runs: {f}");
     let out = app.step(&second, "F").await;
-    assert_eq!(out["properties"]["IterationOutputs"][1]["Report"]["Outputs"]["prefix"], "q");
+    assert_eq!(
+        out["properties"]["IterationOutputs"][1]["Report"]["Outputs"]["prefix"],
+        "q"
+    );
     // The Work steps did not run again.
     assert_eq!(runs_of(dir.path(), "F[1].Work"), 1);
     app.stop().await;
@@ -817,10 +829,13 @@ async fn adversarial13_a_retry_after_a_selector_failure_ends(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let dir = tempfile::tempdir().unwrap();
     let bad = json!({"Pick": "MaxBy", "Field": {"Get": "IterationOutput.Report.Outputs.prefix"}});
-    app.create_pipeline("badsel", fan_out(dir.path(), json!([1, 2]), 3, Some(bad))).await;
+    app.create_pipeline("badsel", fan_out(dir.path(), json!([1, 2]), 3, Some(bad)))
+        .await;
     let id = app.start("badsel", json!({})).await;
     assert_eq!(app.wait_terminal(&id).await["status"], "Failed");
-    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
     let done = app.wait_terminal(&id).await;
     assert_eq!(done["status"], "Failed", "{done}");
     let f = app.step(&id, "F").await;
@@ -863,5 +878,47 @@ async fn adversarial13_long_names_string_items_and_a_bad_item_path(db: PgPool) {
     assert_human(reason);
     let one = app.get(&format!("/v1/executions/{id}/steps/{f}%5B3%5D.{b}/logs")).await;
     assert!(one.status == 200 || one.status == 404, "{}", one.text);
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_a_second_or_stale_expansion_makes_no_rows(db: PgPool) {
+    use stepwise::engine::for_each::{expand, Expanded};
+    // No workers: the test claims the ForEach by hand, as a worker would.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 600;
+    })
+    .await;
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {"IterableItems": [1, 2], "MaxConcurrency": 1,
+            "ForEachBody": pass_body()}}]),
+    );
+    app.create_pipeline("twice", def).await;
+    let execution: uuid::Uuid = app.start("twice", json!({})).await.parse().unwrap();
+    let claimed = stepwise::store::steps::claim(&app.db, uuid::Uuid::now_v7(), 10, 600.0)
+        .await
+        .unwrap();
+    assert_eq!(claimed.len(), 1);
+    let f = &claimed[0];
+    let items = [json!(1), json!(2)];
+    assert_eq!(
+        expand(&app.db, f.id, f.attempt, &items).await.unwrap(),
+        Expanded::Waiting
+    );
+    // The same expansion again (a worker retrying a report whose commit it
+    // did not see): no second set of rows, no error; it still waits.
+    let again = expand(&app.db, f.id, f.attempt, &items).await;
+    assert!(matches!(again, Ok(Expanded::Waiting)), "{again:?}");
+    // A stale attempt.
+    let stale = expand(&app.db, f.id, f.attempt - 1, &items).await;
+    assert!(matches!(stale, Ok(Expanded::Stale)), "{stale:?}");
+    let rows: i64 = sqlx::query_scalar("select count(*) from step_runs where execution_id = $1 and parent = 'F'")
+        .bind(execution)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(rows, 2);
     app.stop().await;
 }
