@@ -922,3 +922,20 @@ async fn adversarial13_a_second_or_stale_expansion_makes_no_rows(db: PgPool) {
     assert_eq!(rows, 2);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn adversarial13_callbacks_that_time_out_in_iterations_end_the_for_each(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.worker.lease_seconds = 1).await;
+    let mut def = callbacks(3);
+    def["Steps"][0]["Arguments"]["ForEachBody"][0]["Arguments"]["TimeoutSeconds"] = json!(1);
+    app.create_pipeline("cbt", def).await;
+    let id = app.start("cbt", json!({})).await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let f = app.step(&id, "F").await;
+    assert_eq!(f["status"], "Failed", "{f}");
+    let its = iteration_steps(&app, &id, 10).await;
+    assert_eq!(its[0]["error_type"], "Callback.TIMEOUT", "{}", its[0]);
+    assert_eq!(its[2]["status"], "Skipped");
+    app.stop().await;
+}
