@@ -939,3 +939,30 @@ async fn adversarial13_callbacks_that_time_out_in_iterations_end_the_for_each(db
     assert_eq!(its[2]["status"], "Skipped");
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn adversarial13_item_reuse_from_a_source_whose_body_steps_were_cache_hits(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("input.txt"), "v1").unwrap();
+    let mut def = objects(dir.path());
+    def["Steps"][0]["Arguments"]["ForEachBody"][0]["CacheConfig"] = json!({"Enabled": true, "ExpireAfter": "P1D"});
+    app.create_pipeline("obj", def).await;
+    let items = json!([{"n": 1}, {"n": 2}]).to_string();
+    let first = app.start("obj", json!({"parameters": {"Items": items.clone()}})).await;
+    assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
+    // The second run takes both from the cache.
+    let second = app.start("obj", json!({"parameters": {"Items": items}})).await;
+    assert_eq!(app.wait_terminal(&second).await["status"], "Succeeded");
+    assert_eq!(app.step(&second, "F%5B1%5D.Work").await["cache"]["status"], "hit");
+    assert_eq!(runs_per_item(dir.path(), 2), [1, 1]);
+    // "changed" against the run of cache hits, one item added: the plan
+    // and the run agree, and the two old items are reused.
+    let items = json!([{"n": 1}, {"n": 2}, {"n": 3}]).to_string();
+    let body = json!({"parameters": {"Items": items},
+                      "selective_execution": {"source_execution": second, "selected_steps": "changed"}});
+    let (third, f) = plan_and_run(&app, dir.path(), body, 3).await;
+    assert_eq!(f["iterations"]["reuse"], 2, "{f}");
+    assert_eq!(iterations_that_ran(&app, &third).await, [2]);
+    app.stop().await;
+}
