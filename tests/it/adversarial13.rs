@@ -966,3 +966,47 @@ async fn adversarial13_item_reuse_from_a_source_whose_body_steps_were_cache_hits
     assert_eq!(iterations_that_ran(&app, &third).await, [2]);
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn adversarial13_a_stop_during_expansion_then_a_retry_runs_it(db: PgPool) {
+    use stepwise::engine::for_each::{expand, Expanded};
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 600;
+    })
+    .await;
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {"IterableItems": [1, 2], "MaxConcurrency": 1,
+            "ForEachBody": pass_body()}},
+            {"Name": "After", "Type": "Pass", "Arguments": {"n": {"Get": "Steps.F.InputItemCount"}}}]),
+    );
+    app.create_pipeline("stopexp", def).await;
+    let id = app.start("stopexp", json!({})).await;
+    let claimed = stepwise::store::steps::claim(&app.db, uuid::Uuid::now_v7(), 10, 600.0)
+        .await
+        .unwrap();
+    let f = &claimed[0];
+    // The stop lands while the worker resolves the items.
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({})).await.expect(200);
+    let items = [json!(1), json!(2)];
+    assert_eq!(expand(&app.db, f.id, f.attempt, &items).await.unwrap(), Expanded::Stale);
+    // The worker says so, as it does for a stale expansion.
+    let stopped = stepwise::engine::StepOutcome::Stopped {
+        message: "the execution was stopped before the iterations were made".into(),
+    };
+    stepwise::engine::complete_attempt(&app.db, f.id, f.attempt, stopped, None)
+        .await
+        .unwrap();
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Stopped", "{done}");
+    assert_eq!(app.step(&id, "F").await["status"], "Stopped");
+    // Retried, with workers this time: F expands anew and the run succeeds.
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    let workers = TestApp::spawn(app.db.clone()).await;
+    let done = workers.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    assert_eq!(workers.step(&id, "After").await["properties"]["Outputs"]["n"], 2);
+    workers.stop().await;
+    app.stop().await;
+}
