@@ -988,7 +988,9 @@ async fn adversarial13_a_stop_during_expansion_then_a_retry_runs_it(db: PgPool) 
         .unwrap();
     let f = &claimed[0];
     // The stop lands while the worker resolves the items.
-    app.post(&format!("/v1/executions/{id}/stop"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
     let items = [json!(1), json!(2)];
     assert_eq!(expand(&app.db, f.id, f.attempt, &items).await.unwrap(), Expanded::Stale);
     // The worker says so, as it does for a stale expansion.
@@ -1002,11 +1004,57 @@ async fn adversarial13_a_stop_during_expansion_then_a_retry_runs_it(db: PgPool) 
     assert_eq!(done["status"], "Stopped", "{done}");
     assert_eq!(app.step(&id, "F").await["status"], "Stopped");
     // Retried, with workers this time: F expands anew and the run succeeds.
-    app.post(&format!("/v1/executions/{id}/retry"), &json!({})).await.expect(200);
+    app.post(&format!("/v1/executions/{id}/retry"), &json!({}))
+        .await
+        .expect(200);
     let workers = TestApp::spawn(app.db.clone()).await;
     let done = workers.wait_terminal(&id).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(workers.step(&id, "After").await["properties"]["Outputs"]["n"], 2);
     workers.stop().await;
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn adversarial13_reading_an_iteration_past_the_end_fails_clearly(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {"IterableItems": [1, 2], "MaxConcurrency": 2,
+            "ForEachBody": pass_body()}},
+            {"Name": "After", "Type": "Pass", "Arguments": {"x": {"Get": "Steps.F.IterationOutputs[5].B.Outputs.i"}}}]),
+    );
+    app.create_pipeline("past", def).await;
+    let id = app.start("past", json!({})).await;
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Failed", "{done}");
+    let after = app.step(&id, "After").await;
+    let reason = after["failure_reason"].as_str().unwrap();
+    assert!(
+        reason.contains("IterationOutputs") || reason.contains("[5]"),
+        "{reason}"
+    );
+    assert_human(reason);
+    app.stop().await;
+}
+
+#[sqlx::test]
+#[ignore = "defect: the iteration steps of a ForEach reused whole by a selective execution are listed (and \
+            fetched) as the source's rows, with reused_from null, as if they had run in the new execution"]
+async fn adversarial13_iterations_of_a_reused_for_each_say_they_were_reused(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("fe", fan_out(dir.path(), json!([1, 2]), 2, None))
+        .await;
+    let first = app.start("fe", json!({})).await;
+    assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
+    let body = json!({"selective_execution": {"source_execution": first, "selected_steps": ["After"]}});
+    let second = app.start("fe", body).await;
+    assert_eq!(app.wait_terminal(&second).await["status"], "Succeeded");
+    for s in iteration_steps(&app, &second, 10).await {
+        assert!(!s["reused_from"].is_null(), "{s}");
+    }
+    let one = app.step(&second, "F%5B0%5D.Work").await;
+    assert!(!one["reused_from"].is_null(), "{one}");
     app.stop().await;
 }
