@@ -66,6 +66,11 @@ async fn expand_once(pool: &PgPool, id: Uuid, attempt: i32, items: &[Value]) -> 
     if step.attempt != attempt || step.status != "Executing" || locked.execution_status != "Executing" {
         return Ok(Expanded::Stale);
     }
+    // This attempt has made its iterations already (a repeated report): it
+    // waits for them; a second set of rows would collide with the first.
+    if step.metadata.get("for_each").is_some() {
+        return Ok(Expanded::Waiting);
+    }
     let execution = executions::get(&mut tx, step.execution_id).await?;
     if let Some(reason) = &execution.failure_reason {
         return Ok(Expanded::Failed(format!(

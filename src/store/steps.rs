@@ -77,8 +77,22 @@ pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunR
 }
 
 pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> StoreResult<StepRunRow> {
-    sqlx::query_as::<_, StepRunRow>(&format!(
+    let row = sqlx::query_as::<_, StepRunRow>(&format!(
         "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.step_name = $2"
+    ))
+    .bind(execution_id)
+    .bind(name)
+    .fetch_optional(pool)
+    .await?;
+    if let Some(row) = row {
+        return Ok(row);
+    }
+    // An iteration step of a ForEach this execution reused is one of the
+    // reused run's, as `iterations` lists it under this execution.
+    sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from execution_steps v join step_runs p on p.id = v.id \
+           join step_runs s on s.execution_id = p.execution_id and s.parent = p.step_name \
+         where v.execution_id = $1 and v.step_type = 'ForEach' and p.execution_id <> $1 and s.step_name = $2"
     ))
     .bind(execution_id)
     .bind(name)

@@ -3,6 +3,7 @@
 //! checked against `openapi.yaml`.
 
 mod adversarial11;
+mod adversarial13;
 mod auth;
 mod cache;
 mod callbacks;

@@ -57,6 +57,7 @@ pub(super) fn link(
         all_triggers.push(cx.triggers(i, issues));
         cx.check_cleanup_targets(i, issues);
     }
+    check_selectors(&pending, &index, issues);
     let steps = pending
         .into_iter()
         .zip(all_deps)
@@ -314,6 +315,36 @@ impl Linker<'_> {
         }
     }
 
+    /// Whether a read into ForEach `target`'s iterations
+    /// (`IterationOutputs[i].<Body>.<path>`, `Selected.<path>`) names a
+    /// property that body step has, as a read of that step would be checked.
+    fn check_body_property(&self, target: &Pending, path: &[PathSegment]) -> Result<(), String> {
+        let (body, rest) = match path {
+            [PathSegment::Key(k), PathSegment::Index(_), PathSegment::Key(body), rest @ ..]
+                if k == "IterationOutputs" =>
+            {
+                (body.as_str(), rest)
+            }
+            [PathSegment::Key(k), rest @ ..] if k == "Selected" => {
+                match target.step.for_each.as_ref().and_then(|f| f.selector.as_ref()) {
+                    Some(sel) => (sel.step.as_str(), rest),
+                    None => return Ok(()),
+                }
+            }
+            _ => return Ok(()),
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        let Some(b) = self.index.get(body).map(|&t| &self.pending[t]) else {
+            return Ok(());
+        };
+        match b.kind {
+            Some(kind) => check_property(kind, body, &b.callback_outputs, rest),
+            None => Ok(()),
+        }
+    }
+
     /// Whether `found` reads something `target` will actually have.
     fn check_target(&self, found: &Found, target: &Pending) -> Result<(), String> {
         // An unsupported Type is already an issue; do not pile more on it.
@@ -323,7 +354,10 @@ impl Linker<'_> {
             Found::Get {
                 reference: Reference::Step { path, .. },
                 ..
-            } if kind == StepKind::ForEach => check_for_each_property(target, path),
+            } if kind == StepKind::ForEach => {
+                check_for_each_property(target, path)?;
+                self.check_body_property(target, path)
+            }
             Found::Get {
                 reference: Reference::Step { path, .. },
                 ..
@@ -422,6 +456,30 @@ fn describe(found: &Found) -> String {
             step, property_file, ..
         } => {
             format!("Steps.{step}.PropertyFiles.{property_file}")
+        }
+    }
+}
+
+/// Whether each ForEach's `Selector.Field` names a property its body step
+/// has (a Callback's declared output, a Command's or Pass's `Outputs`), as a
+/// reference to that step would be checked. A Selector naming no body step
+/// is reported by `for_each::nest`.
+fn check_selectors(pending: &[Pending], index: &HashMap<String, usize>, issues: &mut Vec<Issue>) {
+    for (i, p) in pending.iter().enumerate() {
+        let Some(sel) = p.step.for_each.as_ref().and_then(|f| f.selector.as_ref()) else {
+            continue;
+        };
+        let Some(&t) = index.get(&sel.step) else { continue };
+        let body = &pending[t];
+        let (Some(kind), Some(true)) = (body.kind, body.body_of.map(|b| b == i)) else {
+            continue;
+        };
+        if let Err(e) = check_property(kind, &sel.step, &body.callback_outputs, &sel.path) {
+            let ptr = pointer_push(
+                &pointer_push(&pointer_push(&p.step.pointer, "Arguments"), "Selector"),
+                "Field",
+            );
+            issues.push(Issue::new(ptr, format!("Selector.Field of step {}: {e}", p.step.name)));
         }
     }
 }
