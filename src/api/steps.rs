@@ -24,6 +24,7 @@ use crate::{
     executor::command::{read_log, AttemptDirs},
     store::{
         self,
+        executions::ExecutionRow,
         steps::{AttemptRow, StepRunRow},
     },
 };
@@ -143,6 +144,19 @@ fn view(row: StepRunRow, with_components: bool, callback_token: bool) -> StepRun
     }
 }
 
+/// A step of an iteration of a ForEach this execution reused whole is a
+/// row of the execution that ran it: it says so, as a reused step does.
+fn reused_with_its_for_each(mut row: StepRunRow, execution: &ExecutionRow, arns: &crate::ids::Arns) -> StepRunRow {
+    if row.parent.is_some() && row.execution_id != execution.id && row.reused_from.is_none() {
+        row.reused_from = Some(json!({
+            "source_execution_arn": arns.execution(&execution.pipeline_name, row.execution_id),
+            "source_step_run_id": row.id,
+            "reason": "reused with its ForEach from the source execution",
+        }));
+    }
+    row
+}
+
 fn attempt_view(row: AttemptRow) -> Attempt {
     Attempt {
         attempt: row.attempt,
@@ -201,7 +215,10 @@ async fn list(
     let rows = store::steps::iterations(&state.db, parent.id, after, limit).await?;
     let next_token = super::pagination::next_token(&rows, limit, |(r, body)| (r.iteration.unwrap_or(0), *body));
     Ok(Json(StepList {
-        steps: rows.into_iter().map(|(r, _)| view(r, false, tokens)).collect(),
+        steps: rows
+            .into_iter()
+            .map(|(r, _)| view(reused_with_its_for_each(r, &execution, &state.arns), false, tokens))
+            .collect(),
         next_token,
     }))
 }
@@ -214,6 +231,7 @@ async fn describe(
 ) -> ApiResult<Json<StepDetail>> {
     let execution = state.find_execution(&reference).await?;
     let row = store::steps::get_by_name(&state.db, execution.id, &step).await?;
+    let row = reused_with_its_for_each(row, &execution, &state.arns);
     // A step reused at the start made no attempt here (its id is the run it
     // reused); one reused by early cut-off shows the attempt that compared.
     let attempts = if row.reused_from.is_some() && row.attempt == 0 {

@@ -1039,8 +1039,6 @@ async fn adversarial13_reading_an_iteration_past_the_end_fails_clearly(db: PgPoo
 }
 
 #[sqlx::test]
-#[ignore = "defect: the iteration steps of a ForEach reused whole by a selective execution are listed (and \
-            fetched) as the source's rows, with reused_from null, as if they had run in the new execution"]
 async fn adversarial13_iterations_of_a_reused_for_each_say_they_were_reused(db: PgPool) {
     let app = TestApp::spawn(db).await;
     let dir = tempfile::tempdir().unwrap();
