@@ -101,6 +101,22 @@ pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> Store
     .ok_or_else(|| StoreError::NotFound(format!("execution {execution_id} has no step {name:?}")))
 }
 
+/// How many steps of each body step of each ForEach of the execution (a
+/// reused ForEach's: the run it reused) are in each status:
+/// `(ForEach, body step, status, count)`.
+pub async fn iteration_counts(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<(String, String, String, i64)>> {
+    Ok(sqlx::query_as(
+        "select p.step_name, s.local_name, s.status, count(*) from execution_steps v \
+           join step_runs p on p.id = v.id \
+           join step_runs s on s.execution_id = p.execution_id and s.parent = p.step_name \
+         where v.execution_id = $1 and v.step_type = 'ForEach' \
+         group by p.step_name, s.local_name, s.status",
+    )
+    .bind(execution_id)
+    .fetch_all(pool)
+    .await?)
+}
+
 /// A page of the iteration steps of the ForEach run `parent_run`, in item
 /// order then body order, after the `(iteration, body_index)` given.
 pub async fn iterations(

@@ -373,3 +373,26 @@ async fn the_token_is_in_no_url_page_or_log_line(db: PgPool) {
         "the token reached the log"
     );
 }
+
+#[sqlx::test]
+async fn a_for_each_body_step_shows_how_its_iterations_ended(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let def = crate::helpers::definition_with(
+        json!([]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {
+            "IterableItems": [1, 2, 3], "MaxConcurrency": 3,
+            "ForEachBody": [{"Name": "Work", "Type": "Command", "Arguments": {
+                "Shell": "test \"$N\" != 2", "Env": {"N": {"Get": "ForEach.CurrentItem"}}}}]}}]),
+    );
+    app.create_pipeline("fe", def).await;
+    let id = app.start("fe", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Failed");
+    let cookie = sign_in(&app.base, TEST_TOKEN).await;
+    let page = get(&app.base, &format!("/ui/executions/{id}"), Some(&cookie)).await;
+    assert_eq!(page.status(), 200);
+    let html = page.text().await.unwrap();
+    // The body step stands for its three iteration steps, not for a step
+    // of its own that never ran.
+    assert!(html.contains("2/3 iterations done"), "{html}");
+    app.stop().await;
+}

@@ -124,6 +124,9 @@ pub async fn page(
         store::executions::definition(&mut conn, execution.id).await?
     };
     let runs = store::steps::list(&state.db, execution.id).await?;
+    // The list holds a ForEach, not its iterations: their statuses are
+    // counted per body step.
+    let counts = store::steps::iteration_counts(&state.db, execution.id).await?;
     let graph = Graph::from_definition(&definition);
     let mut shown: HashMap<&str, Shown> = HashMap::new();
     for run in &runs {
@@ -131,6 +134,12 @@ pub async fn page(
             Some((_, body)) => shown.entry(body).or_default().iterations.push(&run.status),
             None => shown.entry(&run.step_name).or_default().run = Some(run),
         }
+    }
+    for (_, body, status, count) in &counts {
+        let entry = shown.entry(body.as_str()).or_default();
+        entry
+            .iterations
+            .extend(std::iter::repeat_n(status.as_str(), (*count).max(0) as usize));
     }
     let decos = svg::decorate(&graph, |node| deco(&execution, node, shown.get(node.name.as_str())));
     let dag = svg::render(graph, decos).await;
