@@ -135,7 +135,8 @@ async fn expand_once(pool: &PgPool, id: Uuid, attempt: i32, items: &[Value]) -> 
     Ok(Expanded::Waiting)
 }
 
-fn source_view(iterations: &[store::SourceIteration]) -> Vec<SourceIteration> {
+/// The source's iterations as the pairing (`match_items`) reads them.
+pub(super) fn source_view(iterations: &[store::SourceIteration]) -> Vec<SourceIteration> {
     iterations
         .iter()
         .map(|it| SourceIteration {

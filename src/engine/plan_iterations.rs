@@ -19,7 +19,7 @@ use crate::{
     domain::{
         definition::{for_each::ForEachSpec, StepKind},
         expr::{evaluate, uses_per_execution_value, ExecutionVar, Resolver},
-        for_each::{items_of, match_items, SourceIteration},
+        for_each::{items_of, match_items},
     },
     store::{for_each as store, selective, StoreError},
 };
@@ -112,15 +112,8 @@ pub async fn plan(
         },
         None => Vec::new(),
     };
-    let view: Vec<SourceIteration> = source_iterations
-        .iter()
-        .map(|it| SourceIteration {
-            index: it.iteration.max(0) as usize,
-            item: it.item.clone().unwrap_or(Value::Null),
-            succeeded: it.succeeded,
-        })
-        .collect();
-    let pairs = match_items(&items, &view);
+    // Paired exactly as the expansion pairs them.
+    let pairs = match_items(&items, &super::for_each::source_view(&source_iterations));
     let run_ids: Vec<Uuid> = source_iterations
         .iter()
         .flat_map(|it| it.runs.as_object().into_iter().flat_map(|m| m.values()))
