@@ -107,10 +107,21 @@ impl Masker {
         String::from_utf8_lossy(&whole.drain(true)).into_owned()
     }
 
-    /// Masks every string and key in a JSON value.
+    /// Masks every string, key, number and boolean in a JSON value. A
+    /// number or boolean whose text holds a value becomes a string with the
+    /// value masked: a numeric secret written unquoted is still a secret.
     pub fn json(&self, v: &Value) -> Value {
         match v {
             Value::String(s) => Value::String(self.text(s)),
+            Value::Number(_) | Value::Bool(_) => {
+                let text = v.to_string();
+                let masked = self.text(&text);
+                if masked == text {
+                    v.clone()
+                } else {
+                    Value::String(masked)
+                }
+            }
             Value::Array(a) => Value::Array(a.iter().map(|c| self.json(c)).collect()),
             Value::Object(m) => Value::Object(
                 m.iter()
@@ -204,6 +215,11 @@ mod tests {
         assert_eq!(
             m.json(&json!({"k": ["tok3n!", 1], "tok3n": true})),
             json!({"k": ["***!", 1], "***": true})
+        );
+        let numeric = Masker::new(["1165613882", "true"]);
+        assert_eq!(
+            numeric.json(&json!({"num": 1165613882, "big": 11656138820_i64, "f": 1.5, "b": true, "n": false})),
+            json!({"num": "***", "big": "***0", "f": 1.5, "b": "***", "n": false})
         );
         match m.outcome(StepOutcome::failed("Command.FAILED", "bad tok3n")) {
             StepOutcome::Failed { message, .. } => assert_eq!(message, "bad ***"),

@@ -503,3 +503,52 @@ async fn forged_next_tokens_are_a_400_not_a_database_error(db: PgPool) {
         resp.expect_error(400, "ValidationError");
     }
 }
+
+/// A secret whose value is a number, written unquoted into the outputs, is
+/// masked there as a string would be: in the step's properties, in what a
+/// downstream step reads, and in the database.
+#[sqlx::test]
+async fn a_numeric_secret_written_as_a_number_is_masked_in_outputs(db: PgPool) {
+    let url = database_url(&db).await;
+    let data_dir = tempfile::tempdir().unwrap();
+    let server = StepwiseProcess::serve(&url, data_dir.path(), &[]).await;
+    let client = Client {
+        base: server.base_url.clone().unwrap(),
+        http: crate::helpers::authed_client(std::time::Duration::from_secs(120)),
+    };
+    let value = (1_000_000_000 + uuid::Uuid::new_v4().as_u128() % 1_000_000_000).to_string();
+    let (status, text) = client
+        .call(reqwest::Method::PUT, "/v1/secrets/PIN", Some(&json!({"value": value})))
+        .await;
+    assert_eq!(status, 201, "{text}");
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Use", "Type": "Command",
+             "Arguments": {"Shell": "printf '{\"num\": %s, \"list\": [%s]}' \"$PIN\" \"$PIN\" > $STEPWISE_OUTPUTS",
+                           "Env": {"PIN": {"Get": "Secrets.PIN"}}, "TimeoutSeconds": 60}},
+            {"Name": "After", "Type": "Pass", "Arguments": {"seen": {"Get": "Steps.Use.Outputs.num"}}}
+        ]),
+    );
+    client
+        .json(
+            reqwest::Method::POST,
+            "/v1/pipelines",
+            Some(&json!({"name": "numeric", "definition": definition})),
+        )
+        .await;
+    let run = client.run("numeric").await;
+    let get = reqwest::Method::GET;
+    let used = client
+        .json(get.clone(), &format!("/v1/executions/{run}/steps/Use"), None)
+        .await;
+    assert_eq!(used["properties"]["Outputs"]["num"], "***", "{used}");
+    assert_eq!(used["properties"]["Outputs"]["list"], json!(["***"]), "{used}");
+    let after = client
+        .json(get, &format!("/v1/executions/{run}/steps/After"), None)
+        .await;
+    assert_eq!(after["properties"]["Outputs"]["seen"], "***", "{after}");
+    let responses = client.everything_about(&run).await;
+    assert_absent("the API's responses", &responses, &value);
+    assert_absent("the database", &database_text(&db).await, &value);
+}

@@ -67,9 +67,10 @@ fn seconds(v: Option<&Value>, what: &str) -> Result<Option<u64>, String> {
         Some(_) => None,
     };
     match n {
-        Some(n) if n > 0 => Ok(Some(n)),
+        Some(n) if n > 0 && n <= super::steps::MAX_TIMEOUT_SECONDS => Ok(Some(n)),
         _ => Err(format!(
-            "{what} must be a positive integer, got {}",
+            "{what} must be a whole number of seconds from 1 to {}, got {}",
+            super::steps::MAX_TIMEOUT_SECONDS,
             v.map(Value::to_string).unwrap_or_default()
         )),
     }

@@ -649,12 +649,17 @@ fn is_string_like(v: &Value) -> bool {
     v.is_string() || expr::is_expression(v)
 }
 
+/// The longest `TimeoutSeconds` a definition may give: ten years. Longer
+/// ones would overflow the deadline the database stores (a timestamp) and
+/// fail only at run time.
+pub const MAX_TIMEOUT_SECONDS: u64 = 315_360_000;
+
 pub(super) fn check_positive_int(obj: &Map<String, Value>, key: &str, ptr: &str, label: &str, issues: &mut Vec<Issue>) {
     if let Some(v) = obj.get(key) {
-        if !(v.as_u64().is_some_and(|n| n > 0) || expr::is_expression(v)) {
+        if !(v.as_u64().is_some_and(|n| n > 0 && n <= MAX_TIMEOUT_SECONDS) || expr::is_expression(v)) {
             issues.push(Issue::new(
                 pointer_push(ptr, key),
-                format!("{key} of step {label} must be a positive integer, got {v}"),
+                format!("{key} of step {label} must be a whole number of seconds from 1 to {MAX_TIMEOUT_SECONDS} (ten years), got {v}"),
             ));
         }
     }

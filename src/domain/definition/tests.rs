@@ -554,6 +554,23 @@ fn caching_on_a_condition() {
     );
 }
 
+/// A timeout the database cannot hold as a deadline is refused when the
+/// pipeline is created, not after three attempts at run time.
+#[test]
+fn timeouts_past_what_a_deadline_can_hold_are_refused_at_create_time() {
+    let cb = json!({"Name": "Ask", "Type": "Callback", "Arguments": {"TimeoutSeconds": 1_000_000_000_000_000_000_u64}});
+    assert_issue(
+        doc(json!([cb])),
+        "/Steps/0/Arguments/TimeoutSeconds",
+        &["from 1 to 315360000", "1000000000000000000"],
+    );
+    let a = json!({"Name": "A", "Type": "Command", "Arguments": {"Command": ["x"], "TimeoutSeconds": 315_360_001}});
+    assert_issue(doc(json!([a])), "/Steps/0/Arguments/TimeoutSeconds", &["ten years"]);
+    let ok = json!({"Name": "A", "Type": "Command", "Arguments": {"Command": ["x"], "TimeoutSeconds": 315_360_000}});
+    parse_definition(&doc(json!([ok]))).expect("ten years is accepted");
+    assert!(args::CommandArgs::from_resolved(&json!({"Shell": "x", "TimeoutSeconds": "315360001"})).is_err());
+}
+
 #[test]
 fn command_argument_shapes() {
     let a = json!({"Name": "A", "Type": "Command", "Arguments": {"Command": ["x"], "Shell": "y"}});
