@@ -183,12 +183,21 @@ pub async fn plan(
         source = Some(pick_source(conn, arns, pipeline, selection, false).await?);
     }
 
-    if let Some(source) = &source {
-        let by_hand = matches!(request.selected_steps, SelectedSteps::Names(_));
-        check_source(conn, definition, selection, source, by_hand).await?;
-    }
+    let bystanders = match &source {
+        Some(source) => {
+            let by_hand = matches!(request.selected_steps, SelectedSteps::Names(_));
+            check_source(conn, definition, selection, source, by_hand).await?
+        }
+        None => BTreeMap::new(),
+    };
 
-    let plans = step_plans(definition, &chosen, source.as_ref(), &request.selected_steps);
+    let plans = step_plans(
+        definition,
+        &chosen,
+        source.as_ref(),
+        &request.selected_steps,
+        &bystanders,
+    );
 
     let requested = match &request.selected_steps {
         SelectedSteps::Names(names) => json!(names),
@@ -216,6 +225,7 @@ fn step_plans(
     chosen: &Chosen,
     source: Option<&Source>,
     requested: &SelectedSteps,
+    gone: &BTreeMap<String, String>,
 ) -> HashMap<String, StepPlan> {
     let selection = &chosen.selection;
     let reuse_why = match requested {
@@ -248,6 +258,11 @@ fn step_plans(
             StepPlan::Skip {
                 reason: "NotSelected".into(),
                 why: "not selected, and downstream of a selected step".into(),
+            }
+        } else if let Some(gone) = gone.get(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+                why: format!("not selected, and it cannot be reused: its artifacts directory {gone}"),
             }
         } else {
             match source.and_then(|s| s.succeeded(name).map(|r| (s, r))) {
@@ -574,35 +589,51 @@ async fn input_changes(
 }
 
 /// Checks the selection against the source (rules 3 and 9) and, with a
-/// hand selection, that every step it reuses still has its outputs.
+/// hand selection, that every step of U still has its outputs. Returns the
+/// other steps that would be reused but whose outputs are gone, with what
+/// is gone: they are Skipped (NotSelected), never a refusal (SPEC 9).
 async fn check_source(
     conn: &mut PgConnection,
     definition: &Definition,
     selection: &Selection,
     source: &Source,
     by_hand: bool,
-) -> Result<(), StartError> {
+) -> Result<BTreeMap<String, String>, StartError> {
     let summaries = source.summaries();
     let mut issues = selective::check_upstream(selection, &summaries, &source.arn);
     issues.extend(selective::check_branches(definition, selection, &summaries));
+    let mut bystanders = BTreeMap::new();
     if issues.is_empty() && by_hand {
-        issues.extend(check_reusable(conn, definition, selection, source).await?);
+        for (step, gone) in outputs_gone_of(conn, definition, selection, source).await? {
+            if selection.upstream.contains(&step) {
+                issues.push(Issue::new(
+                    selective::SELECTED_STEPS_PATH,
+                    format!(
+                        "step {step:?} cannot be reused from execution {}: its artifacts directory {gone}; select \
+                         it so it runs again, or use \"changed\"",
+                        source.arn
+                    ),
+                ));
+            } else {
+                bystanders.insert(step, gone);
+            }
+        }
     }
     if issues.is_empty() {
-        Ok(())
+        Ok(bystanders)
     } else {
         Err(invalid_all(issues))
     }
 }
 
-/// With a hand selection, every step that would be reused must still have
-/// its outputs: one issue for each whose artifacts are gone.
-async fn check_reusable(
+/// The steps that would be reused (those of U and the others) whose
+/// artifacts are gone, with what is wrong with them.
+async fn outputs_gone_of(
     conn: &mut PgConnection,
     definition: &Definition,
     selection: &Selection,
     source: &Source,
-) -> Result<Vec<Issue>, StoreError> {
+) -> Result<Vec<(String, String)>, StoreError> {
     let reused: Vec<&SourceRun> = definition
         .steps
         .iter()
@@ -618,17 +649,7 @@ async fn check_reusable(
     let facts = store::run_facts(conn, &ids).await?;
     Ok(reused
         .into_iter()
-        .filter_map(|run| {
-            let gone = outputs_gone(facts.get(&run.id)?)?;
-            Some(Issue::new(
-                selective::SELECTED_STEPS_PATH,
-                format!(
-                    "step {:?} cannot be reused from execution {}: its artifacts directory {gone}; select it so it \
-                     runs again, or use \"changed\"",
-                    run.step_name, source.arn
-                ),
-            ))
-        })
+        .filter_map(|run| Some((run.step_name.clone(), outputs_gone(facts.get(&run.id)?)?)))
         .collect())
 }
 

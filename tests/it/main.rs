@@ -31,6 +31,7 @@ mod redaction;
 mod retention;
 mod sdk_definitions;
 mod secrets;
+mod selection_cache;
 mod selective;
 mod shutdown;
 mod step_env;

