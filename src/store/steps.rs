@@ -474,7 +474,7 @@ async fn claim_with<'c>(
            c.parent, c.iteration, c.item, c.local_name, \
            p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
-           coalesce((e.selective_execution->'selected_steps') ? c.step_name \
+           coalesce((e.selective_execution->'selected_steps') ? coalesce(c.parent, c.step_name) \
              and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
            (select coalesce(jsonb_object_agg(coalesce(d.local_name, d.step_name), d.properties), '{}'::jsonb) \
              from execution_steps d where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \

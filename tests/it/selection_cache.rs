@@ -81,3 +81,61 @@ async fn a_bystander_whose_artifacts_are_gone_is_skipped_not_a_refusal(db: PgPoo
     assert!(!resp.text.contains("\\\"A\\\""), "{}", resp.text);
     app.stop().await;
 }
+
+/// ForEach `F` over the parameter `Items`, whose body step `Fb` is cached
+/// and counts its runs.
+fn cached_for_each(dir: &std::path::Path) -> Value {
+    let count = count_run(dir);
+    definition_with(
+        json!([{"Name": "Items", "Type": "String", "DefaultValue": "[\"a\"]"}]),
+        json!([{"Name": "F", "Type": "ForEach", "Arguments": {
+            "IterableItems": {"Get": "Parameters.Items"}, "MaxConcurrency": 2,
+            "ForEachBody": [{"Name": "Fb", "Type": "Command", "CacheConfig": {"Enabled": true},
+                "Arguments": {"Shell": format!("{count}; echo \"{{\\\"v\\\": \\\"$V\\\"}}\" > $STEPWISE_OUTPUTS"),
+                              "Env": {"V": {"Get": "ForEach.CurrentItem"}}}}]}}]),
+    )
+}
+
+async fn run_items(app: &TestApp, items: &str) -> String {
+    let id = app.start("fe", json!({"parameters": {"Items": items}})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    id
+}
+
+#[sqlx::test]
+async fn the_iterations_of_a_selected_for_each_bypass_the_cache(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("fe", cached_for_each(dir.path())).await;
+    // The cache gets an entry for "b" (by index 1); the source ran "a" only.
+    run_items(&app, r#"["x", "b"]"#).await;
+    let source = run_items(&app, r#"["a"]"#).await;
+    assert_eq!(runs_of(dir.path(), "F[1].Fb"), 1);
+
+    for (n, selected) in [json!("changed"), json!(["F"])].into_iter().enumerate() {
+        let body = json!({"parameters": {"Items": r#"["a", "b"]"#},
+                          "selective_execution": {"source_execution": source, "selected_steps": selected}});
+        let resp = app.post("/v1/pipelines/fe/executions", &body).await;
+        let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+        assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+        let f = app.step(&id, "F").await;
+        assert_eq!(f["status"], "Succeeded", "{f}");
+        // "b" was not an item of the source: its iteration is selected, so
+        // it runs although the cache holds its key.
+        let b = app.step(&id, "F[1].Fb").await;
+        assert_eq!(b["cache"]["status"], "bypassed", "{selected}: {b}");
+        assert!(b["cache_hit"].is_null(), "{selected}: {b}");
+        assert_eq!(runs_of(dir.path(), "F[1].Fb"), 2 + n, "{selected}");
+    }
+
+    // Asked to use the cache, the selected iteration is served from it.
+    let body = json!({"parameters": {"Items": r#"["a", "b"]"#}, "cache_mode": "use",
+                      "selective_execution": {"source_execution": source, "selected_steps": ["F"]}});
+    let resp = app.post("/v1/pipelines/fe/executions", &body).await;
+    let id = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let b = app.step(&id, "F[1].Fb").await;
+    assert_eq!(b["cache"]["status"], "hit", "{b}");
+    assert_eq!(runs_of(dir.path(), "F[1].Fb"), 3);
+    app.stop().await;
+}
