@@ -30,12 +30,14 @@ use super::{
     decide::{prepare, Settings, StepPlan},
     definitions::Definitions,
     known::KnownNow,
+    plan_iterations::{ForEachContext, IterationPlan},
     request::{CacheMode, StartError, StartRequest},
     start::load_definition,
 };
 use crate::{
     content,
     domain::{
+        cache::{CacheRule, CacheUse},
         condition::evaluate_conditions,
         definition::{Definition, Step, StepKind, Trigger},
         duration::cache_valid_since,
@@ -59,7 +61,7 @@ pub struct StepVerdict {
     pub source_execution_arn: Option<String>,
     /// For a ForEach that runs: its iterations, in compact form.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iterations: Option<super::plan_iterations::IterationPlan>,
+    pub iterations: Option<IterationPlan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -135,10 +137,11 @@ pub async fn plan_execution(
         })
         .collect();
     let reused_properties = selective::run_properties(&mut tx, &reused).await?;
-    let looks_up = match req.cache_mode.unwrap_or_default() {
-        // Selected steps of a selective execution look up only when asked.
-        CacheMode::Use => req.selective_execution.is_none() || req.cache_mode == Some(CacheMode::Use),
-        CacheMode::Refresh | CacheMode::Off => false,
+    // Every step that runs in a selective start is selected.
+    let rule = CacheRule {
+        mode: req.cache_mode.unwrap_or_default(),
+        selected: req.selective_execution.is_some(),
+        asked_to_use: req.cache_mode == Some(CacheMode::Use),
     };
     let mut predictor = Predictor {
         conn: &mut tx,
@@ -146,7 +149,7 @@ pub async fn plan_execution(
         settings,
         pipeline: &pipeline,
         parameters: &prepared.parameters,
-        looks_up,
+        rule,
         known: HashMap::new(),
         verdicts: HashMap::new(),
         outcomes: HashMap::new(),
@@ -179,8 +182,8 @@ struct Predictor<'a> {
     settings: &'a Settings,
     pipeline: &'a pipelines::PipelineHead,
     parameters: &'a serde_json::Map<String, Value>,
-    /// Whether steps that run look up the cache.
-    looks_up: bool,
+    /// What the cache does for the steps that run.
+    rule: CacheRule,
     /// The property documents known before anything runs, by step.
     known: HashMap<String, Value>,
     verdicts: HashMap<String, StepVerdict>,
@@ -287,6 +290,14 @@ impl Predictor<'_> {
                 Prediction::Miss(miss) => verdict(step, "Run", format!("{runs}; {miss}"), why),
             }
         };
+        if let Some(spec) = step.for_each.as_deref() {
+            let iterations = self.plan_iterations(&step.name, spec).await?;
+            if out.verdict == "Run" && iterations.hedged() {
+                out.verdict = "RunUnlessUnchanged";
+                out.reason = format!("{}; {}", out.reason, iterations.reason);
+            }
+            out.iterations = Some(iterations);
+        }
         if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
             self.evaluate_condition(step);
         }
@@ -301,28 +312,6 @@ impl Predictor<'_> {
             out.verdict = "RunIfTriggered";
             out.reason = format!("{gate}; then it {}", out.reason);
         }
-        if let Some(spec) = step.for_each.as_deref() {
-            // Field by field: the connection is borrowed apart from what is known.
-            let known = KnownNow {
-                parameters: self.parameters,
-                known: &self.known,
-                pipeline_name: &self.pipeline.name,
-                arns: self.arns,
-                secret_digests: HashMap::new(),
-                max_outputs_bytes: self.settings.max_outputs_bytes,
-            };
-            let max = self.settings.for_each_max_items;
-            let plan = super::plan_iterations::plan(
-                self.conn,
-                self.settings,
-                &known,
-                &step.name,
-                spec,
-                self.source_execution,
-                max,
-            );
-            out.iterations = Some(plan.await?);
-        }
         if let Some(branch) = branch {
             // It runs (or hits, or is reused after all) only if a branch is
             // taken that the plan cannot know yet.
@@ -330,6 +319,32 @@ impl Predictor<'_> {
             out.reason = format!("only if {branch}; then it {}", out.reason);
         }
         Ok(out)
+    }
+
+    async fn plan_iterations(
+        &mut self,
+        name: &str,
+        spec: &crate::domain::definition::for_each::ForEachSpec,
+    ) -> Result<IterationPlan, StoreError> {
+        // Field by field: the connection is borrowed apart from what is known.
+        let known = KnownNow {
+            parameters: self.parameters,
+            known: &self.known,
+            pipeline_name: &self.pipeline.name,
+            arns: self.arns,
+            secret_digests: HashMap::new(),
+            max_outputs_bytes: self.settings.max_outputs_bytes,
+        };
+        let cx = ForEachContext {
+            settings: self.settings,
+            known: &known,
+            pipeline_id: self.pipeline.id,
+            rule: self.rule,
+            source: self.source_execution,
+            max_items: self.settings.for_each_max_items,
+            hashing_since: self.hashing_since,
+        };
+        super::plan_iterations::plan(self.conn, &cx, name, spec).await
     }
 
     /// Records the outputs a step will have, for the steps after it.
@@ -457,11 +472,12 @@ impl Predictor<'_> {
     }
 
     async fn predict(&mut self, step: &Step) -> Result<Prediction, StoreError> {
-        if !step.caching_enabled() {
-            return Ok(Prediction::Miss("it does not use the cache".into()));
-        }
-        if !self.looks_up {
-            return Ok(Prediction::Miss("the cache is not looked up in this start".into()));
+        match self.rule.for_step(step.caching_enabled()) {
+            CacheUse::Uncached => return Ok(Prediction::Miss("it does not use the cache".into())),
+            CacheUse::Disabled | CacheUse::Bypassed => {
+                return Ok(Prediction::Miss("the cache is not looked up in this start".into()))
+            }
+            CacheUse::LookUp => {}
         }
         let per_execution = uses_per_execution_value(&step.arguments);
         if !per_execution.is_empty() {

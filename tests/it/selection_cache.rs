@@ -139,3 +139,115 @@ async fn the_iterations_of_a_selected_for_each_bypass_the_cache(db: PgPool) {
     assert_eq!(runs_of(dir.path(), "F[1].Fb"), 3);
     app.stop().await;
 }
+
+/// `Up` (a Command whose output `v` is fixed) then ForEach `F` over
+/// ["a", "b"], whose cached body `Fb` reads the item and, with `reads_up`,
+/// `Up`'s output.
+fn up_then_for_each(dir: &std::path::Path, reads_up: bool, up_salt: &str) -> Value {
+    let count = count_run(dir);
+    let mut env = json!({"V": {"Get": "ForEach.CurrentItem"}});
+    if reads_up {
+        env["U"] = json!({"Get": "Steps.Up.Outputs.v"});
+    }
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "Up", "Type": "Command", "Arguments": {
+                "Shell": format!("{count}; echo {up_salt} >/dev/null; echo '{{\"v\": 1}}' > $STEPWISE_OUTPUTS")}},
+            {"Name": "F", "Type": "ForEach", "DependsOn": ["Up"], "Arguments": {
+                "IterableItems": ["a", "b"], "MaxConcurrency": 2,
+                "ForEachBody": [{"Name": "Fb", "Type": "Command", "CacheConfig": {"Enabled": true},
+                    "Arguments": {"Shell": format!("{count}; echo \"{{\\\"v\\\": \\\"$V\\\"}}\" > $STEPWISE_OUTPUTS"),
+                                  "Env": env}}]}}
+        ]),
+    )
+}
+
+fn plan_of<'a>(plan: &'a Value, step: &str) -> &'a Value {
+    by_name(plan["steps"].as_array().unwrap(), step)
+}
+
+/// (reuse, cache_hit, run_unless_unchanged, run) of a ForEach's plan.
+fn counts(f: &Value) -> (Value, Value, Value, Value) {
+    let its = &f["iterations"];
+    (
+        its["reuse"].clone(),
+        its["cache_hit"].clone(),
+        its["run_unless_unchanged"].clone(),
+        its["run"].clone(),
+    )
+}
+
+#[sqlx::test]
+async fn the_plan_counts_the_iterations_the_cache_serves(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("fe", up_then_for_each(dir.path(), false, "one"))
+        .await;
+    let first = app.start("fe", json!({})).await;
+    assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
+
+    // Every item has an entry, and the keys are known now: both hit.
+    let planned = plan(&app, "fe", &json!({})).await;
+    let f = plan_of(&planned, "F");
+    assert_eq!(counts(f), (json!(0), json!(2), json!(0), json!(0)), "{f}");
+    let id = app.start("fe", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    for i in 0..2 {
+        let b = app.step(&id, &format!("F[{i}].Fb")).await;
+        assert_eq!(b["cache"]["status"], "hit", "{b}");
+    }
+    assert_eq!(runs_of(dir.path(), "F[0].Fb"), 1);
+
+    // With cache_mode "off" nothing is looked up: both run.
+    let planned = plan(&app, "fe", &json!({"cache_mode": "off"})).await;
+    let f = plan_of(&planned, "F");
+    assert_eq!(counts(f), (json!(0), json!(0), json!(0), json!(2)), "{f}");
+    app.stop().await;
+}
+
+#[sqlx::test]
+async fn iterations_whose_keys_are_known_only_at_run_time_get_a_hedged_verdict(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let dir = tempfile::tempdir().unwrap();
+    app.create_pipeline("fe", up_then_for_each(dir.path(), true, "one"))
+        .await;
+    let first = app.start("fe", json!({})).await;
+    let done = app.wait_terminal(&first).await;
+    assert_eq!(done["status"], "Succeeded", "{done}");
+
+    // Up runs again (it is not cached), so the body's keys are known only
+    // once it has: the plan hedges, and the start then hits both.
+    let planned = plan(&app, "fe", &json!({})).await;
+    let f = plan_of(&planned, "F");
+    assert_eq!(f["verdict"], "RunUnlessUnchanged", "{f}");
+    assert_eq!(counts(f), (json!(0), json!(0), json!(2), json!(0)), "{f}");
+    let id = app.start("fe", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    assert_eq!(app.step(&id, "F[1].Fb").await["cache"]["status"], "hit");
+
+    // "changed" after an edit of Up that leaves its outputs alone: F is
+    // downstream of a change, as a top-level step would be; both its
+    // iterations are reused after all once Up has run.
+    app.put(
+        "/v1/pipelines/fe",
+        &json!({"definition": up_then_for_each(dir.path(), true, "two")}),
+    )
+    .await
+    .expect(200);
+    let body = json!({"selective_execution": {"source_execution": id, "selected_steps": "changed"}});
+    let planned = plan(&app, "fe", &body).await;
+    assert_eq!(plan_of(&planned, "Up")["verdict"], "Run", "{planned}");
+    let f = plan_of(&planned, "F");
+    assert_eq!(f["verdict"], "RunUnlessUnchanged", "{f}");
+    assert_eq!(counts(f), (json!(0), json!(0), json!(2), json!(0)), "{f}");
+    let resp = app.post("/v1/pipelines/fe/executions", &body).await;
+    let again = resp.expect(201)["execution_id"].as_str().unwrap().to_string();
+    assert_eq!(app.wait_terminal(&again).await["status"], "Succeeded");
+    for i in 0..2 {
+        let b = app.step(&again, &format!("F[{i}].Fb")).await;
+        assert!(b["reused_from"].is_object(), "{b}");
+    }
+    assert_eq!(runs_of(dir.path(), "F[0].Fb"), 1);
+    app.stop().await;
+}
