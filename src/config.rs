@@ -183,6 +183,16 @@ pub struct Overrides {
 pub struct ConfigError(String);
 
 impl Config {
+    /// A redactor of every credential of the configuration: the database
+    /// URL's, `PGPASSWORD`, the configured admin token and secrets key.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        let mut secrets = crate::redact::url_secrets(&self.database_url);
+        secrets.extend(std::env::var("PGPASSWORD").ok());
+        secrets.push(self.auth.admin_token.clone());
+        secrets.push(self.secrets.key.clone());
+        crate::redact::Redactor::new(secrets)
+    }
+
     /// Loads the layers from the real environment.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = Self::from_figment(Self::figment(overrides), overrides)?;
@@ -239,7 +249,7 @@ impl Config {
         if self.worker.for_each_max_items == 0 {
             return fail("worker.for_each_max_items must be at least 1");
         }
-        if self.worker.max_log_bytes < crate::executor::log::MIN_LOG_BYTES {
+        if self.worker.max_log_bytes < MIN_LOG_BYTES {
             return fail("worker.max_log_bytes must be at least 256");
         }
         if self.database.max_connections < 2 {
@@ -399,6 +409,10 @@ pub fn is_service_variable(name: &str) -> bool {
 }
 
 pub use crate::redact::redact_url;
+
+/// The smallest `worker.max_log_bytes`: a kept log's head, the marker
+/// between head and tail, and its tail must fit (`executor::log`).
+pub const MIN_LOG_BYTES: u64 = 256;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

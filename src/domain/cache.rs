@@ -82,6 +82,17 @@ pub struct CacheRule {
 }
 
 impl CacheRule {
+    /// The rule of the steps that run in a start that gave `mode` (`None`
+    /// when it did not say), selective or not: in a selective start every
+    /// step that runs is selected.
+    pub fn for_start(mode: Option<CacheMode>, selective: bool) -> CacheRule {
+        CacheRule {
+            mode: mode.unwrap_or_default(),
+            selected: selective,
+            asked_to_use: mode == Some(CacheMode::Use),
+        }
+    }
+
     /// What the cache does for a step whose caching is `cached`
     /// (`Step::caching_enabled`).
     pub fn for_step(self, cached: bool) -> CacheUse {

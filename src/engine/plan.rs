@@ -31,7 +31,7 @@ use super::{
     definitions::Definitions,
     known::KnownNow,
     plan_iterations::{ForEachContext, IterationPlan},
-    request::{CacheMode, StartError, StartRequest},
+    request::{StartError, StartRequest},
     start::load_definition,
 };
 use crate::{
@@ -137,12 +137,7 @@ pub async fn plan_execution(
         })
         .collect();
     let reused_properties = selective::run_properties(&mut tx, &reused).await?;
-    // Every step that runs in a selective start is selected.
-    let rule = CacheRule {
-        mode: req.cache_mode.unwrap_or_default(),
-        selected: req.selective_execution.is_some(),
-        asked_to_use: req.cache_mode == Some(CacheMode::Use),
-    };
+    let rule = CacheRule::for_start(req.cache_mode, req.selective_execution.is_some());
     let mut predictor = Predictor {
         conn: &mut tx,
         arns,

@@ -13,11 +13,12 @@ use uuid::Uuid;
 use super::{
     decide::{CutOff, Settings, StepPlan},
     known::KnownNow,
-    request::{resolve_parameters, CacheMode, SelectiveRequest, StartError, StartRequest},
+    request::{resolve_parameters, SelectiveRequest, StartError, StartRequest},
 };
 use crate::{
     content::{artifacts, inputs},
     domain::{
+        cache::CacheRule,
         definition::{parse_definition, Definition, Step, StepKind},
         expr::{self, evaluate},
         json_list,
@@ -114,7 +115,7 @@ pub async fn plan(
 ) -> Result<SelectivePlan, StartError> {
     let given_parameters = &start.parameters;
     // SPEC 5 rule 7: selected steps look up the cache only when asked to.
-    let cache_lookup = start.cache_mode == Some(CacheMode::Use);
+    let cache_lookup = CacheRule::for_start(start.cache_mode, true).asked_to_use;
     let mut source = match &request.source_execution {
         Some(reference) => Some(load_source(conn, arns, pipeline, reference).await?),
         None => None,

@@ -18,6 +18,7 @@ mod fences;
 mod for_each;
 mod hardening;
 mod helpers;
+mod layers;
 mod limits;
 mod markdown;
 mod oas30;
