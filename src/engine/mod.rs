@@ -39,6 +39,7 @@ pub mod control;
 pub mod decide;
 pub mod definitions;
 pub mod for_each;
+pub mod hashing;
 mod known;
 pub mod plan;
 mod plan_iterations;

@@ -13,10 +13,10 @@ use std::collections::HashMap;
 use chrono::Utc;
 use serde::Serialize;
 use serde_json::{json, Value};
-use sqlx::PgConnection;
+use sqlx::PgPool;
 use uuid::Uuid;
 
-use super::{decide::Settings, known::KnownNow};
+use super::{decide::Settings, hashing::InputHashes, known::KnownNow};
 use crate::{
     content,
     domain::{
@@ -121,8 +121,8 @@ pub struct ForEachContext<'a> {
     /// The selective source, whose iterations are compared item by item.
     pub source: Option<Uuid>,
     pub max_items: usize,
-    /// When the plan's hashing began: all of it shares one budget.
-    pub hashing_since: std::time::Instant,
+    /// The plan's hashes: all of its hashing shares one budget.
+    pub hashes: &'a InputHashes<'a>,
 }
 
 /// What becomes of one iteration: every body step takes its outputs from
@@ -139,7 +139,7 @@ enum Fate {
 /// The iterations of ForEach `name` that will run, given what the plan
 /// knows and the source execution (if any).
 pub async fn plan(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     cx: &ForEachContext<'_>,
     name: &str,
     spec: &ForEachSpec,
@@ -155,8 +155,8 @@ pub async fn plan(
         maybe_unknown: false,
     };
     let source_iterations = match cx.source {
-        Some(source) => match store::run_in(conn, source, name).await? {
-            Some((_, execution)) => store::source_iterations(conn, execution, name).await?,
+        Some(source) => match store::run_in(&mut *pool.acquire().await?, source, name).await? {
+            Some((_, execution)) => store::source_iterations(&mut *pool.acquire().await?, execution, name).await?,
             None => Vec::new(),
         },
         None => Vec::new(),
@@ -168,7 +168,7 @@ pub async fn plan(
     let items = match evaluate(&spec.items, cx.known).and_then(|v| items_of(v, cx.max_items)) {
         Ok(items) => items,
         Err(e) => {
-            let may = !source_iterations.is_empty() || lookup.may_hit_any(conn, spec).await?;
+            let may = !source_iterations.is_empty() || lookup.may_hit_any(pool, spec).await?;
             out.reason = match may {
                 true => format!(
                     "its items are known only once it runs ({e}); each iteration runs unless it is \
@@ -187,7 +187,7 @@ pub async fn plan(
         .flat_map(|it| it.runs.as_object().into_iter().flat_map(|m| m.values()))
         .filter_map(|v| v.as_str().and_then(|s| s.parse().ok()))
         .collect();
-    let outputs = selective::run_properties(conn, &run_ids).await?;
+    let outputs = selective::run_properties(&mut *pool.acquire().await?, &run_ids).await?;
     out.items = Some(items.len());
     let order = body_order(spec);
     for (i, item) in items.iter().enumerate() {
@@ -197,7 +197,7 @@ pub async fn plan(
             runs: &it.runs,
             outputs: &outputs,
         });
-        let fate = iteration(conn, &mut lookup, &order, item, i, from_source.as_ref()).await?;
+        let fate = iteration(pool, &mut lookup, &order, item, i, from_source.as_ref()).await?;
         let (verdict, reason) = match fate {
             Fate::Reuse => {
                 out.reuse += 1;
@@ -299,23 +299,23 @@ impl Lookup<'_> {
 
     /// Whether body step `body` may be served from the cache once its key
     /// is known: it looks up, and the cache holds an entry of it.
-    async fn may_hit(&mut self, conn: &mut PgConnection, body: &Step) -> Result<bool, StoreError> {
+    async fn may_hit(&mut self, pool: &PgPool, body: &Step) -> Result<bool, StoreError> {
         if !self.looks_up(body) {
             return Ok(false);
         }
         if let Some(any) = self.any_entry.get(&body.name) {
             return Ok(*any);
         }
-        let any = cache::nearest_entry(conn, self.cx.pipeline_id, &body.name)
+        let any = cache::nearest_entry(&mut *pool.acquire().await?, self.cx.pipeline_id, &body.name)
             .await?
             .is_some();
         self.any_entry.insert(body.name.clone(), any);
         Ok(any)
     }
 
-    async fn may_hit_any(&mut self, conn: &mut PgConnection, spec: &ForEachSpec) -> Result<bool, StoreError> {
+    async fn may_hit_any(&mut self, pool: &PgPool, spec: &ForEachSpec) -> Result<bool, StoreError> {
         for body in &spec.body {
-            if self.may_hit(conn, body).await? {
+            if self.may_hit(pool, body).await? {
                 return Ok(true);
             }
         }
@@ -323,13 +323,15 @@ impl Lookup<'_> {
     }
 
     /// The outputs of a usable entry with `key`, if one exists.
-    async fn hit(&mut self, conn: &mut PgConnection, body: &Step, key: &str) -> Result<Option<Value>, StoreError> {
+    async fn hit(&mut self, pool: &PgPool, body: &Step, key: &str) -> Result<Option<Value>, StoreError> {
         if !self.looks_up(body) {
             return Ok(None);
         }
         let expire_after = body.cache.and_then(|c| c.expire_after);
         let earliest = cache_valid_since(expire_after, self.cx.settings.cache_cap, Utc::now());
-        for entry in cache::entries_with_key(conn, self.cx.pipeline_id, &body.name, key, 20).await? {
+        let entries =
+            cache::entries_with_key(&mut *pool.acquire().await?, self.cx.pipeline_id, &body.name, key, 20).await?;
+        for entry in entries {
             if content::usable(&entry, earliest).is_ok() {
                 return Ok(Some(entry.properties.unwrap_or_else(|| json!({}))));
             }
@@ -342,7 +344,7 @@ impl Lookup<'_> {
 /// decide each: early cut-off against its run in the source when the
 /// iteration is paired (`executor::cutoff`), then the cache.
 async fn iteration(
-    conn: &mut PgConnection,
+    pool: &PgPool,
     lookup: &mut Lookup<'_>,
     order: &[&Step],
     item: &Value,
@@ -376,7 +378,7 @@ async fn iteration(
         let resolved = match evaluate(&body.arguments, &resolver) {
             Ok(r) => r,
             Err(e) => {
-                if !may_cutoff && !lookup.may_hit(conn, body).await? {
+                if !may_cutoff && !lookup.may_hit(pool, body).await? {
                     return Ok(Fate::Run(format!(
                         "{} runs: its inputs are known only once it runs",
                         body.name
@@ -389,23 +391,24 @@ async fn iteration(
                 continue;
             }
         };
-        let Some(limits) = lookup.cx.settings.inputs_left(lookup.cx.hashing_since) else {
-            maybe.get_or_insert(format!(
-                "the inputs of {} were not hashed: the plan's hashing took longer than \
-                 worker.cache_input_timeout_seconds",
-                body.name
-            ));
-            continue;
-        };
-        let key = match content::step_key(body.kind, &body.arguments, &resolved, &resolved, limits).await {
-            Ok(k) => k,
+        // No connection is held here: the pool's are each given back.
+        let key = match lookup.cx.hashes.step_key(body.kind, &body.arguments, &resolved).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                maybe.get_or_insert(format!(
+                    "the inputs of {} were not hashed: the plan's hashing took longer than \
+                     worker.cache_input_timeout_seconds",
+                    body.name
+                ));
+                continue;
+            }
             Err(e) => return Ok(Fate::Run(format!("the key of {} cannot be computed: {e}", body.name))),
         };
         if let Some(outputs) = source.and_then(|s| s.same(&body.name, &key.key)) {
             siblings.insert(body.name.clone(), outputs);
             continue;
         }
-        if let Some(outputs) = lookup.hit(conn, body, &key.key).await? {
+        if let Some(outputs) = lookup.hit(pool, body, &key.key).await? {
             hits += 1;
             siblings.insert(body.name.clone(), outputs);
             continue;

@@ -12,11 +12,12 @@ use uuid::Uuid;
 
 use super::{
     decide::{CutOff, Settings, StepPlan},
+    hashing::{Hashed, InputHashes},
     known::KnownNow,
     request::{resolve_parameters, SelectiveRequest, StartError, StartRequest},
 };
 use crate::{
-    content::{artifacts, inputs},
+    content::artifacts,
     domain::{
         cache::CacheRule,
         definition::{parse_definition, Definition, Step, StepKind},
@@ -107,12 +108,13 @@ struct Chosen {
 pub async fn plan(
     conn: &mut PgConnection,
     arns: &Arns,
-    settings: &Settings,
     pipeline: &PipelineHead,
     definition: &Definition,
     start: &StartRequest,
     request: &SelectiveRequest,
+    hashes: &InputHashes<'_>,
 ) -> Result<SelectivePlan, StartError> {
+    let settings = hashes.settings();
     let given_parameters = &start.parameters;
     // SPEC 5 rule 7: selected steps look up the cache only when asked to.
     let cache_lookup = CacheRule::for_start(start.cache_mode, true).asked_to_use;
@@ -173,7 +175,7 @@ pub async fn plan(
                 arns,
                 parameters: &parameters,
                 settings,
-                hashing_since: std::time::Instant::now(),
+                hashes,
             };
             changed_selection(conn, definition, source, &context).await?
         }
@@ -289,8 +291,8 @@ struct Context<'a> {
     arns: &'a Arns,
     parameters: &'a Map<String, Value>,
     settings: &'a Settings,
-    /// When hashing began: all of it shares one time budget.
-    hashing_since: std::time::Instant,
+    /// The start's hashes of `CacheInputs`, made with no connection held.
+    hashes: &'a InputHashes<'a>,
 }
 
 /// The `"changed"` selection: steps whose definition changed
@@ -526,7 +528,8 @@ fn outputs_gone(facts: &RunFacts) -> Option<String> {
 
 /// How the content of a Command step's `CacheInputs` differs from what its
 /// run in the source recorded: `CacheInputs train.py: content changed`.
-/// Hashed now, as the worker will hash them.
+/// Hashed as the worker will hash them, between passes with no connection
+/// held (`InputHashes`).
 async fn input_changes(
     step: &Step,
     facts: Option<&RunFacts>,
@@ -567,16 +570,16 @@ async fn input_changes(
         .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
         .unwrap_or_default();
     let working_directory = resolved["WorkingDirectory"].as_str();
-    let Some(limits) = context.settings.inputs_left(context.hashing_since) else {
-        return vec![
-            "CacheInputs: not compared, hashing the start's inputs took longer than \
-                     worker.cache_input_timeout_seconds"
-                .into(),
-        ];
-    };
-    let hashes = match inputs::hash_inputs(working_directory, &paths, limits).await {
-        Ok(h) => h,
-        Err(message) => return vec![format!("CacheInputs: {message}")],
+    let hashes = match context.hashes.get(working_directory, &paths) {
+        Hashed::Done(Ok(h)) => h,
+        Hashed::Done(Err(message)) => return vec![format!("CacheInputs: {message}")],
+        Hashed::NotHashed => {
+            return vec![
+                "CacheInputs: not compared, hashing the start's inputs took longer than \
+                 worker.cache_input_timeout_seconds"
+                    .into(),
+            ]
+        }
     };
     let mut why = Vec::new();
     for (path, hash) in &hashes {

@@ -17,6 +17,7 @@ mod executions;
 mod fences;
 mod for_each;
 mod hardening;
+mod hashing;
 mod helpers;
 mod layers;
 mod limits;
