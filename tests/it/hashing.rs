@@ -96,3 +96,45 @@ async fn plans_and_starts_hash_their_inputs_holding_no_connection(db: PgPool) {
     assert!(train["reused_from"].is_object(), "{train}");
     app.stop().await;
 }
+
+#[sqlx::test]
+async fn past_the_hashing_budget_the_plan_says_what_was_not_hashed(db: PgPool) {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("train.csv");
+    std::fs::write(&input, "a,b\n1,2\n").unwrap();
+    let def = definition_with(
+        json!([]),
+        json!([{"Name": "Train", "Type": "Command", "CacheConfig": {"Enabled": true},
+                "Arguments": {"Shell": "echo '{\"v\": 1}' > $STEPWISE_OUTPUTS",
+                              "CacheInputs": [input.display().to_string()]}}]),
+    );
+    let app = TestApp::spawn(db.clone()).await;
+    app.create_pipeline("budget", def).await;
+    let first = app.start("budget", json!({})).await;
+    assert_eq!(app.wait_terminal(&first).await["status"], "Succeeded");
+    app.stop().await;
+
+    // The same database, served with no time for hashing at all.
+    let app = TestApp::spawn_with(db, |c| c.worker.cache_input_timeout_seconds = 0).await;
+    let plan = app
+        .post("/v1/pipelines/budget/executions/plan", &json!({}))
+        .await
+        .expect(200)
+        .clone();
+    let train = &plan["steps"][0];
+    assert_eq!(train["verdict"], "RunUnlessUnchanged", "{plan}");
+    assert!(train["reason"].as_str().unwrap().contains("were not hashed"), "{plan}");
+    let body = json!({"selective_execution": {"source_execution": first, "selected_steps": "changed"}});
+    let plan = app
+        .post("/v1/pipelines/budget/executions/plan", &body)
+        .await
+        .expect(200)
+        .clone();
+    let train = &plan["steps"][0];
+    assert_eq!(train["verdict"], "Run", "{plan}");
+    assert!(
+        train["changes"].to_string().contains("CacheInputs: not compared"),
+        "{plan}"
+    );
+    app.stop().await;
+}
