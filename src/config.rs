@@ -36,6 +36,65 @@ pub struct Config {
     /// variable), for the caller to log once logging is set up.
     #[serde(skip)]
     pub warnings: Vec<String>,
+    /// A test's hold on the hashing of plans and starts (never configured).
+    #[serde(skip)]
+    pub hash_probe: HashProbe,
+}
+
+/// Lets a test hold the hashing of `CacheInputs` by a plan or a start at
+/// its beginning, to see what the process holds meanwhile (no database
+/// connection). Inert unless a test made it with `HashProbe::holding`.
+#[derive(Clone, Default)]
+pub struct HashProbe(Option<std::sync::Arc<ProbeState>>);
+
+struct ProbeState {
+    /// How many hashings have begun.
+    entered: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+    released: tokio::sync::Semaphore,
+}
+
+impl HashProbe {
+    /// A probe that holds every hashing until `release`.
+    pub fn holding() -> HashProbe {
+        HashProbe(Some(std::sync::Arc::new(ProbeState {
+            entered: std::sync::atomic::AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
+            released: tokio::sync::Semaphore::new(0),
+        })))
+    }
+
+    /// Called by the hashing before it reads anything: waits for the test.
+    pub async fn before_hashing(&self) {
+        if let Some(state) = &self.0 {
+            state.entered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            state.changed.notify_waiters();
+            if let Ok(permit) = state.released.acquire().await {
+                permit.forget();
+            }
+        }
+    }
+
+    /// Waits until `n` hashings have begun (and are held).
+    pub async fn entered(&self, n: usize) {
+        if let Some(state) = &self.0 {
+            loop {
+                // Made before the count is read, so no wake-up is missed.
+                let changed = state.changed.notified();
+                if state.entered.load(std::sync::atomic::Ordering::SeqCst) >= n {
+                    return;
+                }
+                changed.await;
+            }
+        }
+    }
+
+    /// Lets every hashing, held or to come, go on.
+    pub fn release(&self) {
+        if let Some(state) = &self.0 {
+            state.released.add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+        }
+    }
 }
 
 #[derive(Clone, Deserialize)]
@@ -183,6 +242,16 @@ pub struct Overrides {
 pub struct ConfigError(String);
 
 impl Config {
+    /// A redactor of every credential of the configuration: the database
+    /// URL's, `PGPASSWORD`, the configured admin token and secrets key.
+    pub fn redactor(&self) -> crate::redact::Redactor {
+        let mut secrets = crate::redact::url_secrets(&self.database_url);
+        secrets.extend(std::env::var("PGPASSWORD").ok());
+        secrets.push(self.auth.admin_token.clone());
+        secrets.push(self.secrets.key.clone());
+        crate::redact::Redactor::new(secrets)
+    }
+
     /// Loads the layers from the real environment.
     pub fn load(overrides: &Overrides) -> Result<Config, ConfigError> {
         let mut config = Self::from_figment(Self::figment(overrides), overrides)?;
@@ -239,7 +308,7 @@ impl Config {
         if self.worker.for_each_max_items == 0 {
             return fail("worker.for_each_max_items must be at least 1");
         }
-        if self.worker.max_log_bytes < crate::executor::log::MIN_LOG_BYTES {
+        if self.worker.max_log_bytes < MIN_LOG_BYTES {
             return fail("worker.max_log_bytes must be at least 256");
         }
         if self.database.max_connections < 2 {
@@ -399,6 +468,10 @@ pub fn is_service_variable(name: &str) -> bool {
 }
 
 pub use crate::redact::redact_url;
+
+/// The smallest `worker.max_log_bytes`: a kept log's head, the marker
+/// between head and tail, and its tail must fit (`executor::log`).
+pub const MIN_LOG_BYTES: u64 = 256;
 
 impl fmt::Debug for Config {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -10,7 +10,6 @@ use stepwise::{
     cli,
     config::{Config, LogFormat, Overrides},
     executor::supervisor,
-    redact::Redactor,
     telemetry,
 };
 use tokio_util::sync::CancellationToken;
@@ -133,7 +132,7 @@ async fn run() -> anyhow::Result<()> {
         }),
     };
     let config = Config::load(&overrides)?;
-    let redactor = Redactor::for_config(&config);
+    let redactor = config.redactor();
     telemetry::init(&config.log, redactor.clone());
     for warning in &config.warnings {
         tracing::warn!("{warning}");

@@ -111,16 +111,6 @@ impl Redactor {
         Redactor::new(secrets)
     }
 
-    /// Every credential of the configuration: the database URL's,
-    /// `PGPASSWORD`, the configured admin token and secrets key.
-    pub fn for_config(config: &crate::config::Config) -> Redactor {
-        let mut secrets = url_secrets(&config.database_url);
-        secrets.extend(std::env::var("PGPASSWORD").ok());
-        secrets.push(config.auth.admin_token.clone());
-        secrets.push(config.secrets.key.clone());
-        Redactor::new(secrets)
-    }
-
     pub fn scrub<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let mut text = Cow::Borrowed(text);
         for secret in &self.secrets {

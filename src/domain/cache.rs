@@ -20,6 +20,94 @@ const DIFFERENCES_SHOWN: usize = 10;
 /// Longest rendering of a value in a miss explanation.
 const VALUE_CHARS_SHOWN: usize = 80;
 
+/// A start's `cache_mode` (SPEC 4).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CacheMode {
+    #[default]
+    Use,
+    Refresh,
+    Off,
+}
+
+impl CacheMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CacheMode::Use => "use",
+            CacheMode::Refresh => "refresh",
+            CacheMode::Off => "off",
+        }
+    }
+}
+
+impl std::str::FromStr for CacheMode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "use" => Ok(CacheMode::Use),
+            "refresh" => Ok(CacheMode::Refresh),
+            "off" => Ok(CacheMode::Off),
+            other => Err(format!("unknown cache_mode {other:?}: expected use, refresh or off")),
+        }
+    }
+}
+
+/// What the cache does for a step that runs, as its run reports it
+/// (`cache.status`, SPEC 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheUse {
+    /// The step is not cached (no enabled `CacheConfig`, or a type that is
+    /// never cached).
+    Uncached,
+    /// `cache_mode: "off"`: reported `disabled`; it writes no entry.
+    Disabled,
+    /// `cache_mode: "refresh"`, or a selected step not asked to look up:
+    /// reported `bypassed`; it runs and writes an entry.
+    Bypassed,
+    /// It looks for a usable entry with its key: `hit` or `miss`.
+    LookUp,
+}
+
+/// The one cache-lookup rule, followed by the plan and by the worker that
+/// claims a step. `selected`: the step is a selected step of a selective
+/// execution, or an iteration of a selected ForEach (SPEC 9); such a step
+/// looks up only when the request said `cache_mode: "use"` (SPEC 5 rule 7),
+/// which `asked_to_use` tells.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheRule {
+    pub mode: CacheMode,
+    pub selected: bool,
+    pub asked_to_use: bool,
+}
+
+impl CacheRule {
+    /// The rule of the steps that run in a start that gave `mode` (`None`
+    /// when it did not say), selective or not: in a selective start every
+    /// step that runs is selected.
+    pub fn for_start(mode: Option<CacheMode>, selective: bool) -> CacheRule {
+        CacheRule {
+            mode: mode.unwrap_or_default(),
+            selected: selective,
+            asked_to_use: mode == Some(CacheMode::Use),
+        }
+    }
+
+    /// What the cache does for a step whose caching is `cached`
+    /// (`Step::caching_enabled`).
+    pub fn for_step(self, cached: bool) -> CacheUse {
+        if !cached {
+            return CacheUse::Uncached;
+        }
+        match self.mode {
+            CacheMode::Off => CacheUse::Disabled,
+            CacheMode::Refresh => CacheUse::Bypassed,
+            CacheMode::Use if self.selected && !self.asked_to_use => CacheUse::Bypassed,
+            CacheMode::Use => CacheUse::LookUp,
+        }
+    }
+}
+
 /// The key material of one step run.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CacheKey {
@@ -279,6 +367,23 @@ mod tests {
 
     fn command_key(args: Value) -> CacheKey {
         compute_key(StepKind::Command, &args, &args, &none())
+    }
+
+    #[test]
+    fn the_cache_rule_bypasses_selected_steps_unless_asked_to_use() {
+        let rule = |mode, selected, asked_to_use| CacheRule {
+            mode,
+            selected,
+            asked_to_use,
+        };
+        assert_eq!(rule(CacheMode::Use, false, false).for_step(true), CacheUse::LookUp);
+        assert_eq!(rule(CacheMode::Use, true, false).for_step(true), CacheUse::Bypassed);
+        assert_eq!(rule(CacheMode::Use, true, true).for_step(true), CacheUse::LookUp);
+        assert_eq!(rule(CacheMode::Refresh, false, true).for_step(true), CacheUse::Bypassed);
+        assert_eq!(rule(CacheMode::Off, false, false).for_step(true), CacheUse::Disabled);
+        assert_eq!(rule(CacheMode::Use, false, false).for_step(false), CacheUse::Uncached);
+        assert_eq!("refresh".parse::<CacheMode>(), Ok(CacheMode::Refresh));
+        assert!("Use".parse::<CacheMode>().is_err());
     }
 
     #[test]

@@ -12,6 +12,7 @@ pub mod duration;
 pub mod expr;
 pub mod for_each;
 pub mod names;
+pub mod outcome;
 pub mod params;
 pub mod retry;
 pub mod secrets;

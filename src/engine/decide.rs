@@ -131,7 +131,7 @@ pub fn new_steps(definition: &Definition, plan: &dyn Fn(&str) -> StepPlan) -> Ne
 }
 
 /// What the server's configuration brings to a decision.
-#[derive(Debug, Clone, Copy)]
+#[derive(Clone)]
 pub struct Settings {
     /// How much hashing `CacheInputs` may do (`worker.cache_input_*`).
     pub inputs: inputs::Limits,
@@ -142,6 +142,8 @@ pub struct Settings {
     pub max_outputs_bytes: u64,
     /// `worker.for_each_max_items`.
     pub for_each_max_items: usize,
+    /// A test's hold on hashing (`Config::hash_probe`).
+    pub probe: crate::config::HashProbe,
 }
 
 impl Settings {
@@ -167,6 +169,7 @@ impl Settings {
             cache_cap: config.cache.max_expire_after,
             max_outputs_bytes: config.worker.max_outputs_bytes,
             for_each_max_items: config.worker.for_each_max_items,
+            probe: config.hash_probe.clone(),
         }
     }
 }
@@ -190,10 +193,10 @@ pub struct Prepared {
 pub async fn prepare(
     conn: &mut PgConnection,
     arns: &Arns,
-    settings: &Settings,
     pipeline: &PipelineHead,
     definition: &Definition,
     req: &StartRequest,
+    hashes: &super::hashing::InputHashes<'_>,
 ) -> Result<Prepared, StartError> {
     let Some(selective_request) = &req.selective_execution else {
         let parameters = resolve_parameters(definition, &req.parameters)?;
@@ -212,7 +215,7 @@ pub async fn prepare(
             source_execution: None,
         });
     };
-    let planned = super::selective::plan(conn, arns, settings, pipeline, definition, req, selective_request).await?;
+    let planned = super::selective::plan(conn, arns, pipeline, definition, req, selective_request, hashes).await?;
     let steps = new_steps(definition, &|name| {
         planned.plans.get(name).cloned().unwrap_or_else(StepPlan::run)
     });

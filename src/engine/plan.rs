@@ -18,7 +18,7 @@
 //! Failed or Stopped trigger (and what runs only after it) is
 //! `RunIfTriggered`: the plan cannot foresee failures.
 
-use std::collections::HashMap;
+use std::{collections::HashMap, sync::Arc};
 
 use chrono::Utc;
 use serde::Serialize;
@@ -27,15 +27,18 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use super::{
-    decide::{prepare, Settings, StepPlan},
+    decide::{prepare, Prepared, Settings, StepPlan},
     definitions::Definitions,
+    hashing::{InputHashes, MAX_PASSES},
     known::KnownNow,
-    request::{CacheMode, StartError, StartRequest},
+    plan_iterations::{ForEachContext, IterationPlan},
+    request::{StartError, StartRequest},
     start::load_definition,
 };
 use crate::{
     content,
     domain::{
+        cache::{CacheRule, CacheUse},
         condition::evaluate_conditions,
         definition::{Definition, Step, StepKind, Trigger},
         duration::cache_valid_since,
@@ -43,7 +46,11 @@ use crate::{
         json_list, Issue,
     },
     ids::Arns,
-    store::{cache, executions, pipelines, secrets, selective, StoreError},
+    store::{
+        cache, executions,
+        pipelines::{self, PipelineHead},
+        secrets, selective, StoreError,
+    },
 };
 
 #[derive(Debug, Serialize)]
@@ -59,7 +66,7 @@ pub struct StepVerdict {
     pub source_execution_arn: Option<String>,
     /// For a ForEach that runs: its iterations, in compact form.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub iterations: Option<super::plan_iterations::IterationPlan>,
+    pub iterations: Option<IterationPlan>,
 }
 
 #[derive(Debug, Serialize)]
@@ -84,6 +91,10 @@ impl ExecutionPlan {
     }
 }
 
+/// The plan of a start. It decides as the start does (`prepare`, in passes
+/// whose hashes are made between them, `InputHashes`), then predicts each
+/// step holding a pooled connection only for each query: no connection is
+/// held, and no transaction open, while it hashes.
 pub async fn plan_execution(
     pool: &PgPool,
     arns: &Arns,
@@ -92,39 +103,21 @@ pub async fn plan_execution(
     pipeline_name: &str,
     req: &StartRequest,
 ) -> Result<ExecutionPlan, StoreError> {
-    // A transaction that is never committed: nothing a plan does is kept.
-    let mut tx = pool.begin().await?;
-    let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
-    // A start with a token already used starts nothing: say so, as the
-    // start would answer.
-    if let Some(token) = &req.client_request_token {
-        if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
-            let arn = arns.execution(&pipeline.name, existing.id);
-            let message = if existing.request_hash.as_deref() == Some(req.request_hash.as_str()) {
-                format!(
-                    "client_request_token {token:?} was already used for execution {arn} with this request; \
-                     a start returns that execution and starts nothing"
-                )
-            } else {
-                format!(
-                    "client_request_token {token:?} was already used for execution {arn} with a different \
-                     request body; a start is refused"
-                )
-            };
-            tx.rollback().await?;
-            let issue = Issue::new("/client_request_token", message.clone());
-            return Ok(ExecutionPlan::failed(message, vec![issue]));
+    let hashes = InputHashes::new(settings);
+    let mut pass = 1;
+    let (pipeline, definition, prepared) = loop {
+        // A transaction that is never committed: nothing a plan does is kept.
+        let mut tx = pool.begin().await?;
+        let decided = decide(&mut tx, arns, definitions, pipeline_name, req, &hashes).await;
+        tx.rollback().await?;
+        let decided = match decided? {
+            Ok(decided) => decided,
+            Err(failed) => return Ok(failed),
+        };
+        if !hashes.has_pending() || pass >= MAX_PASSES || !hashes.hash_pending().await {
+            break decided;
         }
-    }
-    let definition = match load_definition(&mut tx, definitions, &pipeline).await {
-        Ok(d) => d,
-        Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
-        Err(StartError::Store(e)) => return Err(e),
-    };
-    let prepared = match prepare(&mut tx, arns, settings, &pipeline, &definition, req).await {
-        Ok(p) => p,
-        Err(StartError::Invalid { message, issues }) => return Ok(ExecutionPlan::failed(message, issues)),
-        Err(StartError::Store(e)) => return Err(e),
+        pass += 1;
     };
     let reused: Vec<Uuid> = prepared
         .plans
@@ -134,23 +127,19 @@ pub async fn plan_execution(
             _ => None,
         })
         .collect();
-    let reused_properties = selective::run_properties(&mut tx, &reused).await?;
-    let looks_up = match req.cache_mode.unwrap_or_default() {
-        // Selected steps of a selective execution look up only when asked.
-        CacheMode::Use => req.selective_execution.is_none() || req.cache_mode == Some(CacheMode::Use),
-        CacheMode::Refresh | CacheMode::Off => false,
-    };
+    let reused_properties = selective::run_properties(&mut *pool.acquire().await?, &reused).await?;
+    let rule = CacheRule::for_start(req.cache_mode, req.selective_execution.is_some());
     let mut predictor = Predictor {
-        conn: &mut tx,
+        pool,
         arns,
         settings,
         pipeline: &pipeline,
         parameters: &prepared.parameters,
-        looks_up,
+        rule,
         known: HashMap::new(),
         verdicts: HashMap::new(),
         outcomes: HashMap::new(),
-        hashing_since: std::time::Instant::now(),
+        hashes: &hashes,
         source_execution: prepared.source_execution,
     };
     for name in definition.dag.topological_order() {
@@ -164,7 +153,6 @@ pub async fn plan_execution(
         .iter()
         .filter_map(|s| predictor.verdicts.remove(&s.name))
         .collect();
-    tx.rollback().await?;
     Ok(ExecutionPlan {
         steps,
         source_execution_arn: prepared.source_arn,
@@ -172,22 +160,70 @@ pub async fn plan_execution(
     })
 }
 
+/// One pass of the start's decisions, in `conn`'s transaction: the
+/// pipeline, its definition and what the start would do; or the plan of a
+/// start that would be refused.
+async fn decide(
+    conn: &mut PgConnection,
+    arns: &Arns,
+    definitions: &Definitions,
+    pipeline_name: &str,
+    req: &StartRequest,
+    hashes: &InputHashes<'_>,
+) -> Result<Result<(PipelineHead, Arc<Definition>, Prepared), ExecutionPlan>, StoreError> {
+    let pipeline = pipelines::head_in(conn, pipeline_name, req.pipeline_version).await?;
+    // A start with a token already used starts nothing: say so, as the
+    // start would answer.
+    if let Some(token) = &req.client_request_token {
+        if let Some(existing) = executions::find_by_token(conn, pipeline.id, token).await? {
+            let arn = arns.execution(&pipeline.name, existing.id);
+            let message = if existing.request_hash.as_deref() == Some(req.request_hash.as_str()) {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with this request; \
+                     a start returns that execution and starts nothing"
+                )
+            } else {
+                format!(
+                    "client_request_token {token:?} was already used for execution {arn} with a different \
+                     request body; a start is refused"
+                )
+            };
+            let issue = Issue::new("/client_request_token", message.clone());
+            return Ok(Err(ExecutionPlan::failed(message, vec![issue])));
+        }
+    }
+    let refused = |e: StartError| match e {
+        StartError::Invalid { message, issues } => Ok(Err(ExecutionPlan::failed(message, issues))),
+        StartError::Store(e) => Err(e),
+    };
+    let definition = match load_definition(conn, definitions, &pipeline).await {
+        Ok(d) => d,
+        Err(e) => return refused(e),
+    };
+    match prepare(conn, arns, &pipeline, &definition, req, hashes).await {
+        Ok(prepared) => Ok(Ok((pipeline, definition, prepared))),
+        Err(e) => refused(e),
+    }
+}
+
 /// What the plan knows as it walks the steps in dependency order.
 struct Predictor<'a> {
-    conn: &'a mut PgConnection,
+    /// Each query takes a connection and gives it back: none is held while
+    /// hashing.
+    pool: &'a PgPool,
     arns: &'a Arns,
     settings: &'a Settings,
-    pipeline: &'a pipelines::PipelineHead,
+    pipeline: &'a PipelineHead,
     parameters: &'a serde_json::Map<String, Value>,
-    /// Whether steps that run look up the cache.
-    looks_up: bool,
+    /// What the cache does for the steps that run.
+    rule: CacheRule,
     /// The property documents known before anything runs, by step.
     known: HashMap<String, Value>,
     verdicts: HashMap<String, StepVerdict>,
     /// The outcome of each Condition whose inputs are known.
     outcomes: HashMap<String, bool>,
-    /// When hashing began: all of it shares one time budget.
-    hashing_since: std::time::Instant,
+    /// The plan's hashes: all of its hashing shares one time budget.
+    hashes: &'a InputHashes<'a>,
     /// The selective source, whose ForEach iterations are compared item by item.
     source_execution: Option<Uuid>,
 }
@@ -287,6 +323,14 @@ impl Predictor<'_> {
                 Prediction::Miss(miss) => verdict(step, "Run", format!("{runs}; {miss}"), why),
             }
         };
+        if let Some(spec) = step.for_each.as_deref() {
+            let iterations = self.plan_iterations(&step.name, spec).await?;
+            if out.verdict == "Run" && iterations.hedged() {
+                out.verdict = "RunUnlessUnchanged";
+                out.reason = format!("{}; {}", out.reason, iterations.reason);
+            }
+            out.iterations = Some(iterations);
+        }
         if out.verdict == "Run" && step.kind == StepKind::Condition && branch.is_none() {
             self.evaluate_condition(step);
         }
@@ -301,28 +345,6 @@ impl Predictor<'_> {
             out.verdict = "RunIfTriggered";
             out.reason = format!("{gate}; then it {}", out.reason);
         }
-        if let Some(spec) = step.for_each.as_deref() {
-            // Field by field: the connection is borrowed apart from what is known.
-            let known = KnownNow {
-                parameters: self.parameters,
-                known: &self.known,
-                pipeline_name: &self.pipeline.name,
-                arns: self.arns,
-                secret_digests: HashMap::new(),
-                max_outputs_bytes: self.settings.max_outputs_bytes,
-            };
-            let max = self.settings.for_each_max_items;
-            let plan = super::plan_iterations::plan(
-                self.conn,
-                self.settings,
-                &known,
-                &step.name,
-                spec,
-                self.source_execution,
-                max,
-            );
-            out.iterations = Some(plan.await?);
-        }
         if let Some(branch) = branch {
             // It runs (or hits, or is reused after all) only if a branch is
             // taken that the plan cannot know yet.
@@ -330,6 +352,32 @@ impl Predictor<'_> {
             out.reason = format!("only if {branch}; then it {}", out.reason);
         }
         Ok(out)
+    }
+
+    async fn plan_iterations(
+        &mut self,
+        name: &str,
+        spec: &crate::domain::definition::for_each::ForEachSpec,
+    ) -> Result<IterationPlan, StoreError> {
+        // Field by field: the connection is borrowed apart from what is known.
+        let known = KnownNow {
+            parameters: self.parameters,
+            known: &self.known,
+            pipeline_name: &self.pipeline.name,
+            arns: self.arns,
+            secret_digests: HashMap::new(),
+            max_outputs_bytes: self.settings.max_outputs_bytes,
+        };
+        let cx = ForEachContext {
+            settings: self.settings,
+            known: &known,
+            pipeline_id: self.pipeline.id,
+            rule: self.rule,
+            source: self.source_execution,
+            max_items: self.settings.for_each_max_items,
+            hashes: self.hashes,
+        };
+        super::plan_iterations::plan(self.pool, &cx, name, spec).await
     }
 
     /// Records the outputs a step will have, for the steps after it.
@@ -457,11 +505,12 @@ impl Predictor<'_> {
     }
 
     async fn predict(&mut self, step: &Step) -> Result<Prediction, StoreError> {
-        if !step.caching_enabled() {
-            return Ok(Prediction::Miss("it does not use the cache".into()));
-        }
-        if !self.looks_up {
-            return Ok(Prediction::Miss("the cache is not looked up in this start".into()));
+        match self.rule.for_step(step.caching_enabled()) {
+            CacheUse::Uncached => return Ok(Prediction::Miss("it does not use the cache".into())),
+            CacheUse::Disabled | CacheUse::Bypassed => {
+                return Ok(Prediction::Miss("the cache is not looked up in this start".into()))
+            }
+            CacheUse::LookUp => {}
         }
         let per_execution = uses_per_execution_value(&step.arguments);
         if !per_execution.is_empty() {
@@ -477,7 +526,8 @@ impl Predictor<'_> {
             .cloned()
             .collect();
         if !unknown.is_empty() {
-            let any_entry = cache::nearest_entry(self.conn, self.pipeline.id, &step.name).await?;
+            let any_entry =
+                cache::nearest_entry(&mut *self.pool.acquire().await?, self.pipeline.id, &step.name).await?;
             return Ok(match any_entry {
                 Some(_) => Prediction::MayHit(format!(
                     "cached, so it is served from the cache if what {} produce matches an entry",
@@ -493,7 +543,7 @@ impl Predictor<'_> {
         let secret_digests = if used.is_empty() {
             HashMap::new()
         } else {
-            secrets::sealed(self.conn, &used)
+            secrets::sealed(&mut *self.pool.acquire().await?, &used)
                 .await?
                 .into_iter()
                 .map(|row| (row.name, row.digest))
@@ -503,20 +553,28 @@ impl Predictor<'_> {
             Ok(r) => r,
             Err(e) => return Ok(Prediction::Miss(format!("its arguments cannot be resolved: {e}"))),
         };
-        let Some(limits) = self.settings.inputs_left(self.hashing_since) else {
-            return Ok(Prediction::MayHit(
-                "its CacheInputs were not hashed: the plan's hashing took longer than \
-                 worker.cache_input_timeout_seconds"
-                    .into(),
-            ));
-        };
-        let key = match content::step_key(step.kind, &step.arguments, &resolved, &resolved, limits).await {
-            Ok(k) => k,
+        let key = match self.hashes.step_key(step.kind, &step.arguments, &resolved).await {
+            Ok(Some(k)) => k,
+            Ok(None) => {
+                return Ok(Prediction::MayHit(
+                    "its CacheInputs were not hashed: the plan's hashing took longer than \
+                     worker.cache_input_timeout_seconds"
+                        .into(),
+                ))
+            }
             Err(e) => return Ok(Prediction::Miss(format!("its cache key cannot be computed: {e}"))),
         };
         let expire_after = step.cache.and_then(|c| c.expire_after);
         let earliest = cache_valid_since(expire_after, self.settings.cache_cap, Utc::now());
-        for entry in cache::entries_with_key(self.conn, self.pipeline.id, &step.name, &key.key, 20).await? {
+        let entries = cache::entries_with_key(
+            &mut *self.pool.acquire().await?,
+            self.pipeline.id,
+            &step.name,
+            &key.key,
+            20,
+        )
+        .await?;
+        for entry in entries {
             if content::usable(&entry, earliest).is_ok() {
                 return Ok(Prediction::Hit {
                     arn: self.arns.execution(&entry.pipeline_name, entry.execution_id),

@@ -28,24 +28,7 @@ pub struct SelectiveRequest {
     pub inherit_parameters: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum CacheMode {
-    #[default]
-    Use,
-    Refresh,
-    Off,
-}
-
-impl CacheMode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            CacheMode::Use => "use",
-            CacheMode::Refresh => "refresh",
-            CacheMode::Off => "off",
-        }
-    }
-}
+pub use crate::domain::cache::CacheMode;
 
 #[derive(Debug)]
 pub enum StartError {

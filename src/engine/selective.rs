@@ -11,15 +11,14 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::{
-    decide::{CutOff, Settings, StepPlan},
-    known::KnownNow,
-    request::{resolve_parameters, CacheMode, SelectiveRequest, StartError, StartRequest},
+    decide::{CutOff, StepPlan},
+    hashing::InputHashes,
+    request::{resolve_parameters, SelectiveRequest, StartError, StartRequest},
 };
 use crate::{
-    content::{artifacts, inputs},
     domain::{
-        definition::{parse_definition, Definition, Step, StepKind},
-        expr::{self, evaluate},
+        cache::CacheRule,
+        definition::Definition,
         json_list,
         selective::{self, SelectedSteps, Selection, SourceStep, SOURCE_EXECUTION_PATH},
         Issue,
@@ -29,10 +28,14 @@ use crate::{
         executions::{self, ExecutionRow},
         pipelines::PipelineHead,
         retention,
-        selective::{self as store, RunFacts, SourceRun},
+        selective::{self as store, SourceRun},
         StoreError,
     },
 };
+
+mod changed;
+
+use changed::{changed_selection, outputs_gone, Context};
 
 /// Why a reused step is reused, with `"changed"` and with a hand selection.
 const UNCHANGED: &str = "unchanged since the source execution";
@@ -106,15 +109,16 @@ struct Chosen {
 pub async fn plan(
     conn: &mut PgConnection,
     arns: &Arns,
-    settings: &Settings,
     pipeline: &PipelineHead,
     definition: &Definition,
     start: &StartRequest,
     request: &SelectiveRequest,
+    hashes: &InputHashes<'_>,
 ) -> Result<SelectivePlan, StartError> {
+    let settings = hashes.settings();
     let given_parameters = &start.parameters;
     // SPEC 5 rule 7: selected steps look up the cache only when asked to.
-    let cache_lookup = start.cache_mode == Some(CacheMode::Use);
+    let cache_lookup = CacheRule::for_start(start.cache_mode, true).asked_to_use;
     let mut source = match &request.source_execution {
         Some(reference) => Some(load_source(conn, arns, pipeline, reference).await?),
         None => None,
@@ -172,7 +176,7 @@ pub async fn plan(
                 arns,
                 parameters: &parameters,
                 settings,
-                hashing_since: std::time::Instant::now(),
+                hashes,
             };
             changed_selection(conn, definition, source, &context).await?
         }
@@ -183,12 +187,21 @@ pub async fn plan(
         source = Some(pick_source(conn, arns, pipeline, selection, false).await?);
     }
 
-    if let Some(source) = &source {
-        let by_hand = matches!(request.selected_steps, SelectedSteps::Names(_));
-        check_source(conn, definition, selection, source, by_hand).await?;
-    }
+    let bystanders = match &source {
+        Some(source) => {
+            let by_hand = matches!(request.selected_steps, SelectedSteps::Names(_));
+            check_source(conn, definition, selection, source, by_hand).await?
+        }
+        None => BTreeMap::new(),
+    };
 
-    let plans = step_plans(definition, &chosen, source.as_ref(), &request.selected_steps);
+    let plans = step_plans(
+        definition,
+        &chosen,
+        source.as_ref(),
+        &request.selected_steps,
+        &bystanders,
+    );
 
     let requested = match &request.selected_steps {
         SelectedSteps::Names(names) => json!(names),
@@ -216,6 +229,7 @@ fn step_plans(
     chosen: &Chosen,
     source: Option<&Source>,
     requested: &SelectedSteps,
+    gone: &BTreeMap<String, String>,
 ) -> HashMap<String, StepPlan> {
     let selection = &chosen.selection;
     let reuse_why = match requested {
@@ -249,6 +263,11 @@ fn step_plans(
                 reason: "NotSelected".into(),
                 why: "not selected, and downstream of a selected step".into(),
             }
+        } else if let Some(gone) = gone.get(name) {
+            StepPlan::Skip {
+                reason: "NotSelected".into(),
+                why: format!("not selected, and it cannot be reused: its artifacts directory {gone}"),
+            }
         } else {
             match source.and_then(|s| s.succeeded(name).map(|r| (s, r))) {
                 Some((source, run)) => StepPlan::Reuse {
@@ -267,342 +286,52 @@ fn step_plans(
     plans
 }
 
-/// What the `"changed"` selection needs besides the definitions.
-struct Context<'a> {
-    pipeline: &'a PipelineHead,
-    arns: &'a Arns,
-    parameters: &'a Map<String, Value>,
-    settings: &'a Settings,
-    /// When hashing began: all of it shares one time budget.
-    hashing_since: std::time::Instant,
-}
-
-/// The `"changed"` selection: steps whose definition changed
-/// (`selective::changes`), whose `CacheInputs` content differs from what
-/// the source's run recorded, or whose outputs in the source are gone, and
-/// everything downstream of them.
-async fn changed_selection(
-    conn: &mut PgConnection,
-    definition: &Definition,
-    source: &Source,
-    context: &Context<'_>,
-) -> Result<Chosen, StartError> {
-    let snapshot = executions::definition(conn, source.execution.id).await?;
-    let mut changed = match parse_definition(&snapshot) {
-        Ok(source_definition) => {
-            let source_params = source.execution.parameters.as_object().cloned().unwrap_or_default();
-            selective::changes(
-                definition,
-                context.parameters,
-                &source_definition,
-                &source_params,
-                &source.summaries(),
-            )
-        }
-        // A snapshot that no longer validates: everything counts as changed.
-        Err(_) => definition
-            .steps
-            .iter()
-            .map(|s| {
-                (
-                    s.name.clone(),
-                    vec!["the source's definition no longer validates".into()],
-                )
-            })
-            .collect(),
-    };
-    compare_with_origins(conn, definition, source, context, &mut changed).await?;
-    // The files a ForEach's body reads are hashed per iteration when it
-    // runs: such a ForEach runs, and each iteration whose item and inputs
-    // (those files' content included) are unchanged is reused from the
-    // source then (`engine::for_each`).
-    for step in &definition.steps {
-        let reads_files = step.for_each.as_deref().is_some_and(|f| {
-            f.body.iter().any(|b| {
-                b.arguments
-                    .get("CacheInputs")
-                    .is_some_and(|c| c.as_array().is_some_and(|l| !l.is_empty()))
-            })
-        });
-        if reads_files && !changed.contains_key(&step.name) {
-            changed.insert(
-                step.name.clone(),
-                vec![
-                    "its body reads files (CacheInputs): its iterations are compared with the source's item by item"
-                        .into(),
-                ],
-            );
-        }
-    }
-    let candidates: Vec<(&Step, &SourceRun)> = definition
-        .steps
-        .iter()
-        .filter(|s| !changed.contains_key(&s.name))
-        .filter_map(|s| source.succeeded(&s.name).map(|r| (s, r)))
-        .collect();
-    let ids: Vec<Uuid> = candidates.iter().map(|(_, r)| r.id).collect();
-    let facts = store::run_facts(conn, &ids).await?;
-    // `CacheInputs` may name other steps' outputs: they are resolved with
-    // the outputs those steps had in the source. An upstream step that is
-    // reused hands on exactly these; one that runs again makes the step
-    // downstream of it anyway, and early cut-off compares it then.
-    // Only the outputs such references name are loaded: a property
-    // document can be large, and most pipelines have no such reference.
-    let named: BTreeSet<String> = candidates
-        .iter()
-        .flat_map(|(step, _)| {
-            let inputs = json!([
-                step.arguments.get("CacheInputs"),
-                step.arguments.get("WorkingDirectory")
-            ]);
-            expr::find_references(&inputs, "", &mut Vec::new())
-                .into_iter()
-                .filter_map(|found| found.step().map(str::to_string))
-        })
-        .collect();
-    let read: Vec<&SourceRun> = named.iter().filter_map(|name| source.succeeded(name)).collect();
-    let read_ids: Vec<Uuid> = read.iter().map(|r| r.id).collect();
-    let mut by_id = if read_ids.is_empty() {
-        HashMap::new()
-    } else {
-        store::run_properties(conn, &read_ids).await?
-    };
-    let outputs: HashMap<String, Value> = read
-        .iter()
-        .filter_map(|r| by_id.remove(&r.id).map(|p| (r.step_name.clone(), p)))
-        .collect();
-    for (step, run) in candidates {
-        let mut why = Vec::new();
-        let facts = facts.get(&run.id);
-        if let Some(gone) = facts.and_then(outputs_gone) {
-            why.push(format!("its outputs in the source are gone: {gone}"));
-        }
-        why.extend(input_changes(step, facts, context, &outputs).await);
-        if !why.is_empty() {
-            changed.insert(step.name.clone(), why);
-        }
-    }
-    let mut downstream = selective::downstream_of(definition, &changed);
-    // A step on the branch that a reused Condition did not take cannot run,
-    // edited or not: selecting it would only have rule 9 refuse the start.
-    let would_run: BTreeSet<String> = changed.keys().chain(downstream.keys()).cloned().collect();
-    let summaries = source.summaries();
-    let mut held = BTreeMap::new();
-    for step in &definition.steps {
-        if !would_run.contains(&step.name) {
-            continue;
-        }
-        if let Some(why) = selective::held_by_reused_condition(definition, step, &summaries, &would_run) {
-            let mut what = changed.remove(&step.name).unwrap_or_default();
-            if let Some(from) = downstream.remove(&step.name) {
-                what.push(format!("downstream of {from}"));
-            }
-            held.insert(step.name.clone(), format!("{} ({why})", what.join("; ")));
-        }
-    }
-    let names: Vec<String> = changed.keys().chain(downstream.keys()).cloned().collect();
-    let selection = if names.is_empty() {
-        Selection {
-            others: definition.steps.iter().map(|s| s.name.clone()).collect(),
-            ..Selection::default()
-        }
-    } else {
-        selective::select(definition, &names).map_err(invalid_all)?
-    };
-    let mut why = changed;
-    for (step, from) in &downstream {
-        why.insert(step.clone(), vec![format!("downstream of {from}")]);
-    }
-    Ok(Chosen {
-        selection,
-        why,
-        downstream_only: downstream.into_keys().collect(),
-        held,
-    })
-}
-
-/// How many executions, besides the source, whose runs the source reused
-/// are compared with; the steps reused from any further one count as
-/// changed.
-const ORIGINS_COMPARED: usize = 20;
-
-/// A step the source reused (it was not selected there) holds the outputs
-/// of a run of an older execution, made by that execution's definition and
-/// parameters: it is compared with those, not with the source's.
-async fn compare_with_origins(
-    conn: &mut PgConnection,
-    definition: &Definition,
-    source: &Source,
-    context: &Context<'_>,
-    changed: &mut BTreeMap<String, Vec<String>>,
-) -> Result<(), StartError> {
-    let succeeded: Vec<&SourceRun> = source
-        .runs
-        .values()
-        .filter(|r| r.status == selective::SUCCEEDED)
-        .collect();
-    let ids: Vec<Uuid> = succeeded.iter().map(|r| r.id).collect();
-    let origins = store::run_executions(conn, &ids).await?;
-    let mut by_origin: BTreeMap<Uuid, Vec<&str>> = BTreeMap::new();
-    for run in succeeded {
-        match origins.get(&run.id) {
-            Some(origin) if *origin != source.execution.id => {
-                by_origin.entry(*origin).or_default().push(&run.step_name)
-            }
-            _ => {}
-        }
-    }
-    let summaries = source.summaries();
-    for (i, (origin, steps)) in by_origin.into_iter().enumerate() {
-        let arn = context.arns.execution(&context.pipeline.name, origin);
-        let note = format!("its outputs in the source were reused from execution {arn}");
-        let compared = match i < ORIGINS_COMPARED {
-            true => origin_definition(conn, origin).await?.map(|(before, before_params)| {
-                selective::changes(definition, context.parameters, &before, &before_params, &summaries)
-            }),
-            false => None,
-        };
-        for step in steps {
-            match compared.as_ref().map(|c| c.get(step)) {
-                // Unchanged since the run that made its outputs.
-                Some(None) => {
-                    changed.remove(step);
-                }
-                Some(Some(why)) => {
-                    let mut why = why.clone();
-                    why.push(note.clone());
-                    changed.insert(step.to_string(), why);
-                }
-                None => {
-                    changed.insert(step.to_string(), vec![format!("{note}, which was not compared")]);
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The definition and parameters an execution ran with, when it still
-/// exists and its definition still validates.
-async fn origin_definition(
-    conn: &mut PgConnection,
-    id: Uuid,
-) -> Result<Option<(Definition, Map<String, Value>)>, StoreError> {
-    let execution = match executions::get(conn, id).await {
-        Ok(e) => e,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let snapshot = match executions::definition(conn, id).await {
-        Ok(s) => s,
-        Err(StoreError::NotFound(_)) => return Ok(None),
-        Err(e) => return Err(e),
-    };
-    let parameters = execution.parameters.as_object().cloned().unwrap_or_default();
-    Ok(parse_definition(&snapshot).ok().map(|d| (d, parameters)))
-}
-
-/// What is wrong with a run's artifacts directory, if it is gone or emptied.
-fn outputs_gone(facts: &RunFacts) -> Option<String> {
-    let uri = facts.artifacts_uri.as_deref()?;
-    artifacts::missing(uri, facts.artifact_entries.unwrap_or(0).max(0) as u64)
-}
-
-/// How the content of a Command step's `CacheInputs` differs from what its
-/// run in the source recorded: `CacheInputs train.py: content changed`.
-/// Hashed now, as the worker will hash them.
-async fn input_changes(
-    step: &Step,
-    facts: Option<&RunFacts>,
-    context: &Context<'_>,
-    source_outputs: &HashMap<String, Value>,
-) -> Vec<String> {
-    if step.kind != StepKind::Command {
-        return Vec::new();
-    }
-    let declared = step.arguments.get("CacheInputs");
-    if declared.is_none_or(|v| v.as_array().is_some_and(Vec::is_empty)) {
-        return Vec::new();
-    }
-    let Some(recorded) = facts.and_then(|f| f.input_hashes.as_ref()).and_then(Value::as_object) else {
-        return vec!["CacheInputs: the source's run recorded no content to compare with".into()];
-    };
-    let resolver = KnownNow {
-        parameters: context.parameters,
-        known: source_outputs,
-        pipeline_name: &context.pipeline.name,
-        arns: context.arns,
-        secret_digests: HashMap::new(),
-        max_outputs_bytes: context.settings.max_outputs_bytes,
-    };
-    let wanted = json!({
-        "CacheInputs": declared,
-        "WorkingDirectory": step.arguments.get("WorkingDirectory"),
-    });
-    let Ok(resolved) = evaluate(&wanted, &resolver) else {
-        return vec![
-            "CacheInputs: they use outputs of steps that did not succeed in the source, so their content is \
-             compared when the step runs"
-                .into(),
-        ];
-    };
-    let paths: Vec<String> = resolved["CacheInputs"]
-        .as_array()
-        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
-        .unwrap_or_default();
-    let working_directory = resolved["WorkingDirectory"].as_str();
-    let Some(limits) = context.settings.inputs_left(context.hashing_since) else {
-        return vec![
-            "CacheInputs: not compared, hashing the start's inputs took longer than \
-                     worker.cache_input_timeout_seconds"
-                .into(),
-        ];
-    };
-    let hashes = match inputs::hash_inputs(working_directory, &paths, limits).await {
-        Ok(h) => h,
-        Err(message) => return vec![format!("CacheInputs: {message}")],
-    };
-    let mut why = Vec::new();
-    for (path, hash) in &hashes {
-        match recorded.get(path).and_then(Value::as_str) {
-            Some(before) if before == hash => {}
-            Some(_) => why.push(format!("CacheInputs {path}: content changed")),
-            None => why.push(format!("CacheInputs {path}: not read by the source's run")),
-        }
-    }
-    why
-}
-
 /// Checks the selection against the source (rules 3 and 9) and, with a
-/// hand selection, that every step it reuses still has its outputs.
+/// hand selection, that every step of U still has its outputs. Returns the
+/// other steps that would be reused but whose outputs are gone, with what
+/// is gone: they are Skipped (NotSelected), never a refusal (SPEC 9).
 async fn check_source(
     conn: &mut PgConnection,
     definition: &Definition,
     selection: &Selection,
     source: &Source,
     by_hand: bool,
-) -> Result<(), StartError> {
+) -> Result<BTreeMap<String, String>, StartError> {
     let summaries = source.summaries();
     let mut issues = selective::check_upstream(selection, &summaries, &source.arn);
     issues.extend(selective::check_branches(definition, selection, &summaries));
+    let mut bystanders = BTreeMap::new();
     if issues.is_empty() && by_hand {
-        issues.extend(check_reusable(conn, definition, selection, source).await?);
+        for (step, gone) in outputs_gone_of(conn, definition, selection, source).await? {
+            if selection.upstream.contains(&step) {
+                issues.push(Issue::new(
+                    selective::SELECTED_STEPS_PATH,
+                    format!(
+                        "step {step:?} cannot be reused from execution {}: its artifacts directory {gone}; select \
+                         it so it runs again, or use \"changed\"",
+                        source.arn
+                    ),
+                ));
+            } else {
+                bystanders.insert(step, gone);
+            }
+        }
     }
     if issues.is_empty() {
-        Ok(())
+        Ok(bystanders)
     } else {
         Err(invalid_all(issues))
     }
 }
 
-/// With a hand selection, every step that would be reused must still have
-/// its outputs: one issue for each whose artifacts are gone.
-async fn check_reusable(
+/// The steps that would be reused (those of U and the others) whose
+/// artifacts are gone, with what is wrong with them.
+async fn outputs_gone_of(
     conn: &mut PgConnection,
     definition: &Definition,
     selection: &Selection,
     source: &Source,
-) -> Result<Vec<Issue>, StoreError> {
+) -> Result<Vec<(String, String)>, StoreError> {
     let reused: Vec<&SourceRun> = definition
         .steps
         .iter()
@@ -618,17 +347,7 @@ async fn check_reusable(
     let facts = store::run_facts(conn, &ids).await?;
     Ok(reused
         .into_iter()
-        .filter_map(|run| {
-            let gone = outputs_gone(facts.get(&run.id)?)?;
-            Some(Issue::new(
-                selective::SELECTED_STEPS_PATH,
-                format!(
-                    "step {:?} cannot be reused from execution {}: its artifacts directory {gone}; select it so it \
-                     runs again, or use \"changed\"",
-                    run.step_name, source.arn
-                ),
-            ))
-        })
+        .filter_map(|run| Some((run.step_name.clone(), outputs_gone(facts.get(&run.id)?)?)))
         .collect())
 }
 

@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{
     decide::{prepare, NewSteps, Settings},
     definitions::{Definitions, LoadError},
+    hashing::{InputHashes, MAX_PASSES},
     request::{StartError, StartRequest},
 };
 use crate::{
@@ -73,15 +74,31 @@ pub async fn start_execution(
     pipeline_name: &str,
     req: &StartRequest,
 ) -> Result<(ExecutionRow, bool), StartError> {
-    let mut tx = pool.begin().await?;
-    let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
-    if let Some(token) = &req.client_request_token {
-        if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
-            return same_request(existing, req).map(|e| (e, false));
+    let hashes = InputHashes::new(settings);
+    let mut pass = 1;
+    let (mut tx, pipeline, prepared) = loop {
+        let mut tx = pool.begin().await?;
+        let pipeline = pipelines::head_in(&mut tx, pipeline_name, req.pipeline_version).await?;
+        if let Some(token) = &req.client_request_token {
+            if let Some(existing) = executions::find_by_token(&mut tx, pipeline.id, token).await? {
+                return same_request(existing, req).map(|e| (e, false));
+            }
         }
-    }
-    let definition = load_definition(&mut tx, definitions, &pipeline).await?;
-    let prepared = prepare(&mut tx, arns, settings, &pipeline, &definition, req).await?;
+        let definition = load_definition(&mut tx, definitions, &pipeline).await?;
+        let prepared = prepare(&mut tx, arns, &pipeline, &definition, req, &hashes).await?;
+        if !hashes.has_pending() || pass >= MAX_PASSES {
+            break (tx, pipeline, prepared);
+        }
+        // The pass needed hashes it did not have: they are made with the
+        // transaction ended, and the next pass decides with them. Past the
+        // budget nothing more is hashed, and the last pass decides with
+        // what is (the rest counts as changed).
+        tx.rollback().await?;
+        pass = match hashes.hash_pending().await {
+            true => pass + 1,
+            false => MAX_PASSES,
+        };
+    };
     let id = Uuid::now_v7();
     let new = NewExecution {
         id,

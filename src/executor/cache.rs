@@ -9,14 +9,15 @@ use serde_json::{json, Value};
 use super::StepContext;
 use crate::{
     content::Unusable,
+    domain::outcome::StepOutcome,
     domain::{
-        cache::{explain_difference, CacheKey},
+        cache::{explain_difference, CacheKey, CacheMode, CacheRule, CacheUse},
         definition::{CacheConfig, StepKind},
         duration::cache_valid_since,
     },
-    engine::StepOutcome,
     store::{
         cache::{self, Entry, KeyRecord},
+        steps::ClaimedStep,
         StoreResult,
     },
 };
@@ -29,6 +30,17 @@ pub enum Decision {
     Hit(StepOutcome),
 }
 
+/// What the cache does for a claimed step: the rule the plan follows too.
+fn rule_of(step: &ClaimedStep) -> CacheRule {
+    CacheRule {
+        // The column holds only what `CacheMode::as_str` wrote; a value it
+        // cannot read looks nothing up rather than serve a hit.
+        mode: step.cache_mode.parse().unwrap_or(CacheMode::Off),
+        selected: step.selected,
+        asked_to_use: step.cache_lookup,
+    }
+}
+
 /// Decides whether the claimed step runs or is served from the cache, given
 /// its key (`content::step_key`), which it records.
 /// `config` is the step's `CacheConfig` as stored, read once by the caller.
@@ -39,17 +51,17 @@ pub async fn decide(
     config: Option<CacheConfig>,
 ) -> StoreResult<Decision> {
     let step = ctx.step;
-    let Some(config) = config.filter(|c| c.enabled && kind.is_cacheable()) else {
+    let cached = config.is_some_and(|c| c.enabled) && kind.is_cacheable();
+    let status = match rule_of(step).for_step(cached) {
+        CacheUse::Uncached => return Ok(Decision::Uncached),
+        CacheUse::Disabled => "disabled",
+        CacheUse::Bypassed => "bypassed",
+        CacheUse::LookUp => "miss",
+    };
+    let Some(config) = config else {
         return Ok(Decision::Uncached);
     };
     let warnings = json!(key.warnings);
-    let status = if step.cache_mode == "off" {
-        "disabled"
-    } else if step.cache_mode == "refresh" || step.bypass_cache {
-        "bypassed"
-    } else {
-        "miss"
-    };
     let mut record = KeyRecord {
         key: &key.key,
         components: &key.components,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use super::StepContext;
-use crate::{domain::definition::cleanup_targets, engine::StepOutcome, store::cleanup};
+use crate::{domain::definition::cleanup_targets, domain::outcome::StepOutcome, store::cleanup};
 
 pub const CLEANUP_FAILED: &str = "Cleanup.FAILED";
 

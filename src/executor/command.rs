@@ -27,7 +27,7 @@ use super::{
     supervisor::{Report, Spawn, SpawnError},
     StepContext,
 };
-use crate::{config::Config, domain::definition::CommandArgs, engine::StepOutcome};
+use crate::{config::Config, domain::definition::CommandArgs, domain::outcome::StepOutcome};
 
 pub use super::log::read_log;
 

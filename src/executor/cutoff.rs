@@ -16,11 +16,11 @@ use serde_json::{json, Value};
 use super::StepContext;
 use crate::{
     content::{artifacts::missing_artifacts, inputs},
+    domain::outcome::StepOutcome,
     domain::{
         cache::{explain_difference, key_of, CacheKey},
         definition::StepKind,
     },
-    engine::StepOutcome,
     store::{steps, StoreResult},
 };
 

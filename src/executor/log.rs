@@ -27,8 +27,10 @@ const SHIP_OVERLAP: u64 = 64;
 
 /// Room kept for the marker between head and tail.
 const MARKER_RESERVE: u64 = 64;
-/// The smallest bound honoured: a head, a marker and a tail must fit.
-pub const MIN_LOG_BYTES: u64 = 4 * MARKER_RESERVE;
+/// The smallest bound honoured (`worker.max_log_bytes`, checked by the
+/// configuration): a head, a marker and a tail must fit.
+pub use crate::config::MIN_LOG_BYTES;
+const _: () = assert!(MIN_LOG_BYTES >= 4 * MARKER_RESERVE);
 /// How often, at most, a truncated log's tail is rewritten while output flows.
 const REWRITE_EVERY: Duration = Duration::from_millis(200);
 /// What [`read_log`] keeps of a file not written through a [`BoundedLog`]

@@ -15,7 +15,7 @@
 
 use serde_json::{Map, Value};
 
-use crate::engine::StepOutcome;
+use crate::domain::outcome::StepOutcome;
 
 /// What a value is replaced with.
 pub const MASK: &[u8] = b"***";

@@ -25,13 +25,13 @@ use uuid::Uuid;
 use crate::{
     config::Config,
     content::inputs,
+    domain::outcome::{RunKey, StepOutcome},
     domain::{
         condition::evaluate_conditions,
         definition::{CallbackArgs, CommandArgs, StepKind},
         expr::{evaluate, ExecutionVar, Resolver},
         PathToken,
     },
-    engine::{RunKey, StepOutcome},
     ids::Arns,
     store::steps::ClaimedStep,
 };

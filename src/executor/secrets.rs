@@ -9,11 +9,11 @@ use serde_json::Value;
 
 use super::{mask::Masker, StepContext, INPUT_ERROR};
 use crate::{
+    domain::outcome::StepOutcome,
     domain::{
         expr::{ExecutionVar, Resolver},
         secrets::{env_secrets, marker, reveal},
     },
-    engine::StepOutcome,
     store,
 };
 

@@ -381,8 +381,12 @@ pub struct ClaimedStep {
     pub pipeline_name: String,
     pub execution_started_at: DateTime<Utc>,
     pub cache_mode: String,
-    /// A selected step of a selective execution that skips the cache lookup.
-    pub bypass_cache: bool,
+    /// A selected step of a selective execution, or an iteration of a
+    /// selected ForEach.
+    pub selected: bool,
+    /// The selective execution asked its selected steps to look up the
+    /// cache (`cache_mode: "use"`).
+    pub cache_lookup: bool,
     /// The property documents of its dependencies, by step name.
     pub upstream: Value,
     /// Its success schedules nothing: no dependents, not a Condition.
@@ -474,8 +478,8 @@ async fn claim_with<'c>(
            c.parent, c.iteration, c.item, c.local_name, \
            p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \
-           coalesce((e.selective_execution->'selected_steps') ? c.step_name \
-             and not coalesce((e.selective_execution->>'cache_lookup')::boolean, false), false) as bypass_cache, \
+           coalesce((e.selective_execution->'selected_steps') ? coalesce(c.parent, c.step_name), false) as selected, \
+           coalesce((e.selective_execution->>'cache_lookup')::boolean, false) as cache_lookup, \
            (select coalesce(jsonb_object_agg(coalesce(d.local_name, d.step_name), d.properties), '{}'::jsonb) \
              from execution_steps d where d.execution_id = c.execution_id and d.step_name = any(c.dependencies) \
                and d.properties is not null) as upstream \

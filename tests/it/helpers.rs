@@ -59,6 +59,12 @@ impl TestApp {
     }
 
     pub async fn spawn_with(db: PgPool, configure: impl FnOnce(&mut Config)) -> TestApp {
+        TestApp::spawn_with_pool(db, 20, configure).await
+    }
+
+    /// The app over a pool of `max_connections` (one is its LISTEN
+    /// connection), whose requests wait at most 3 s for a connection.
+    pub async fn spawn_with_pool(db: PgPool, max_connections: u32, configure: impl FnOnce(&mut Config)) -> TestApp {
         // RUST_LOG=stepwise=debug shows the server's logs for a failing test.
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
@@ -68,7 +74,8 @@ impl TestApp {
         // gets its own, sized like production, on the same test database.
         let options = db.connect_options().as_ref().clone();
         let db = sqlx::postgres::PgPoolOptions::new()
-            .max_connections(20)
+            .max_connections(max_connections)
+            .acquire_timeout(Duration::from_secs(if max_connections < 20 { 3 } else { 30 }))
             .connect_with(options)
             .await
             .expect("test pool connects");
