@@ -8,10 +8,14 @@ pub mod maintenance;
 pub mod webhook;
 
 use std::{
+    any::Any,
     collections::HashMap,
-    sync::{Arc, Mutex},
+    panic::AssertUnwindSafe,
+    sync::{Arc, Mutex, PoisonError},
     time::Duration,
 };
+
+use futures::FutureExt;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -151,7 +155,9 @@ impl WorkerPool {
                 }
             }
             // Reap finished tasks so the set does not grow.
-            while tasks.try_join_next().is_some() {}
+            while let Some(joined) = tasks.try_join_next() {
+                log_task_end(joined);
+            }
             if claimed_all && permits.available_permits() > 0 {
                 continue;
             }
@@ -169,6 +175,11 @@ impl WorkerPool {
 
         self.drain(tasks).await;
         heartbeat.abort();
+        if let Err(e) = heartbeat.await {
+            if e.is_panic() {
+                tracing::error!(error = %panic_message(&*e.into_panic()), "the heartbeat task panicked");
+            }
+        }
         tracing::info!(worker.id = %inner.worker_id, "worker pool stopped");
     }
 
@@ -193,14 +204,21 @@ impl WorkerPool {
                 "draining running steps"
             );
         }
-        let drained = tokio::time::timeout(grace, async { while tasks.join_next().await.is_some() {} }).await;
+        let drained = tokio::time::timeout(grace, async {
+            while let Some(joined) = tasks.join_next().await {
+                log_task_end(joined);
+            }
+        })
+        .await;
         if drained.is_err() {
             tracing::warn!("grace period over; ending and releasing the steps still running");
             self.inner.abandon.cancel();
             for running in self.inner.running.lock().unwrap().values() {
                 running.stop.cancel();
             }
-            while tasks.join_next().await.is_some() {}
+            while let Some(joined) = tasks.join_next().await {
+                log_task_end(joined);
+            }
         }
     }
 
@@ -341,9 +359,26 @@ impl WorkerPool {
                 stop: stop.clone(),
             },
         );
+        // Out of the running set however this ends, a panic included: the
+        // heartbeat must not renew the lease of an attempt nobody runs.
+        let _running = RunningEntry { inner, key };
         let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
-        let result = self.run_claimed(&step, stop, shutdown).instrument(span).await;
-        inner.running.lock().unwrap().remove(&key);
+        let ran = AssertUnwindSafe(self.run_claimed(&step, stop, shutdown))
+            .catch_unwind()
+            .instrument(span.clone())
+            .await;
+        let result = match ran {
+            Ok(result) => result,
+            Err(panic) => {
+                // A bug under the step (executor, engine, store) ends its
+                // attempt as a service fault, retried by policy like a lost
+                // worker; a process it ran was ended when its handle dropped.
+                let message = format!("the worker failed while running the step: {}", panic_message(&*panic));
+                tracing::error!(parent: &span, error = %message, "a step's task panicked; failing the attempt");
+                let outcome = StepOutcome::failed("Step.SERVICE_FAULT", message);
+                self.report(&step, outcome, None, shutdown).instrument(span).await
+            }
+        };
         match result {
             Ok(next) => next,
             Err(e) => {
@@ -443,6 +478,44 @@ impl WorkerPool {
         let outcome = StepOutcome::failed(error_type, message);
         engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await?;
         Ok(())
+    }
+}
+
+/// Removes an attempt from the running set when dropped.
+struct RunningEntry<'a> {
+    inner: &'a Inner,
+    key: (Uuid, i32),
+}
+
+impl Drop for RunningEntry<'_> {
+    fn drop(&mut self) {
+        // Never a second panic while unwinding: a poisoned set is still usable.
+        let mut running = self.inner.running.lock().unwrap_or_else(PoisonError::into_inner);
+        running.remove(&self.key);
+    }
+}
+
+/// The message a panic carried (`panic!` with a literal or a format).
+fn panic_message(panic: &(dyn Any + Send)) -> String {
+    if let Some(message) = panic.downcast_ref::<&str>() {
+        message.to_string()
+    } else if let Some(message) = panic.downcast_ref::<String>() {
+        message.clone()
+    } else {
+        "a panic without a message".to_string()
+    }
+}
+
+/// A step task that ended by a panic (not caught around the step itself:
+/// in a report or a release) is logged, never dropped silently.
+fn log_task_end(joined: Result<(), tokio::task::JoinError>) {
+    match joined {
+        Ok(()) => {}
+        Err(e) if e.is_panic() => {
+            let message = panic_message(&*e.into_panic());
+            tracing::error!(error = %message, "a step task panicked");
+        }
+        Err(e) => tracing::warn!(error = %e, "a step task was cancelled"),
     }
 }
 

@@ -301,3 +301,39 @@ async fn a_worker_process_killed_mid_step_is_replaced_and_the_execution_finishes
     second.start_kill().unwrap();
     second.wait().await.unwrap();
 }
+
+#[sqlx::test]
+async fn a_step_that_panics_fails_its_attempt_and_frees_its_lease(db: PgPool) {
+    // The test-only fault point: Boom's first attempt panics in the worker's task.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 1;
+        c.worker.fault_panic_step = Some("Boom".into());
+    })
+    .await;
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Boom", "Type": "Pass", "Arguments": {"Outputs": {"x": 1}}},
+            {"Name": "After", "Type": "Pass", "DependsOn": ["Boom"], "Arguments": {}}
+        ]),
+    );
+    app.create_pipeline("panics", definition).await;
+    let id = app.start("panics", json!({})).await;
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the panicking attempt ended and the step was retried");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let step = app.step(&id, "Boom").await;
+    let first = &step["attempts"][0];
+    assert_eq!(first["status"], "Failed", "{step}");
+    assert_eq!(first["error_type"], "Step.SERVICE_FAULT", "{step}");
+    let reason = first["failure_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("injected fault: step Boom panics"), "{reason}");
+    assert_eq!(step["attempts"][1]["status"], "Succeeded", "{step}");
+    // The worker lives on: the one slot it has runs the next execution too.
+    let again = app.start("panics", json!({})).await;
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&again))
+        .await
+        .expect("the worker still runs steps");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+}
