@@ -11,7 +11,10 @@ use std::{
     any::Any,
     collections::HashMap,
     panic::AssertUnwindSafe,
-    sync::{Arc, Mutex, PoisonError},
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex, PoisonError,
+    },
     time::Duration,
 };
 
@@ -65,6 +68,8 @@ struct Inner {
     webhooks: webhook::Webhooks,
     supervisor: executor::supervised::Supervisor,
     keyring: Keyring,
+    /// Claim queries the loop has sent (see `WorkerPool::claims`).
+    claims: AtomicU64,
 }
 
 impl WorkerPool {
@@ -84,12 +89,19 @@ impl WorkerPool {
                 worker_id: Uuid::now_v7(),
                 running: Mutex::new(HashMap::new()),
                 abandon: CancellationToken::new(),
+                claims: AtomicU64::new(0),
             }),
         }
     }
 
     pub fn worker_id(&self) -> Uuid {
         self.inner.worker_id
+    }
+
+    /// How many claim queries the claim loop has sent (not counting the
+    /// claims that come with a report): what notices and polling cost.
+    pub fn claims(&self) -> u64 {
+        self.inner.claims.load(Ordering::Relaxed)
     }
 
     /// Runs until `shutdown`, then drains.
@@ -109,6 +121,7 @@ impl WorkerPool {
             let mut claimed_all = false;
             let mut claimed_none = true;
             if free > 0 {
+                inner.claims.fetch_add(1, Ordering::Relaxed);
                 match steps::claim(
                     &inner.db,
                     inner.worker_id,
@@ -120,7 +133,7 @@ impl WorkerPool {
                     Ok(claimed) if shutdown.is_cancelled() => {
                         // The signal came while the claim was in flight: nothing starts after it.
                         for step in &claimed {
-                            self.release(step, None).await;
+                            self.hand_back(step).await;
                         }
                         break;
                     }
@@ -142,7 +155,7 @@ impl WorkerPool {
                                     if let Some(step) = next.as_ref().filter(|_| shutdown.is_cancelled()) {
                                         // Claimed with a report just as the signal came:
                                         // handed back, never started.
-                                        pool.release(step, None).await;
+                                        pool.hand_back(step).await;
                                         next = None;
                                     }
                                 }
@@ -330,19 +343,39 @@ impl WorkerPool {
     }
 
     /// Hands a claimed attempt back at shutdown (recorded as interrupted).
-    async fn release(&self, step: &ClaimedStep, log: Option<&[u8]>) {
+    /// Returns false when there was nothing to release (the attempt is
+    /// Stopping, or no longer this worker's): the caller reports it instead.
+    /// A failure to reach the database leaves it to its lease (true).
+    async fn release(&self, step: &ClaimedStep, log: Option<&[u8]>) -> bool {
         let released = async {
             let mut conn = self.inner.db.acquire().await?;
             transitions::release(&mut conn, step.id, step.attempt, self.inner.worker_id, log).await
         };
         match released.await {
             Ok(true) => {
-                tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt, "released at shutdown")
+                tracing::info!(execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt, "released at shutdown");
+                true
             }
-            Ok(false) => {}
+            Ok(false) => false,
             Err(e) => {
-                tracing::warn!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "releasing a step failed; its lease will expire and it will be rescued")
+                tracing::warn!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "releasing a step failed; its lease will expire and it will be rescued");
+                true
             }
+        }
+    }
+
+    /// Hands back an attempt claimed but never started, at shutdown: released
+    /// for another worker, or, when its execution is being stopped (nothing
+    /// to release), reported Stopped at once rather than left to its lease.
+    async fn hand_back(&self, step: &ClaimedStep) {
+        if self.release(step, None).await {
+            return;
+        }
+        let outcome = StepOutcome::Stopped {
+            message: "the execution was stopped before the step started".into(),
+        };
+        if let Err(e) = engine::complete_attempt(&self.inner.db, step.id, step.attempt, outcome, None).await {
+            tracing::warn!(execution.id = %step.execution_id, step.name = %step.step_name, error = %e, "reporting a step failed; its lease will expire and it will be rescued");
         }
     }
 
@@ -405,11 +438,16 @@ impl WorkerPool {
         };
         match executor::run(&ctx, stop).await {
             Run::Done { outcome, log } => {
-                if inner.abandon.is_cancelled() && !matches!(outcome, StepOutcome::Succeeded { .. }) {
-                    // Shutdown ended it: hand it to another worker instead of failing it.
-                    self.release(step, log.as_deref()).await;
+                if inner.abandon.is_cancelled()
+                    && !matches!(outcome, StepOutcome::Succeeded { .. })
+                    && self.release(step, log.as_deref()).await
+                {
+                    // Shutdown ended it: handed to another worker instead of failed.
                     return Ok(None);
                 }
+                // Not released (a stop was asked for, so the step is
+                // Stopping; or it is no longer this worker's): reported now,
+                // not left to wait for its lease.
                 return self.report(step, outcome, log.as_deref(), shutdown).await;
             }
             Run::WaitForCallback {

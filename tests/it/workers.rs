@@ -337,3 +337,58 @@ async fn a_step_that_panics_fails_its_attempt_and_frees_its_lease(db: PgPool) {
         .expect("the worker still runs steps");
     assert_eq!(execution["status"], "Succeeded", "{execution}");
 }
+
+#[sqlx::test]
+async fn a_step_stopping_at_the_end_of_the_grace_period_is_reported_at_once(db: PgPool) {
+    // The app serves the API only; the steps run on a pool of the test's own
+    // that hears no notices (its notifier never listens) and heartbeats only
+    // every 200 s: the stop reaches it by neither before its shutdown.
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.lease_seconds = 600;
+    config.worker.poll_interval_ms = 100;
+    config.worker.shutdown_grace_seconds = 0;
+    config.worker.kill_grace_seconds = 1;
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), Notifier::new(), keyring);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(pool.run(shutdown.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 120", marker.display())}}]),
+    );
+    app.create_pipeline("stopping", definition).await;
+    let id = app.start("stopping", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(app.step(&id, "Long").await["status"], "Stopping");
+
+    // The grace period is over at once: the step is ended and, since its
+    // stop was asked for, reported Stopped rather than left to its lease.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the pool drains")
+        .unwrap();
+    let step = app.step(&id, "Long").await;
+    assert_eq!(step["status"], "Stopped", "{step}");
+    let lease: Option<Uuid> = sqlx::query_scalar("select lease_owner from step_runs where execution_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(lease, None, "the lease is freed");
+    let execution = tokio::time::timeout(Duration::from_secs(10), app.wait_terminal(&id))
+        .await
+        .expect("the execution ends without waiting for the lease");
+    assert_eq!(execution["status"], "Stopped", "{execution}");
+}
