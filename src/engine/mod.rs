@@ -55,7 +55,7 @@ use serde_json::{json, Value};
 use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
-pub use control::{begin_callback, complete_callback, retry_execution, stop_execution, CallbackReport};
+pub use control::{begin_callback, callback_used, complete_callback, retry_execution, stop_execution, CallbackReport};
 
 use crate::store::{
     self,
