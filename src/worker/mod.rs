@@ -22,7 +22,10 @@ use futures::FutureExt;
 
 use serde_json::{json, Value};
 use sqlx::PgPool;
-use tokio::{sync::Semaphore, task::JoinSet};
+use tokio::{
+    sync::{broadcast, Semaphore},
+    task::JoinSet,
+};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
@@ -40,6 +43,9 @@ use crate::{
         transitions, StoreError,
     },
 };
+
+/// The least time between two claims woken by work notices.
+const CLAIM_DEBOUNCE: Duration = Duration::from_millis(10);
 
 /// A step this process is running.
 struct Running {
@@ -116,12 +122,14 @@ impl WorkerPool {
         let poll = Duration::from_millis(inner.config.worker.poll_interval_ms);
         let wake = Arc::new(tokio::sync::Notify::new());
 
+        let mut last_claim = tokio::time::Instant::now();
         while !shutdown.is_cancelled() {
             let free = permits.available_permits();
             let mut claimed_all = false;
             let mut claimed_none = true;
             if free > 0 {
                 inner.claims.fetch_add(1, Ordering::Relaxed);
+                last_claim = tokio::time::Instant::now();
                 match steps::claim(
                     &inner.db,
                     inner.worker_id,
@@ -178,10 +186,14 @@ impl WorkerPool {
             tokio::select! {
                 _ = shutdown.cancelled() => break,
                 _ = wake.notified() => {}
-                notice = notices.recv() => match notice {
-                    Ok(n) if n.channel == notify::STOP => self.stop_execution_steps(&n.payload),
-                    _ => {}
-                },
+                () = self.work_notice(&mut notices) => {
+                    // Debounced: the work notices of a burst (a fan-out's
+                    // transitions) that arrive meanwhile make one claim.
+                    if let Some(rest) = CLAIM_DEBOUNCE.checked_sub(last_claim.elapsed()) {
+                        tokio::time::sleep(rest).await;
+                    }
+                    self.take_queued_notices(&mut notices);
+                }
                 _ = tokio::time::sleep(wait) => {}
             }
         }
@@ -194,6 +206,35 @@ impl WorkerPool {
             }
         }
         tracing::info!(worker.id = %inner.worker_id, "worker pool stopped");
+    }
+
+    /// Returns at the next notice that may mean work to claim: a work
+    /// notice, or notices lost to lag. Stop notices are acted on here; the
+    /// others (each transition, each running step's log) are not this
+    /// loop's business and wake nothing.
+    async fn work_notice(&self, notices: &mut broadcast::Receiver<notify::Notice>) {
+        loop {
+            match notices.recv().await {
+                Ok(n) if n.channel == notify::WORK => return,
+                Ok(n) if n.channel == notify::STOP => self.stop_execution_steps(&n.payload),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => return,
+                // No notices any more: polling alone wakes the loop.
+                Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+            }
+        }
+    }
+
+    /// Takes the notices already queued (a claim follows, which covers every
+    /// work notice among them), acting on stop notices.
+    fn take_queued_notices(&self, notices: &mut broadcast::Receiver<notify::Notice>) {
+        loop {
+            match notices.try_recv() {
+                Ok(n) if n.channel == notify::STOP => self.stop_execution_steps(&n.payload),
+                Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// How long to sleep when there is nothing to claim: until the next

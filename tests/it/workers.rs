@@ -392,3 +392,53 @@ async fn a_step_stopping_at_the_end_of_the_grace_period_is_reported_at_once(db: 
         .expect("the execution ends without waiting for the lease");
     assert_eq!(execution["status"], "Stopped", "{execution}");
 }
+
+#[sqlx::test]
+async fn notices_that_announce_no_work_do_not_wake_the_claim_loop(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.concurrency = 2;
+    // Neither polling nor the heartbeat acts within the test: only notices.
+    config.worker.poll_interval_ms = 3_600_000;
+    config.worker.lease_seconds = 600;
+    let notifier = Notifier::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(notifier.clone().run(app.db.clone(), shutdown.clone()));
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), notifier.clone(), keyring);
+    let running = tokio::spawn(pool.clone().run(shutdown.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 120", marker.display())}}]),
+    );
+    app.create_pipeline("quiet", definition).await;
+    let id = app.start("quiet", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    let before = pool.claims();
+
+    // A thousand notices of transitions and logs, then a stop: the loop
+    // handles notices in order, so once the step is stopped it has seen
+    // them all.
+    for _ in 0..500 {
+        notifier.publish_local(stepwise::notify::EXECUTION, &id);
+        notifier.publish_local(stepwise::notify::LOG, &id);
+    }
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the stop reached the pool");
+    assert_eq!(execution["status"], "Stopped", "{execution}");
+    let claims = pool.claims() - before;
+    assert!(claims <= 5, "{claims} claims for notices that announced no work");
+    shutdown.cancel();
+    running.await.unwrap();
+}
