@@ -52,6 +52,8 @@ struct Running {
     execution_id: Uuid,
     /// Fires to end the step's process: stop requested or lease lost.
     stop: CancellationToken,
+    /// When the request that took or last renewed its lease was sent.
+    renewed: tokio::time::Instant,
 }
 
 #[derive(Clone)]
@@ -288,45 +290,91 @@ impl WorkerPool {
     }
 
     /// Renews the leases of running steps; ends those whose lease was lost
-    /// or whose execution is stopping.
+    /// or whose execution is stopping, and those whose lease it could not
+    /// renew in time (see `end_unrenewed`).
     async fn heartbeat(self) {
-        let lease = self.inner.config.worker.lease_seconds as f64;
+        let worker = &self.inner.config.worker;
+        let lease = worker.lease_seconds as f64;
         let every = Duration::from_secs_f64((lease / 3.0).max(0.2));
+        // Ended this long after the last renewal sent, the step's process
+        // group is gone (SIGKILL after the kill grace at the latest) when
+        // the lease expires and another worker may take the step over.
+        let limit = Duration::from_secs_f64((lease - worker.kill_grace_seconds as f64).max(lease / 2.0));
+        let tick = (every / 4).max(Duration::from_millis(50));
         // Leases are renewed during the drain too, until `run` aborts this task.
         loop {
-            tokio::time::sleep(every).await;
-            // Only the attempts running now are renewed and judged: a step
-            // claimed while the query is in flight is not mistaken for lost,
-            // and a step whose report failed is not kept alive by its lease.
-            let snapshot: Vec<(Uuid, i32)> = self.inner.running.lock().unwrap().keys().copied().collect();
-            if snapshot.is_empty() {
-                continue;
+            let next_beat = tokio::time::Instant::now() + every;
+            while tokio::time::Instant::now() < next_beat {
+                tokio::time::sleep(tick).await;
+                self.end_unrenewed(limit);
             }
-            let mut ids: Vec<Uuid> = snapshot.iter().map(|(id, _)| *id).collect();
-            ids.sort_unstable();
-            ids.dedup();
-            match transitions::heartbeat(&self.inner.db, self.inner.worker_id, &ids, lease).await {
-                Ok(beat) => {
-                    let held: HashMap<Uuid, (i32, String)> =
-                        beat.held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
-                    let running = self.inner.running.lock().unwrap();
-                    for key in &snapshot {
-                        let Some(running) = running.get(key) else {
-                            continue;
-                        };
-                        match held.get(&key.0) {
-                            Some((attempt, status)) if *attempt == key.1 && status == "Executing" => {}
-                            Some((attempt, _)) if *attempt == key.1 => running.stop.cancel(),
-                            // Locked by a transition right now: judged next time.
-                            None if beat.busy.contains(&key.0) => {}
-                            _ => {
-                                tracing::warn!(step_run.id = %key.0, attempt = key.1, "lease lost; ending the step");
-                                running.stop.cancel();
-                            }
-                        }
+            // A heartbeat the database is slow to answer is waited for,
+            // while the deadlines are still watched.
+            let beat = self.beat(lease);
+            tokio::pin!(beat);
+            loop {
+                tokio::select! {
+                    () = &mut beat => break,
+                    _ = tokio::time::sleep(tick) => self.end_unrenewed(limit),
+                }
+            }
+        }
+    }
+
+    /// Ends the steps whose lease was last renewed (or taken) `limit` ago or
+    /// more: when the database cannot be reached, the lease will expire and
+    /// the step be rescued and run again elsewhere; it must not run on here.
+    fn end_unrenewed(&self, limit: Duration) {
+        for (key, running) in self.inner.running.lock().unwrap().iter() {
+            if running.renewed.elapsed() >= limit && !running.stop.is_cancelled() {
+                tracing::warn!(
+                    step_run.id = %key.0,
+                    attempt = key.1,
+                    unrenewed_seconds = running.renewed.elapsed().as_secs_f64(),
+                    "the lease could not be renewed; ending the step before it expires"
+                );
+                running.stop.cancel();
+            }
+        }
+    }
+
+    /// One heartbeat: renews the leases of the attempts running now.
+    async fn beat(&self, lease: f64) {
+        // Only the attempts running now are renewed and judged: a step
+        // claimed while the query is in flight is not mistaken for lost,
+        // and a step whose report failed is not kept alive by its lease.
+        let snapshot: Vec<(Uuid, i32)> = self.inner.running.lock().unwrap().keys().copied().collect();
+        if snapshot.is_empty() {
+            return;
+        }
+        let mut ids: Vec<Uuid> = snapshot.iter().map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        // The database sets the new expiry after this instant.
+        let sent = tokio::time::Instant::now();
+        let beat = match transitions::heartbeat(&self.inner.db, self.inner.worker_id, &ids, lease).await {
+            Ok(beat) => beat,
+            Err(e) => return tracing::warn!(error = %e, "heartbeat failed"),
+        };
+        let held: HashMap<Uuid, (i32, String)> = beat.held.into_iter().map(|(id, a, s)| (id, (a, s))).collect();
+        let mut running = self.inner.running.lock().unwrap();
+        for key in &snapshot {
+            let Some(running) = running.get_mut(key) else {
+                continue;
+            };
+            match held.get(&key.0) {
+                Some((attempt, status)) if *attempt == key.1 => {
+                    running.renewed = sent;
+                    if status != "Executing" {
+                        running.stop.cancel();
                     }
                 }
-                Err(e) => tracing::warn!(error = %e, "heartbeat failed"),
+                // Locked by a transition right now: judged next time.
+                None if beat.busy.contains(&key.0) => {}
+                _ => {
+                    tracing::warn!(step_run.id = %key.0, attempt = key.1, "lease lost; ending the step");
+                    running.stop.cancel();
+                }
             }
         }
     }
@@ -431,6 +479,7 @@ impl WorkerPool {
             Running {
                 execution_id: step.execution_id,
                 stop: stop.clone(),
+                renewed: tokio::time::Instant::now(),
             },
         );
         // Out of the running set however this ends, a panic included: the

@@ -442,3 +442,106 @@ async fn notices_that_announce_no_work_do_not_wake_the_claim_loop(db: PgPool) {
     shutdown.cancel();
     running.await.unwrap();
 }
+
+/// A TCP proxy to the test's PostgreSQL server that the test can cut: every
+/// connection through it ends and new ones are refused, as when the
+/// database becomes unreachable for one machine.
+struct CutProxy {
+    port: u16,
+    cut: CancellationToken,
+}
+
+async fn cut_proxy(target: String) -> CutProxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = CancellationToken::new();
+    let cutting = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = tokio::select! {
+                _ = cutting.cancelled() => return,
+                accepted = listener.accept() => accepted.unwrap(),
+            };
+            let cutting = cutting.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = cutting.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                }
+            });
+        }
+    });
+    CutProxy { port, cut }
+}
+
+#[sqlx::test]
+async fn a_worker_that_cannot_renew_a_lease_ends_the_step_before_it_is_rescued(db: PgPool) {
+    // The app rescues expired leases (every second) but runs no steps.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 3;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Attempt 1 runs until ended; attempt 2 records whether attempt 1's
+    // process was still alive when it began.
+    let script = format!(
+        "{count}; if [ \"$STEPWISE_ATTEMPT\" = 1 ]; then echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; exec sleep 120; fi; \
+         if kill -0 $(cat {d}/pid) 2>/dev/null; then touch {d}/overlap; fi",
+        count = count_run(dir.path()),
+        d = dir.path().display()
+    );
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Work", "Type": "Command", "Arguments": {"Shell": script}}]),
+    );
+    app.create_pipeline("unrenewed", definition).await;
+
+    // Worker A reaches the database through a proxy the test cuts.
+    let options = app.db.connect_options().as_ref().clone();
+    let proxy = cut_proxy(format!("{}:{}", options.get_host(), options.get_port())).await;
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.port(proxy.port))
+        .await
+        .unwrap();
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.lease_seconds = 3;
+    config.worker.kill_grace_seconds = 1;
+    config.worker.poll_interval_ms = 100;
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool_a = WorkerPool::new(through_proxy, Arc::new(config), Notifier::new(), keyring);
+    let stop_a = CancellationToken::new();
+    let worker_a = tokio::spawn(pool_a.run(stop_a.clone()));
+
+    let id = app.start("unrenewed", json!({})).await;
+    let pid_file = dir.path().join("pid");
+    wait_until(Duration::from_secs(60), || async { pid_file.exists().then_some(()) })
+        .await
+        .expect("worker A started attempt 1");
+    proxy.cut.cancel();
+
+    // Worker B, on a working connection, takes the step once it is rescued.
+    let (stop_b, worker_b) = spawn_pool(&app, |_| {});
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the step was rescued and run again");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let step = app.step(&id, "Work").await;
+    assert_eq!(step["attempts"][0]["error_type"], "Step.SERVICE_FAULT", "{step}");
+    assert_eq!(runs_of(dir.path(), "Work"), 2);
+    assert!(
+        !dir.path().join("overlap").exists(),
+        "attempt 1's process still ran when attempt 2 began"
+    );
+    worker_a.abort();
+    stop_b.cancel();
+    worker_b.await.unwrap();
+}
