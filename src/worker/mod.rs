@@ -5,6 +5,7 @@
 //! deadline, then ends and releases what is left for another worker.
 
 pub mod maintenance;
+pub mod parameters;
 pub mod webhook;
 
 use std::{
@@ -78,6 +79,7 @@ struct Inner {
     keyring: Keyring,
     /// Claim queries the loop has sent (see `WorkerPool::claims`).
     claims: AtomicU64,
+    parameters: parameters::Parameters,
 }
 
 impl WorkerPool {
@@ -98,6 +100,7 @@ impl WorkerPool {
                 running: Mutex::new(HashMap::new()),
                 abandon: CancellationToken::new(),
                 claims: AtomicU64::new(0),
+                parameters: parameters::Parameters::default(),
             }),
         }
     }
@@ -470,7 +473,7 @@ impl WorkerPool {
 
     /// Runs one claimed attempt and reports it. Returns a step that
     /// reporting made runnable, claimed for this worker (not after shutdown).
-    async fn execute(&self, step: ClaimedStep, shutdown: &CancellationToken) -> Option<ClaimedStep> {
+    async fn execute(&self, mut step: ClaimedStep, shutdown: &CancellationToken) -> Option<ClaimedStep> {
         let inner = &self.inner;
         let stop = CancellationToken::new();
         let key = (step.id, step.attempt);
@@ -486,10 +489,23 @@ impl WorkerPool {
         // heartbeat must not renew the lease of an attempt nobody runs.
         let _running = RunningEntry { inner, key };
         let span = tracing::info_span!("step", execution.id = %step.execution_id, step.name = %step.step_name, attempt = step.attempt);
-        let ran = AssertUnwindSafe(self.run_claimed(&step, stop, shutdown))
-            .catch_unwind()
-            .instrument(span.clone())
-            .await;
+        let ran = match inner.parameters.of(&inner.db, step.execution_id).await {
+            Ok(parameters) => {
+                step.parameters = parameters;
+                AssertUnwindSafe(self.run_claimed(&step, stop, shutdown))
+                    .catch_unwind()
+                    .instrument(span.clone())
+                    .await
+            }
+            Err(e) => {
+                let message = format!("loading the execution's parameters failed: {e}");
+                let outcome = StepOutcome::failed("Step.SERVICE_FAULT", message);
+                Ok(self
+                    .report(&step, outcome, None, shutdown)
+                    .instrument(span.clone())
+                    .await)
+            }
+        };
         let result = match ran {
             Ok(result) => result,
             Err(panic) => {

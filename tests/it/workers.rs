@@ -545,3 +545,48 @@ async fn a_worker_that_cannot_renew_a_lease_ends_the_step_before_it_is_rescued(d
     stop_b.cancel();
     worker_b.await.unwrap();
 }
+
+#[sqlx::test]
+async fn claims_are_fair_across_executions(db: PgPool) {
+    // No worker of the app's own: the test claims as a worker of concurrency 1.
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let wide: Vec<Value> = (0..50)
+        .map(|i| json!({"Name": format!("S{i:02}"), "Type": "Pass", "Arguments": {}}))
+        .collect();
+    app.create_pipeline("many", definition_with(json!([]), Value::Array(wide)))
+        .await;
+    app.create_pipeline(
+        "one",
+        definition_with(json!([]), json!([{"Name": "Only", "Type": "Pass", "Arguments": {}}])),
+    )
+    .await;
+    // Execution A's fifty runnable steps are queued first, then B's one.
+    let a = app.start("many", json!({})).await;
+    let b = app.start("one", json!({})).await;
+    let queued: i64 = sqlx::query_scalar("select count(*) from step_runs where status = 'Starting'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 51);
+    let worker = Uuid::now_v7();
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let claimed = steps::claim(&app.db, worker, 1, 600.0).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        taken.push((claimed[0].execution_id.to_string(), claimed[0].step_name.clone()));
+        // Done before the next claim, as a worker of concurrency 1 would.
+        let done = StepOutcome::Succeeded {
+            properties: json!({}),
+            metadata: json!({}),
+            exit_code: None,
+            key: None,
+        };
+        engine::complete_attempt(&app.db, claimed[0].id, claimed[0].attempt, done, None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        taken.contains(&(b.clone(), "Only".to_string())),
+        "B's only step waited behind A's ({a}): {taken:?}"
+    );
+}
