@@ -174,6 +174,12 @@ pub struct WorkerConfig {
     pub supervisor_program: String,
     pub pass_through_env: Vec<String>,
     pub run_as_user: String,
+    /// Test-only fault point, never read from a file or the environment: the
+    /// first attempt of the step of this name panics inside the worker's step
+    /// task, so tests can show the worker survives its own bugs. `None`
+    /// (always, outside tests) disarms it.
+    #[serde(skip)]
+    pub fault_panic_step: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize)]

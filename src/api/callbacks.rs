@@ -54,14 +54,19 @@ async fn success(
     JsonBody(body): JsonBody<SuccessBody>,
 ) -> ApiResult<Json<Reported>> {
     let token = parse_token(&token)?;
-    let step = waiting_step(&state, token).await?;
-    let outputs = check_callback_outputs(&step.arguments, &body.output_parameters).map_err(|problems| {
-        let details = problems
-            .iter()
-            .map(|p| crate::domain::Issue::new("/output_parameters", p.clone()))
-            .collect();
-        ApiError::validation(problems.join("; "), details)
-    })?;
+    let step = callback_step(&state, token).await?;
+    let outputs = match check_callback_outputs(&step.arguments, &body.output_parameters) {
+        Ok(outputs) => outputs,
+        // Not the report recorded (that one was valid): the token is used.
+        Err(_) if step.status != "Executing" => return Err(engine::callback_used(&step).into()),
+        Err(problems) => {
+            let details = problems
+                .iter()
+                .map(|p| crate::domain::Issue::new("/output_parameters", p.clone()))
+                .collect();
+            return Err(ApiError::validation(problems.join("; "), details));
+        }
+    };
     engine::complete_callback(&state.db, token, CallbackReport::Success(outputs)).await?;
     Ok(Json(Reported {
         step_name: step.step_name,
@@ -77,7 +82,7 @@ async fn failure(
     JsonBody(body): JsonBody<FailureBody>,
 ) -> ApiResult<Json<Reported>> {
     let token = parse_token(&token)?;
-    let step = waiting_step(&state, token).await?;
+    let step = callback_step(&state, token).await?;
     engine::complete_callback(&state.db, token, CallbackReport::Failure(body.failure_reason)).await?;
     Ok(Json(Reported {
         step_name: step.step_name,
@@ -86,15 +91,11 @@ async fn failure(
     }))
 }
 
-async fn waiting_step(state: &AppState, token: Uuid) -> ApiResult<store::steps::StepRunRow> {
+/// The step `token` belongs to, whatever its state: the engine decides
+/// whether a report for it still applies (or was recorded already).
+async fn callback_step(state: &AppState, token: Uuid) -> ApiResult<store::steps::StepRunRow> {
     let mut conn = state.db.acquire().await?;
-    let step = store::steps::find_by_callback_token(&mut conn, token).await?;
-    match step {
-        None => Err(ApiError::not_found(format!("no callback is waiting for token {token}"))),
-        Some(step) if step.status != "Executing" => Err(ApiError::conflict(format!(
-            "the token of step {:?} was already used or cancelled (the step is {})",
-            step.step_name, step.status
-        ))),
-        Some(step) => Ok(step),
-    }
+    store::steps::find_by_callback_token(&mut conn, token)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no callback is waiting for token {token}")))
 }

@@ -141,42 +141,76 @@ pub async fn begin_callback(
 
 /// A client reported the result of a Callback step by its token. Unknown
 /// tokens are not found; used or cancelled ones conflict, and so does a
-/// report that lost a race with a stop or a time-out.
-pub async fn complete_callback(pool: &PgPool, token: Uuid, outcome: CallbackReport) -> StoreResult<()> {
-    let step = {
-        let mut conn = pool.acquire().await?;
-        steps::find_by_callback_token(&mut conn, token).await?
-    };
-    let Some(step) = step else {
+/// report that lost a race with a stop or a time-out. Reports are
+/// idempotent: the very report already recorded (sent again because its
+/// answer was lost, or run again after its success committed) succeeds.
+pub async fn complete_callback(pool: &PgPool, token: Uuid, report: CallbackReport) -> StoreResult<()> {
+    let Some(step) = callback_step(pool, token).await? else {
         return Err(StoreError::NotFound(format!(
             "no callback is waiting for token {token}"
         )));
     };
-    let used = || {
-        StoreError::Conflict(format!(
-            "the token of step {:?} was already used or cancelled",
-            step.step_name
-        ))
-    };
-    if step.status != "Executing" {
-        return Err(used());
+    if step.status == "Executing" {
+        match complete_attempt(pool, step.id, step.attempt, report.outcome(), None).await? {
+            Applied::Applied | Applied::AppliedQueued => return Ok(()),
+            Applied::Stale => {}
+        }
     }
-    let outcome = match outcome {
-        CallbackReport::Success(outputs) => StepOutcome::Succeeded {
-            properties: json!({ "OutputParameters": outputs }),
-            metadata: json!({}),
-            exit_code: None,
-            key: None,
-        },
-        CallbackReport::Failure(reason) => StepOutcome::failed("Callback.FAILED", reason),
-    };
-    match complete_attempt(pool, step.id, step.attempt, outcome, None).await? {
-        Applied::Applied | Applied::AppliedQueued => Ok(()),
-        Applied::Stale => Err(used()),
+    let now = callback_step(pool, token).await?.unwrap_or(step);
+    if !report.recorded_in(&now) {
+        return Err(callback_used(&now));
     }
+    if now.status != "Executing" {
+        // Sent again: the first report's finish check may have been lost
+        // with its answer. The stale report runs it again.
+        complete_attempt(pool, now.id, now.attempt, report.outcome(), None).await?;
+    }
+    Ok(())
+}
+
+async fn callback_step(pool: &PgPool, token: Uuid) -> StoreResult<Option<steps::StepRunRow>> {
+    let mut conn = pool.acquire().await?;
+    steps::find_by_callback_token(&mut conn, token).await
+}
+
+/// The refusal of a report for a token whose step no longer waits.
+pub fn callback_used(step: &steps::StepRunRow) -> StoreError {
+    StoreError::Conflict(format!(
+        "the token of step {:?} was already used or cancelled (the step is {})",
+        step.step_name, step.status
+    ))
 }
 
 pub enum CallbackReport {
     Success(Value),
     Failure(String),
+}
+
+impl CallbackReport {
+    fn outcome(&self) -> StepOutcome {
+        match self {
+            CallbackReport::Success(outputs) => StepOutcome::Succeeded {
+                properties: json!({ "OutputParameters": outputs }),
+                metadata: json!({}),
+                exit_code: None,
+                key: None,
+            },
+            CallbackReport::Failure(reason) => StepOutcome::failed("Callback.FAILED", reason.clone()),
+        }
+    }
+
+    /// Whether `step` (found by this report's token) ended with this very report.
+    fn recorded_in(&self, step: &steps::StepRunRow) -> bool {
+        match self {
+            CallbackReport::Success(outputs) => {
+                step.status == "Succeeded"
+                    && step.properties.as_ref().and_then(|p| p.get("OutputParameters")) == Some(outputs)
+            }
+            CallbackReport::Failure(reason) => {
+                step.status == "Failed"
+                    && step.error_type.as_deref() == Some("Callback.FAILED")
+                    && step.failure_reason.as_deref() == Some(reason.as_str())
+            }
+        }
+    }
 }

@@ -56,7 +56,7 @@ use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 pub use crate::domain::outcome::{RunKey, StepOutcome};
-pub use control::{begin_callback, complete_callback, retry_execution, stop_execution, CallbackReport};
+pub use control::{begin_callback, callback_used, complete_callback, retry_execution, stop_execution, CallbackReport};
 
 use crate::store::{
     self,

@@ -166,6 +166,11 @@ fn done(outcome: StepOutcome) -> Run {
 /// (which PostgreSQL refuses in `jsonb` and `text`) in properties fails the
 /// step, in a message it is escaped.
 pub async fn run(ctx: &StepContext<'_>, stop: CancellationToken) -> Run {
+    if ctx.config.worker.fault_panic_step.as_deref() == Some(ctx.step.step_name.as_str()) && ctx.step.attempt == 1 {
+        // The test-only fault point (`worker.fault_panic_step`), armed only
+        // by a test's own Config.
+        panic!("injected fault: step {} panics", ctx.step.step_name);
+    }
     match run_step(ctx, stop).await {
         Run::Done { outcome, log } => Run::Done {
             outcome: storable(outcome, &ctx.step.step_type),

@@ -197,6 +197,14 @@ pub async fn insert_step_runs(
     Ok(())
 }
 
+/// An execution's parameters (fixed at its start).
+pub async fn parameters(pool: &PgPool, id: Uuid) -> StoreResult<Value> {
+    Ok(sqlx::query_scalar("select parameters from executions where id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await?)
+}
+
 pub async fn get(conn: &mut PgConnection, id: Uuid) -> StoreResult<ExecutionRow> {
     sqlx::query_as::<_, ExecutionRow>(&format!("{SELECT_EXECUTION} where e.id = $1"))
         .bind(id)

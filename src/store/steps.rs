@@ -2,6 +2,8 @@
 //! the claim, leases, attempts and reads. Each function is one or two
 //! set-based statements; `engine` composes them into transactions.
 
+use std::sync::Arc;
+
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::{PgConnection, PgPool};
@@ -377,7 +379,11 @@ pub struct ClaimedStep {
     pub arguments: Value,
     pub cache_config: Option<Value>,
     pub dependencies: Vec<String>,
-    pub parameters: Value,
+    /// The execution's parameters: not fetched by the claim (a large
+    /// document would travel with every step), but by the worker, once per
+    /// execution (`worker::parameters`).
+    #[sqlx(skip)]
+    pub parameters: Arc<Value>,
     pub pipeline_name: String,
     pub execution_started_at: DateTime<Utc>,
     pub cache_mode: String,
@@ -426,14 +432,19 @@ impl ClaimedStep {
 
 /// Claims up to `limit` queued steps in one short transaction: the rows are
 /// locked with SKIP LOCKED so concurrent workers never take the same step,
-/// and each claim starts a new attempt under a lease.
+/// and each claim starts a new attempt under a lease. Fair across
+/// executions, round robin: each execution's oldest queued step comes
+/// before any execution's second, and among those, the execution served
+/// longest ago (or never) goes first; one execution's thousand runnable
+/// steps do not hold back another's one.
 pub async fn claim(pool: &PgPool, worker_id: Uuid, limit: i64, lease_seconds: f64) -> StoreResult<Vec<ClaimedStep>> {
     claim_with(pool, worker_id, limit, lease_seconds, None).await
 }
 
 /// The claim, inside the caller's transaction and limited to one execution:
 /// a worker reporting a step takes one of the steps it made runnable in the
-/// same commit.
+/// same commit, unless another execution has a step waiting (that one is
+/// the claim loop's, for fairness).
 pub async fn claim_next_in(
     conn: &mut PgConnection,
     worker_id: Uuid,
@@ -453,10 +464,23 @@ async fn claim_with<'c>(
     execution_id: Option<Uuid>,
 ) -> StoreResult<Vec<ClaimedStep>> {
     Ok(sqlx::query_as::<_, ClaimedStep>(
-        "with picked as ( \
-           select id from step_runs where status = 'Starting' and available_at <= now() \
-             and ($4::uuid is null or execution_id = $4) \
-           order by available_at, position limit $1 for update skip locked), \
+        "with ready as ( \
+           select id, execution_id, available_at, position, \
+             row_number() over (partition by execution_id order by available_at, position) as turn \
+           from step_runs where status = 'Starting' and available_at <= now() \
+             and ($4::uuid is null or execution_id = $4)), \
+         served as ( \
+           select x.execution_id, (select max(m.started_at) from step_runs m \
+             where m.execution_id = x.execution_id) as last \
+           from (select distinct execution_id from ready) x), \
+         picked as ( \
+           select s.id from ready r join served v on v.execution_id = r.execution_id \
+             join step_runs s on s.id = r.id \
+           where s.status = 'Starting' and s.available_at <= now() \
+             and ($4::uuid is null or not exists (select 1 from step_runs o where o.status = 'Starting' \
+               and o.available_at <= now() and o.execution_id <> $4)) \
+           order by r.turn, v.last nulls first, r.available_at, r.position \
+           limit $1 for update of s skip locked), \
          claimed as ( \
            update step_runs s set status = 'Executing', attempt = s.attempt + 1, lease_owner = $2, \
              lease_expires_at = now() + make_interval(secs => $3), started_at = now(), \
@@ -474,7 +498,7 @@ async fn claim_with<'c>(
            select execution_id, step_name, 'Executing', jsonb_build_object('attempt', attempt) from claimed \
            order by position) \
          select c.id, c.execution_id, c.pipeline_id, c.step_name, c.step_type, c.attempt, c.arguments, \
-           c.cache_config, c.dependencies, c.leaf, c.cutoff_run, c.cutoff_execution, e.parameters, \
+           c.cache_config, c.dependencies, c.leaf, c.cutoff_run, c.cutoff_execution, \
            c.parent, c.iteration, c.item, c.local_name, \
            p.name as pipeline_name, \
            e.started_at as execution_started_at, e.cache_mode, \

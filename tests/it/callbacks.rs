@@ -6,7 +6,9 @@ use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::sync::mpsc;
 
-use crate::helpers::{definition_with, TestApp};
+use std::time::Duration;
+
+use crate::helpers::{definition_with, wait_until, TestApp};
 
 /// A webhook receiver that forwards every body it gets.
 async fn webhook() -> (String, mpsc::UnboundedReceiver<Value>) {
@@ -203,4 +205,98 @@ async fn a_retried_callback_shows_only_its_new_token(db: PgPool) {
     .await
     .expect(200);
     assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+}
+
+/// A pipeline whose only step is a Callback: its success is recorded by the
+/// leaf fast path, then the execution's finish check runs.
+fn leaf_callback_pipeline() -> Value {
+    definition_with(
+        json!([]),
+        json!([{"Name": "Approve", "Type": "Callback", "Arguments": {"OutputParameters": [{"OutputName": "score", "OutputType": "Float"}]}}]),
+    )
+}
+
+#[sqlx::test]
+async fn a_report_sent_again_after_its_success_was_recorded_answers_200(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("again", callback_pipeline(None, None)).await;
+    let id = app.start("again", json!({})).await;
+    let step = app
+        .wait_step(&id, "Approve", |s| s["metadata"]["callback"]["token"].is_string())
+        .await;
+    let token = step["metadata"]["callback"]["token"].as_str().unwrap();
+    let path = format!("/v1/callbacks/{token}/success");
+    let body = json!({"output_parameters": {"score": "0.5", "label": "ok"}});
+    assert_eq!(app.post(&path, &body).await.expect(200)["status"], "Succeeded");
+    // The same report again (its answer was lost on the way): the same answer.
+    let again = app.post(&path, &body).await;
+    assert_eq!(again.expect(200)["status"], "Succeeded");
+    assert_eq!(again.body["step_name"], "Approve");
+    // Another result for the same token is still refused.
+    let other = json!({"output_parameters": {"score": 0.9, "label": "ok"}});
+    app.post(&path, &other).await.expect_error(409, "Conflict");
+    // A failure after the recorded success is refused too.
+    app.post(
+        &format!("/v1/callbacks/{token}/failure"),
+        &json!({"failure_reason": "no"}),
+    )
+    .await
+    .expect_error(409, "Conflict");
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    assert_eq!(
+        app.step(&id, "Approve").await["properties"]["OutputParameters"],
+        json!({"score": 0.5, "label": "ok"})
+    );
+}
+
+#[sqlx::test]
+async fn a_report_whose_finish_check_was_lost_is_answered_200_when_retried(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("leaf", leaf_callback_pipeline()).await;
+    let id = app.start("leaf", json!({})).await;
+    let step = app
+        .wait_step(&id, "Approve", |s| s["metadata"]["callback"]["token"].is_string())
+        .await;
+    let token = step["metadata"]["callback"]["token"].as_str().unwrap().to_string();
+    let path = format!("/v1/callbacks/{token}/success");
+    let body = json!({"output_parameters": {"score": 0.25}});
+
+    // The execution's row is held, so the finish check that follows the
+    // recorded success waits; then its session is ended: the report fails
+    // after its success committed.
+    let mut lock = app.db.begin().await.unwrap();
+    sqlx::query("select 1 from executions where id = $1::uuid for no key update")
+        .bind(&id)
+        .execute(&mut *lock)
+        .await
+        .unwrap();
+    let first = tokio::spawn(app.client.post(format!("{}{path}", app.base)).json(&body).send());
+    let waiting = wait_until(Duration::from_secs(30), || async {
+        sqlx::query_scalar::<_, i32>(
+            "select pid from pg_stat_activity where datname = current_database() and wait_event_type = 'Lock' \
+             and query = 'select 1 from executions where id = $1 for no key update'",
+        )
+        .fetch_optional(&app.db)
+        .await
+        .unwrap()
+    })
+    .await
+    .expect("the finish check waits for the execution's row");
+    sqlx::query("select pg_terminate_backend($1)")
+        .bind(waiting)
+        .execute(&app.db)
+        .await
+        .unwrap();
+    lock.commit().await.unwrap();
+    let first = first.await.unwrap().expect("the first report is answered");
+    eprintln!("the interrupted report answered {}", first.status());
+    assert_eq!(app.step(&id, "Approve").await["status"], "Succeeded", "recorded");
+
+    // The client sends the report again: it was recorded, so it succeeded.
+    let again = app.post(&path, &body).await;
+    assert_eq!(again.expect(200)["status"], "Succeeded");
+    let execution = tokio::time::timeout(Duration::from_secs(30), app.wait_terminal(&id))
+        .await
+        .expect("the execution ends");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
 }

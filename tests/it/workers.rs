@@ -301,3 +301,292 @@ async fn a_worker_process_killed_mid_step_is_replaced_and_the_execution_finishes
     second.start_kill().unwrap();
     second.wait().await.unwrap();
 }
+
+#[sqlx::test]
+async fn a_step_that_panics_fails_its_attempt_and_frees_its_lease(db: PgPool) {
+    // The test-only fault point: Boom's first attempt panics in the worker's task.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 1;
+        c.worker.fault_panic_step = Some("Boom".into());
+    })
+    .await;
+    let definition = definition_with(
+        json!([]),
+        json!([
+            {"Name": "Boom", "Type": "Pass", "Arguments": {"Outputs": {"x": 1}}},
+            {"Name": "After", "Type": "Pass", "DependsOn": ["Boom"], "Arguments": {}}
+        ]),
+    );
+    app.create_pipeline("panics", definition).await;
+    let id = app.start("panics", json!({})).await;
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the panicking attempt ended and the step was retried");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let step = app.step(&id, "Boom").await;
+    let first = &step["attempts"][0];
+    assert_eq!(first["status"], "Failed", "{step}");
+    assert_eq!(first["error_type"], "Step.SERVICE_FAULT", "{step}");
+    let reason = first["failure_reason"].as_str().unwrap_or("");
+    assert!(reason.contains("injected fault: step Boom panics"), "{reason}");
+    assert_eq!(step["attempts"][1]["status"], "Succeeded", "{step}");
+    // The worker lives on: the one slot it has runs the next execution too.
+    let again = app.start("panics", json!({})).await;
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&again))
+        .await
+        .expect("the worker still runs steps");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+}
+
+#[sqlx::test]
+async fn a_step_stopping_at_the_end_of_the_grace_period_is_reported_at_once(db: PgPool) {
+    // The app serves the API only; the steps run on a pool of the test's own
+    // that hears no notices (its notifier never listens) and heartbeats only
+    // every 200 s: the stop reaches it by neither before its shutdown.
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.lease_seconds = 600;
+    config.worker.poll_interval_ms = 100;
+    config.worker.shutdown_grace_seconds = 0;
+    config.worker.kill_grace_seconds = 1;
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), Notifier::new(), keyring);
+    let shutdown = CancellationToken::new();
+    let running = tokio::spawn(pool.run(shutdown.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 120", marker.display())}}]),
+    );
+    app.create_pipeline("stopping", definition).await;
+    let id = app.start("stopping", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
+    assert_eq!(app.step(&id, "Long").await["status"], "Stopping");
+
+    // The grace period is over at once: the step is ended and, since its
+    // stop was asked for, reported Stopped rather than left to its lease.
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(30), running)
+        .await
+        .expect("the pool drains")
+        .unwrap();
+    let step = app.step(&id, "Long").await;
+    assert_eq!(step["status"], "Stopped", "{step}");
+    let lease: Option<Uuid> = sqlx::query_scalar("select lease_owner from step_runs where execution_id = $1::uuid")
+        .bind(&id)
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(lease, None, "the lease is freed");
+    let execution = tokio::time::timeout(Duration::from_secs(10), app.wait_terminal(&id))
+        .await
+        .expect("the execution ends without waiting for the lease");
+    assert_eq!(execution["status"], "Stopped", "{execution}");
+}
+
+#[sqlx::test]
+async fn notices_that_announce_no_work_do_not_wake_the_claim_loop(db: PgPool) {
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.concurrency = 2;
+    // Neither polling nor the heartbeat acts within the test: only notices.
+    config.worker.poll_interval_ms = 3_600_000;
+    config.worker.lease_seconds = 600;
+    let notifier = Notifier::new();
+    let shutdown = CancellationToken::new();
+    tokio::spawn(notifier.clone().run(app.db.clone(), shutdown.clone()));
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool = WorkerPool::new(app.db.clone(), Arc::new(config), notifier.clone(), keyring);
+    let running = tokio::spawn(pool.clone().run(shutdown.clone()));
+
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("running");
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Long", "Type": "Command", "Arguments": {"Shell": format!("touch {}; sleep 120", marker.display())}}]),
+    );
+    app.create_pipeline("quiet", definition).await;
+    let id = app.start("quiet", json!({})).await;
+    wait_until(Duration::from_secs(30), || async { marker.exists().then_some(()) })
+        .await
+        .expect("the step started");
+    let before = pool.claims();
+
+    // A thousand notices of transitions and logs, then a stop: the loop
+    // handles notices in order, so once the step is stopped it has seen
+    // them all.
+    for _ in 0..500 {
+        notifier.publish_local(stepwise::notify::EXECUTION, &id);
+        notifier.publish_local(stepwise::notify::LOG, &id);
+    }
+    app.post(&format!("/v1/executions/{id}/stop"), &json!({}))
+        .await
+        .expect(200);
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the stop reached the pool");
+    assert_eq!(execution["status"], "Stopped", "{execution}");
+    let claims = pool.claims() - before;
+    assert!(claims <= 5, "{claims} claims for notices that announced no work");
+    shutdown.cancel();
+    running.await.unwrap();
+}
+
+/// A TCP proxy to the test's PostgreSQL server that the test can cut: every
+/// connection through it ends and new ones are refused, as when the
+/// database becomes unreachable for one machine.
+struct CutProxy {
+    port: u16,
+    cut: CancellationToken,
+}
+
+async fn cut_proxy(target: String) -> CutProxy {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let cut = CancellationToken::new();
+    let cutting = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut inbound, _) = tokio::select! {
+                _ = cutting.cancelled() => return,
+                accepted = listener.accept() => accepted.unwrap(),
+            };
+            let cutting = cutting.clone();
+            let target = target.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(&target).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = cutting.cancelled() => {}
+                    _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => {}
+                }
+            });
+        }
+    });
+    CutProxy { port, cut }
+}
+
+#[sqlx::test]
+async fn a_worker_that_cannot_renew_a_lease_ends_the_step_before_it_is_rescued(db: PgPool) {
+    // The app rescues expired leases (every second) but runs no steps.
+    let app = TestApp::spawn_with(db, |c| {
+        c.worker.concurrency = 0;
+        c.worker.lease_seconds = 3;
+    })
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    // Attempt 1 runs until ended; attempt 2 records whether attempt 1's
+    // process was still alive when it began.
+    let script = format!(
+        "{count}; if [ \"$STEPWISE_ATTEMPT\" = 1 ]; then echo $$ > {d}/pid.tmp; mv {d}/pid.tmp {d}/pid; exec sleep 120; fi; \
+         if kill -0 $(cat {d}/pid) 2>/dev/null; then touch {d}/overlap; fi",
+        count = count_run(dir.path()),
+        d = dir.path().display()
+    );
+    let definition = definition_with(
+        json!([]),
+        json!([{"Name": "Work", "Type": "Command", "Arguments": {"Shell": script}}]),
+    );
+    app.create_pipeline("unrenewed", definition).await;
+
+    // Worker A reaches the database through a proxy the test cuts.
+    let options = app.db.connect_options().as_ref().clone();
+    let proxy = cut_proxy(format!("{}:{}", options.get_host(), options.get_port())).await;
+    let through_proxy = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(4)
+        .acquire_timeout(Duration::from_secs(2))
+        .connect_with(options.port(proxy.port))
+        .await
+        .unwrap();
+    let mut config = Config::defaults();
+    config.data_dir = app.data_dir.path().to_path_buf();
+    config.worker.supervisor_program = env!("CARGO_BIN_EXE_stepwise").into();
+    config.worker.lease_seconds = 3;
+    config.worker.kill_grace_seconds = 1;
+    config.worker.poll_interval_ms = 100;
+    let keyring = stepwise::secrets::Keyring::load("", &config.data_dir).expect("the app's secrets key");
+    let pool_a = WorkerPool::new(through_proxy, Arc::new(config), Notifier::new(), keyring);
+    let stop_a = CancellationToken::new();
+    let worker_a = tokio::spawn(pool_a.run(stop_a.clone()));
+
+    let id = app.start("unrenewed", json!({})).await;
+    let pid_file = dir.path().join("pid");
+    wait_until(Duration::from_secs(60), || async { pid_file.exists().then_some(()) })
+        .await
+        .expect("worker A started attempt 1");
+    proxy.cut.cancel();
+
+    // Worker B, on a working connection, takes the step once it is rescued.
+    let (stop_b, worker_b) = spawn_pool(&app, |_| {});
+    let execution = tokio::time::timeout(Duration::from_secs(60), app.wait_terminal(&id))
+        .await
+        .expect("the step was rescued and run again");
+    assert_eq!(execution["status"], "Succeeded", "{execution}");
+    let step = app.step(&id, "Work").await;
+    assert_eq!(step["attempts"][0]["error_type"], "Step.SERVICE_FAULT", "{step}");
+    assert_eq!(runs_of(dir.path(), "Work"), 2);
+    assert!(
+        !dir.path().join("overlap").exists(),
+        "attempt 1's process still ran when attempt 2 began"
+    );
+    worker_a.abort();
+    stop_b.cancel();
+    worker_b.await.unwrap();
+}
+
+#[sqlx::test]
+async fn claims_are_fair_across_executions(db: PgPool) {
+    // No worker of the app's own: the test claims as a worker of concurrency 1.
+    let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 0).await;
+    let wide: Vec<Value> = (0..50)
+        .map(|i| json!({"Name": format!("S{i:02}"), "Type": "Pass", "Arguments": {}}))
+        .collect();
+    app.create_pipeline("many", definition_with(json!([]), Value::Array(wide)))
+        .await;
+    app.create_pipeline(
+        "one",
+        definition_with(json!([]), json!([{"Name": "Only", "Type": "Pass", "Arguments": {}}])),
+    )
+    .await;
+    // Execution A's fifty runnable steps are queued first, then B's one.
+    let a = app.start("many", json!({})).await;
+    let b = app.start("one", json!({})).await;
+    let queued: i64 = sqlx::query_scalar("select count(*) from step_runs where status = 'Starting'")
+        .fetch_one(&app.db)
+        .await
+        .unwrap();
+    assert_eq!(queued, 51);
+    let worker = Uuid::now_v7();
+    let mut taken = Vec::new();
+    for _ in 0..2 {
+        let claimed = steps::claim(&app.db, worker, 1, 600.0).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        taken.push((claimed[0].execution_id.to_string(), claimed[0].step_name.clone()));
+        // Done before the next claim, as a worker of concurrency 1 would.
+        let done = StepOutcome::Succeeded {
+            properties: json!({}),
+            metadata: json!({}),
+            exit_code: None,
+            key: None,
+        };
+        engine::complete_attempt(&app.db, claimed[0].id, claimed[0].attempt, done, None)
+            .await
+            .unwrap();
+    }
+    assert!(
+        taken.contains(&(b.clone(), "Only".to_string())),
+        "B's only step waited behind A's ({a}): {taken:?}"
+    );
+}
