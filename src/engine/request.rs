@@ -28,7 +28,7 @@ pub struct SelectiveRequest {
     pub inherit_parameters: bool,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     #[default]
@@ -38,12 +38,38 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
+    pub const ALL: [CacheMode; 3] = [CacheMode::Use, CacheMode::Refresh, CacheMode::Off];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheMode::Use => "use",
             CacheMode::Refresh => "refresh",
             CacheMode::Off => "off",
         }
+    }
+}
+
+/// Read by hand so that a wrong value is told the accepted names: serde's
+/// derived enum answers a number with a bare syntax error.
+impl<'de> serde::Deserialize<'de> for CacheMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = CacheMode;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                let names: Vec<String> = CacheMode::ALL.iter().map(|m| format!("{:?}", m.as_str())).collect();
+                write!(f, "one of {}", names.join(", "))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CacheMode, E> {
+                CacheMode::ALL
+                    .into_iter()
+                    .find(|mode| mode.as_str() == v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(Names)
     }
 }
 
