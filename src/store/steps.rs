@@ -76,6 +76,28 @@ pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunR
     .await?)
 }
 
+/// A page of the execution's top-level steps in pipeline order: at most
+/// `limit` after the step at `(position, name)`.
+pub async fn list_page(
+    pool: &PgPool,
+    execution_id: Uuid,
+    after: Option<(i32, String)>,
+    limit: i64,
+) -> StoreResult<Vec<StepRunRow>> {
+    let (position, name) = after.unzip();
+    Ok(sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.parent is null \
+           and ($2::int is null or (s.position, s.step_name) > ($2, $3)) \
+         order by s.position, s.step_name limit $4"
+    ))
+    .bind(execution_id)
+    .bind(position)
+    .bind(name)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> StoreResult<StepRunRow> {
     let row = sqlx::query_as::<_, StepRunRow>(&format!(
         "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.step_name = $2"
