@@ -113,12 +113,18 @@ pub fn key_of(kind: StepKind, components: &Value) -> String {
 /// `Command` element that is a number or boolean reaches the process as its
 /// JSON text (`CommandArgs::from_resolved`), so `10` and `"10"` are one
 /// value and make one key (and `10` and `10.0`, which canonical JSON would
-/// merge, stay apart as the process sees them). Other values, secret markers
-/// included, are kept as they are.
+/// merge, stay apart as the process sees them). A list or an object in
+/// `Env` (a ForEach's whole `IterationOutputs`) reaches it as JSON text too.
+/// Other values, secret markers included, are kept as they are.
 fn as_the_process_sees_it(components: &Value) -> Value {
     let mut out = components.clone();
     if let Some(Value::Object(env)) = out.get_mut("Env") {
-        env.values_mut().for_each(as_text);
+        for v in env.values_mut() {
+            if v.is_array() || (v.is_object() && !super::secrets::is_marker(v)) {
+                *v = Value::String(v.to_string());
+            }
+            as_text(v);
+        }
     }
     if let Some(Value::Array(argv)) = out.get_mut("Command") {
         argv.iter_mut().for_each(as_text);
@@ -322,6 +328,13 @@ mod tests {
             None,
             "nothing differs for the process"
         );
+        // A list in Env (a ForEach's whole IterationOutputs) reaches the
+        // process as its JSON text.
+        let list = command_key(json!({"Shell": "x", "Env": {"ALL": [{"S": {"Outputs": {"n": 1}}}]}}));
+        let list_text = command_key(json!({"Shell": "x", "Env": {"ALL": r#"[{"S":{"Outputs":{"n":1}}}]"#}}));
+        assert_eq!(list.key, list_text.key);
+        let other = command_key(json!({"Shell": "x", "Env": {"ALL": [{"S": {"Outputs": {"n": 2}}}]}}));
+        assert_ne!(list.key, other.key);
     }
 
     #[test]
