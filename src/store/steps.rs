@@ -302,6 +302,31 @@ pub async fn skip_with_descendants(
     Ok(())
 }
 
+/// Gives the untaken branch steps `roots` that a failure or a stop skipped
+/// while their Condition was being evaluated (`UpstreamNotRun`,
+/// `ExecutionStopped`) the reason they have once it has an outcome:
+/// `ConditionNotMet`, which a retry does not reset.
+pub async fn mark_not_taken(conn: &mut PgConnection, execution_id: Uuid, roots: &[String]) -> StoreResult<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "with marked as ( \
+           update step_runs set skip_reason = 'ConditionNotMet' \
+           where execution_id = $1 and step_name = any($2) and status = 'Skipped' \
+             and skip_reason in ('UpstreamNotRun', 'ExecutionStopped') \
+           returning step_name, position) \
+         insert into execution_events (execution_id, step_name, status, detail) \
+         select $1, step_name, 'Skipped', jsonb_build_object('skip_reason', 'ConditionNotMet') from marked \
+         order by position",
+    )
+    .bind(execution_id)
+    .bind(roots)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
 /// Skips every step of the execution that has not started.
 pub async fn skip_unstarted(conn: &mut PgConnection, execution_id: Uuid, reason: &str) -> StoreResult<()> {
     sqlx::query(
