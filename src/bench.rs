@@ -223,6 +223,7 @@ struct StepView {
 #[derive(Deserialize)]
 struct StepList {
     steps: Vec<StepView>,
+    next_token: Option<String>,
 }
 
 /// A thin JSON client that turns non-2xx answers into errors carrying the
@@ -263,6 +264,20 @@ impl Client {
     async fn get<T: for<'de> Deserialize<'de>>(&self, path: &str) -> anyhow::Result<T> {
         let (_, v) = self.call(Method::GET, path, None).await?;
         serde_json::from_value(v).with_context(|| format!("GET {path}: unexpected answer"))
+    }
+
+    /// Every step of an execution: the list pages, so follow `next_token`.
+    async fn steps(&self, id: &str) -> anyhow::Result<Vec<StepView>> {
+        let mut steps = Vec::new();
+        let mut path = format!("/v1/executions/{id}/steps?limit=1000");
+        loop {
+            let page: StepList = self.get(&path).await?;
+            steps.extend(page.steps);
+            match page.next_token {
+                Some(token) => path = format!("/v1/executions/{id}/steps?limit=1000&next_token={token}"),
+                None => return Ok(steps),
+            }
+        }
     }
 
     async fn create_pipeline(&self, name: &str, definition: Value, max_parallel: Option<u32>) -> anyhow::Result<()> {
@@ -426,10 +441,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
                 e.failure_reason.as_deref().unwrap_or("no reason given")
             ));
         }
-        let list: StepList = client.get(&format!("/v1/executions/{}/steps", e.execution_id)).await?;
-        step_latency.extend(start_latencies(&plan, e, &list.steps));
+        let steps = client.steps(&e.execution_id).await?;
+        step_latency.extend(start_latencies(&plan, e, &steps));
         step_run.extend(
-            list.steps
+            steps
                 .iter()
                 .filter_map(|s| Some(chrono_ms(s.ended_at? - s.started_at?))),
         );
@@ -574,8 +589,8 @@ async fn measure_selective(
                 let (e, at) = client.wait(&e.execution_id).await?;
                 selective_run.push(ms(at - t));
                 if reused_steps.is_none() {
-                    let list: StepList = client.get(&format!("/v1/executions/{}/steps", e.execution_id)).await?;
-                    reused_steps = Some(list.steps.iter().filter(|s| s.reused_from.is_some()).count());
+                    let steps = client.steps(&e.execution_id).await?;
+                    reused_steps = Some(steps.iter().filter(|s| s.reused_from.is_some()).count());
                 }
                 if e.status != "Succeeded" {
                     error = Some(format!(

@@ -74,16 +74,80 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         }
         Err(error) => {
             let pointer = pointer_of(error.path());
+            let name = name_of(error.path());
             let inner = error.into_inner();
-            let message = if inner.is_syntax() || inner.is_eof() || inner.is_io() {
-                format!("request body is not valid JSON: {}", json_syntax_error(&inner))
-            } else if pointer.is_empty() {
-                format!("invalid request body: {}", for_people(&without_position(&inner)))
-            } else {
-                format!("invalid value at {pointer}: {}", for_people(&without_position(&inner)))
+            // serde_json calls some wrong values syntax errors (a number
+            // where a name from a list belongs): only a body that does not
+            // parse as JSON at all is called malformed.
+            let value = match serde_json::from_slice::<serde_json::Value>(bytes) {
+                Ok(value) => value,
+                Err(syntax) => {
+                    let message = format!("request body is not valid JSON: {}", json_syntax_error(&syntax));
+                    return Err(ApiError::invalid(pointer, message));
+                }
+            };
+            let serde_text = without_position(&inner);
+            let message = match (expected_of(&serde_text), value.pointer(&pointer)) {
+                (Some(expected), Some(got)) if name.is_empty() => {
+                    format!("the request body must be {expected}, got {}", describe(got))
+                }
+                (Some(expected), Some(got)) => format!("{name}: expected {expected}, got {}", describe(got)),
+                _ if name.is_empty() => format!("invalid request body: {}", for_people(&serde_text)),
+                _ => format!("{name}: {}", for_people(&serde_text)),
             };
             Err(ApiError::invalid(pointer, message))
         }
+    }
+}
+
+/// What serde's message says was expected, in JSON terms, when the message
+/// is about a value of the wrong type or out of range; `None` for the
+/// others (a missing or unknown field, a visitor's own message).
+fn expected_of(serde_text: &str) -> Option<String> {
+    let about_a_value = [
+        "invalid type: ",
+        "invalid value: ",
+        "invalid length ",
+        "unknown variant ",
+    ]
+    .iter()
+    .any(|start| serde_text.starts_with(start));
+    if !about_a_value {
+        return None;
+    }
+    // What came is quoted before it and may hold anything; what was expected
+    // is last.
+    let at = serde_text.rfind(", expected ")?;
+    let expected = &serde_text[at + ", expected ".len()..];
+    Some(if expected.starts_with("struct ") || expected == "a map" {
+        "a JSON object".to_string()
+    } else {
+        for_people(&format!("expected {expected}"))
+            .trim_start_matches("expected ")
+            .replace('`', "\"")
+    })
+}
+
+/// A JSON value as a message names it: `the number 3`, `an array`, `"abc"`.
+fn describe(value: &serde_json::Value) -> String {
+    use serde_json::Value;
+    match value {
+        Value::Null => "null".into(),
+        Value::Bool(b) => b.to_string(),
+        Value::Number(n) => format!("the number {n}"),
+        Value::String(s) => quoted(s),
+        Value::Array(_) => "an array".into(),
+        Value::Object(_) => "an object".into(),
+    }
+}
+
+/// Text as a message quotes it, cut to a readable length.
+fn quoted(text: &str) -> String {
+    const MAX_CHARS: usize = 60;
+    if text.chars().count() > MAX_CHARS {
+        format!("\"{}...\"", text.chars().take(MAX_CHARS).collect::<String>())
+    } else {
+        format!("\"{text}\"")
     }
 }
 
@@ -151,6 +215,26 @@ fn check_encoded(text: &str, what: &str) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The field a path leads to, as a person writes it:
+/// `selective_execution.selected_steps[0]`; empty for the body itself.
+fn name_of(path: &serde_path_to_error::Path) -> String {
+    use serde_path_to_error::Segment;
+    let mut name = String::new();
+    for segment in path.iter() {
+        match segment {
+            Segment::Seq { index } => name.push_str(&format!("[{index}]")),
+            Segment::Map { key } => {
+                if !name.is_empty() {
+                    name.push('.');
+                }
+                name.push_str(key);
+            }
+            Segment::Enum { .. } | Segment::Unknown => {}
+        }
+    }
+    name
+}
+
 fn pointer_of(path: &serde_path_to_error::Path) -> String {
     use serde_path_to_error::Segment;
     let mut pointer = String::new();
@@ -194,11 +278,41 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for Query<T> {
         let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(query.as_bytes()));
         serde_path_to_error::deserialize(deserializer).map(Query).map_err(|e| {
             let name = e.path().to_string();
-            let message = format!(
-                "invalid query parameter {name}: {}",
-                for_people(&e.into_inner().to_string())
-            );
+            let serde_text = e.into_inner().to_string();
+            let given = form_urlencoded::parse(query.as_bytes())
+                .find(|(key, _)| *key == name)
+                .map(|(_, value)| value.into_owned());
+            let message = match (query_expected(&name, &serde_text), given) {
+                (Some(expected), Some(given)) => format!("{name}: expected {expected}, got {}", quoted(&given)),
+                _ => format!("invalid query parameter {name}: {}", for_people(&serde_text)),
+            };
             ApiError::validation(message.clone(), vec![Issue::new(format!("?{name}"), message)])
         })
     }
+}
+
+/// What a query parameter should have held, when serde's message is about
+/// text that does not read as the parameter's type.
+fn query_expected(name: &str, serde_text: &str) -> Option<String> {
+    const NOT_AN_INTEGER: [&str; 4] = [
+        "invalid digit found in string",
+        "number too large to fit in target type",
+        "number too small to fit in target type",
+        "cannot parse integer from empty string",
+    ];
+    if NOT_AN_INTEGER.contains(&serde_text) {
+        return Some(match name {
+            "limit" => super::pagination::LIMIT_EXPECTED.to_string(),
+            "wait_seconds" => "a whole number of seconds".to_string(),
+            "offset" => "a whole number of bytes".to_string(),
+            _ => "a whole number".to_string(),
+        });
+    }
+    if serde_text == "invalid float literal" {
+        return Some("a number".to_string());
+    }
+    if serde_text.starts_with("provided string was not `true` or `false`") {
+        return Some("true or false".to_string());
+    }
+    expected_of(serde_text)
 }

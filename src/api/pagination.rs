@@ -8,6 +8,8 @@ use super::error::ApiError;
 
 pub const DEFAULT_LIMIT: i64 = 100;
 pub const MAX_LIMIT: i64 = 1000;
+/// What `limit` must be, as an error message says it.
+pub const LIMIT_EXPECTED: &str = "a whole number from 1 to 1000";
 
 pub fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
     match limit {
@@ -15,7 +17,7 @@ pub fn limit(limit: Option<i64>) -> Result<i64, ApiError> {
         Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(n),
         Some(n) => Err(ApiError::invalid(
             "?limit",
-            format!("limit must be between 1 and {MAX_LIMIT}, got {n}"),
+            format!("limit: expected {LIMIT_EXPECTED}, got {n}"),
         )),
     }
 }

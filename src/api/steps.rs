@@ -179,8 +179,8 @@ struct ListQuery {
     next_token: Option<String>,
 }
 
-/// Every step of the execution, in pipeline order; with `?for_each=F`, the
-/// steps of F's iterations, in item order, a page at a time.
+/// The execution's steps in pipeline order, a page at a time; with
+/// `?for_each=F`, the steps of F's iterations, in item order.
 async fn list(
     State(state): State<AppState>,
     Extension(principal): Extension<Principal>,
@@ -189,20 +189,16 @@ async fn list(
 ) -> ApiResult<Json<StepList>> {
     let execution = state.find_execution(&reference).await?;
     let tokens = sees_callback_tokens(&principal);
+    let limit = super::pagination::limit(q.limit)?;
     let Some(for_each) = q.for_each else {
-        if q.limit.is_some() || q.next_token.is_some() {
-            return Err(ApiError::invalid(
-                "?limit",
-                "limit and next_token page through a ForEach's iterations: give for_each=<ForEach step name>",
-            ));
-        }
-        let rows = store::steps::list(&state.db, execution.id).await?;
+        let after: Option<(i32, String)> = super::pagination::decode(q.next_token.as_deref())?;
+        let rows = store::steps::list_page(&state.db, execution.id, after, limit).await?;
+        let next_token = super::pagination::next_token(&rows, limit, |r| (r.position, r.step_name.clone()));
         return Ok(Json(StepList {
             steps: rows.into_iter().map(|r| view(r, false, tokens)).collect(),
-            next_token: None,
+            next_token,
         }));
     };
-    let limit = super::pagination::limit(q.limit)?;
     let after: Option<(i32, i32)> = super::pagination::decode(q.next_token.as_deref())?;
     let parent = store::steps::get_by_name(&state.db, execution.id, &for_each).await?;
     if parent.step_type != "ForEach" {

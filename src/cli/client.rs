@@ -180,6 +180,29 @@ impl Client {
     pub async fn get(&self, segments: &[&str]) -> Result<Value, ClientError> {
         self.json(self.request(Method::GET, segments)).await
     }
+
+    /// Every step of an execution, in pipeline order: the list pages, so
+    /// this follows `next_token` to the end.
+    pub async fn all_steps(&self, execution: &str) -> Result<Vec<Value>, ClientError> {
+        let mut steps = Vec::new();
+        let mut token: Option<String> = None;
+        loop {
+            let mut request = self
+                .request(Method::GET, &["v1", "executions", execution, "steps"])
+                .query(&[("limit", "1000")]);
+            if let Some(token) = &token {
+                request = request.query(&[("next_token", token)]);
+            }
+            let mut page = self.json(request).await?;
+            if let Some(items) = page["steps"].as_array_mut() {
+                steps.append(items);
+            }
+            match page["next_token"].as_str() {
+                Some(next) => token = Some(next.to_string()),
+                None => return Ok(steps),
+            }
+        }
+    }
 }
 
 fn unreachable(base: &Url, e: &reqwest::Error) -> ClientError {

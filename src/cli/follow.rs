@@ -449,11 +449,11 @@ impl Run<'_> {
     }
 
     async fn print_reused(&self) -> anyhow::Result<()> {
-        let steps = self.api.get(&["v1", "executions", self.id, "steps"]).await?;
+        let steps = self.api.all_steps(self.id).await?;
         // Reused at the start: no attempt here. (A step reused later by early
         // cut-off made one, and its own event says so.)
         let at_start = |step: &Value| step["attempt_count"].as_i64() == Some(0);
-        for step in steps["steps"].as_array().into_iter().flatten().filter(|s| at_start(s)) {
+        for step in steps.iter().filter(|s| at_start(s)) {
             if let Some(from) = step["reused_from"].as_object() {
                 let name = step["step_name"].as_str().unwrap_or("");
                 self.say

@@ -455,9 +455,9 @@ async fn act(execution: &str, action: &str, wait: bool, client: &ClientArgs) -> 
 /// Prints an execution with its steps.
 async fn describe(api: &Client, row: &Value, output: Output) -> anyhow::Result<()> {
     let id = row["execution_id"].as_str().unwrap_or_default();
-    let steps = api.get(&["v1", "executions", id, "steps"]).await?;
+    let steps = api.all_steps(id).await?;
     if output == Output::Json {
-        println!("{}", json!({"execution": row, "steps": steps["steps"]}));
+        println!("{}", json!({"execution": row, "steps": steps}));
         return Ok(());
     }
     println!("{}", row["execution_arn"].as_str().unwrap_or(""));
@@ -471,7 +471,7 @@ async fn describe(api: &Client, row: &Value, output: Output) -> anyhow::Result<(
         row["pipeline_version"]
     );
     println!("  created:  {}", row["created_at"].as_str().unwrap_or(""));
-    for step in steps["steps"].as_array().into_iter().flatten() {
+    for step in &steps {
         println!("  {}", follow::step_summary(step));
     }
     Ok(())

@@ -21,7 +21,7 @@ const DIFFERENCES_SHOWN: usize = 10;
 const VALUE_CHARS_SHOWN: usize = 80;
 
 /// A start's `cache_mode` (SPEC 4).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CacheMode {
     #[default]
@@ -31,6 +31,8 @@ pub enum CacheMode {
 }
 
 impl CacheMode {
+    pub const ALL: [CacheMode; 3] = [CacheMode::Use, CacheMode::Refresh, CacheMode::Off];
+
     pub fn as_str(self) -> &'static str {
         match self {
             CacheMode::Use => "use",
@@ -50,6 +52,30 @@ impl std::str::FromStr for CacheMode {
             "off" => Ok(CacheMode::Off),
             other => Err(format!("unknown cache_mode {other:?}: expected use, refresh or off")),
         }
+    }
+}
+
+/// Read by hand so that a wrong value is told the accepted names: serde's
+/// derived enum answers a number with a bare syntax error.
+impl<'de> serde::Deserialize<'de> for CacheMode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Names;
+        impl serde::de::Visitor<'_> for Names {
+            type Value = CacheMode;
+
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                let names: Vec<String> = CacheMode::ALL.iter().map(|m| format!("{:?}", m.as_str())).collect();
+                write!(f, "one of {}", names.join(", "))
+            }
+
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<CacheMode, E> {
+                CacheMode::ALL
+                    .into_iter()
+                    .find(|mode| mode.as_str() == v)
+                    .ok_or_else(|| E::invalid_value(serde::de::Unexpected::Str(v), &self))
+            }
+        }
+        deserializer.deserialize_str(Names)
     }
 }
 
@@ -201,12 +227,18 @@ pub fn key_of(kind: StepKind, components: &Value) -> String {
 /// `Command` element that is a number or boolean reaches the process as its
 /// JSON text (`CommandArgs::from_resolved`), so `10` and `"10"` are one
 /// value and make one key (and `10` and `10.0`, which canonical JSON would
-/// merge, stay apart as the process sees them). Other values, secret markers
-/// included, are kept as they are.
+/// merge, stay apart as the process sees them). A list or an object in
+/// `Env` (a ForEach's whole `IterationOutputs`) reaches it as JSON text too.
+/// Other values, secret markers included, are kept as they are.
 fn as_the_process_sees_it(components: &Value) -> Value {
     let mut out = components.clone();
     if let Some(Value::Object(env)) = out.get_mut("Env") {
-        env.values_mut().for_each(as_text);
+        for v in env.values_mut() {
+            if v.is_array() || (v.is_object() && !super::secrets::is_marker(v)) {
+                *v = Value::String(v.to_string());
+            }
+            as_text(v);
+        }
     }
     if let Some(Value::Array(argv)) = out.get_mut("Command") {
         argv.iter_mut().for_each(as_text);
@@ -427,6 +459,13 @@ mod tests {
             None,
             "nothing differs for the process"
         );
+        // A list in Env (a ForEach's whole IterationOutputs) reaches the
+        // process as its JSON text.
+        let list = command_key(json!({"Shell": "x", "Env": {"ALL": [{"S": {"Outputs": {"n": 1}}}]}}));
+        let list_text = command_key(json!({"Shell": "x", "Env": {"ALL": r#"[{"S":{"Outputs":{"n":1}}}]"#}}));
+        assert_eq!(list.key, list_text.key);
+        let other = command_key(json!({"Shell": "x", "Env": {"ALL": [{"S": {"Outputs": {"n": 2}}}]}}));
+        assert_ne!(list.key, other.key);
     }
 
     #[test]

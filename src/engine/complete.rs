@@ -168,18 +168,23 @@ pub(super) async fn apply_success(
         return Ok(None);
     }
     let mut queued = 0;
+    if step.step_type == "Condition" {
+        let outcome = success
+            .properties
+            .get("Outcome")
+            .and_then(Value::as_bool)
+            .unwrap_or(false);
+        // Whatever became of the execution meanwhile: a failure or a stop
+        // may have skipped both branches while this Condition was being
+        // evaluated; now that it has an outcome, the other branch was not
+        // taken (SPEC 3.1), and a retry must not run it.
+        let not_taken = transitions::branch_not_taken(conn, execution_id, &step.step_name, outcome).await?;
+        steps::skip_with_descendants(conn, execution_id, &not_taken, "ConditionNotMet").await?;
+        steps::mark_not_taken(conn, execution_id, &not_taken).await?;
+    }
     // In an execution with handlers, the steps left after a failure or a
     // stop (handlers and the steps below them) go on being scheduled.
     if locked.execution_status == "Executing" || locked.execution_has_triggers {
-        if step.step_type == "Condition" {
-            let outcome = success
-                .properties
-                .get("Outcome")
-                .and_then(Value::as_bool)
-                .unwrap_or(false);
-            let not_taken = transitions::branch_not_taken(conn, execution_id, &step.step_name, outcome).await?;
-            steps::skip_with_descendants(conn, execution_id, &not_taken, "ConditionNotMet").await?;
-        }
         queued = match locked.execution_max_parallel_steps {
             // Unbounded: dependents whose last dependency this was are queued in the same statement.
             None => steps::decrement_and_queue(conn, execution_id, &step.dependents).await?,

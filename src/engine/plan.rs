@@ -251,6 +251,26 @@ fn verdict(step: &Step, verdict: &'static str, reason: String, changes: Vec<Stri
 }
 
 impl Predictor<'_> {
+    /// The dependencies of `step` that run again (not reused, not skipped),
+    /// as a reason names them: `Train has`, `Train and Prep have`.
+    fn rerunning_upstream(&self, step: &Step) -> String {
+        let names: Vec<&str> = step
+            .depends_on
+            .iter()
+            .filter(|d| {
+                self.verdicts
+                    .get(*d)
+                    .is_some_and(|v| v.verdict != "Reuse" && v.verdict != "Skip")
+            })
+            .map(String::as_str)
+            .collect();
+        match names.as_slice() {
+            [] => "its upstream has".to_string(),
+            [one] => format!("{one} has"),
+            [rest @ .., last] => format!("{} and {last} have", rest.join(", ")),
+        }
+    }
+
     async fn verdict(
         &mut self,
         definition: &Definition,
@@ -290,12 +310,14 @@ impl Predictor<'_> {
                 .map(|d| format!("{d:?} runs"))
         });
         let mut out = if cutoff.is_some() {
+            let upstream = self.rerunning_upstream(step);
             verdict(
                 step,
                 "RunUnlessUnchanged",
-                "runs unless, once its upstream has run, its inputs equal those of its run in the source \
-                 execution (early cut-off)"
-                    .into(),
+                format!(
+                    "runs unless, once {upstream} run, its inputs equal those of its run in the source \
+                     execution (early cut-off)"
+                ),
                 why,
             )
         } else {

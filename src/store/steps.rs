@@ -78,6 +78,28 @@ pub async fn list(pool: &PgPool, execution_id: Uuid) -> StoreResult<Vec<StepRunR
     .await?)
 }
 
+/// A page of the execution's top-level steps in pipeline order: at most
+/// `limit` after the step at `(position, name)`.
+pub async fn list_page(
+    pool: &PgPool,
+    execution_id: Uuid,
+    after: Option<(i32, String)>,
+    limit: i64,
+) -> StoreResult<Vec<StepRunRow>> {
+    let (position, name) = after.unzip();
+    Ok(sqlx::query_as::<_, StepRunRow>(&format!(
+        "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.parent is null \
+           and ($2::int is null or (s.position, s.step_name) > ($2, $3)) \
+         order by s.position, s.step_name limit $4"
+    ))
+    .bind(execution_id)
+    .bind(position)
+    .bind(name)
+    .bind(limit)
+    .fetch_all(pool)
+    .await?)
+}
+
 pub async fn get_by_name(pool: &PgPool, execution_id: Uuid, name: &str) -> StoreResult<StepRunRow> {
     let row = sqlx::query_as::<_, StepRunRow>(&format!(
         "select {STEP_COLUMNS} from execution_steps s where s.execution_id = $1 and s.step_name = $2"
@@ -277,6 +299,31 @@ pub async fn skip_with_descendants(
     .bind(execution_id)
     .bind(roots)
     .bind(reason)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Gives the untaken branch steps `roots` that a failure or a stop skipped
+/// while their Condition was being evaluated (`UpstreamNotRun`,
+/// `ExecutionStopped`) the reason they have once it has an outcome:
+/// `ConditionNotMet`, which a retry does not reset.
+pub async fn mark_not_taken(conn: &mut PgConnection, execution_id: Uuid, roots: &[String]) -> StoreResult<()> {
+    if roots.is_empty() {
+        return Ok(());
+    }
+    sqlx::query(
+        "with marked as ( \
+           update step_runs set skip_reason = 'ConditionNotMet' \
+           where execution_id = $1 and step_name = any($2) and status = 'Skipped' \
+             and skip_reason in ('UpstreamNotRun', 'ExecutionStopped') \
+           returning step_name, position) \
+         insert into execution_events (execution_id, step_name, status, detail) \
+         select $1, step_name, 'Skipped', jsonb_build_object('skip_reason', 'ConditionNotMet') from marked \
+         order by position",
+    )
+    .bind(execution_id)
+    .bind(roots)
     .execute(conn)
     .await?;
     Ok(())

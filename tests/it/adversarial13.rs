@@ -171,7 +171,9 @@ async fn adversarial13_the_iteration_pages_refuse_bad_queries(db: PgPool) {
         ("?for_each=F&next_token=garbage", 400),
         ("?for_each=F&next_token=", 400),
         ("?for_each=F&next_token=eyJ4IjoxfQ", 400),
-        ("?limit=2", 400),
+        ("?limit=0", 400),
+        ("?limit=abc", 400),
+        ("?next_token=garbage", 400),
         ("?for_each=F&bogus=1", 400),
     ] {
         let resp = app.get(&format!("{base}{query}")).await;

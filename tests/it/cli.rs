@@ -633,3 +633,36 @@ async fn the_ci_job_of_the_readme_runs_as_written(db: PgPool) {
     );
     app.stop().await;
 }
+
+/// Issue 20 item 5: the step list pages, and the CLI follows its pages:
+/// `executions describe` shows every step of a wide execution.
+#[sqlx::test]
+async fn describe_shows_every_step_of_a_wide_execution(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let steps: Vec<Value> = (0..230)
+        .map(|i| json!({"Name": format!("S{i:03}"), "Type": "Pass", "Arguments": {}}))
+        .collect();
+    app.create_pipeline("wide", definition_with(json!([]), json!(steps)))
+        .await;
+    let id = app.start("wide", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+    let described = run(cli(&app, &["executions", "describe", &id, "--output", "json"])).await;
+    assert_eq!(described.code, 0, "{}", described.stderr);
+    let described: Value = serde_json::from_str(&described.stdout).unwrap();
+    let names: Vec<&str> = described["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["step_name"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (0..230).map(|i| format!("S{i:03}")).collect();
+    assert_eq!(names, expected);
+    let text = run(cli(&app, &["executions", "describe", &id])).await;
+    assert_eq!(
+        text.stdout.lines().filter(|l| l.contains("S2")).count(),
+        30,
+        "{}",
+        text.stdout
+    );
+    app.stop().await;
+}

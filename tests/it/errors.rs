@@ -272,3 +272,70 @@ async fn no_error_message_shows_serde_or_rust_text(db: PgPool) {
     }
     assert!(checked > 100, "{checked} messages checked");
 }
+
+/// Issue 20 item 6: a request of the wrong shape is told what was expected in
+/// the request's own terms (the field, the accepted values, what came).
+#[sqlx::test]
+async fn messages_say_what_was_expected_in_the_requests_terms(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    app.create_pipeline("p", pass_definition()).await;
+    let cases = [
+        (
+            json!({"cache_mode": 3}),
+            "/cache_mode",
+            "cache_mode: expected one of \"use\", \"refresh\", \"off\", got the number 3",
+        ),
+        (
+            json!({"cache_mode": "bypass"}),
+            "/cache_mode",
+            "cache_mode: expected one of \"use\", \"refresh\", \"off\", got \"bypass\"",
+        ),
+        (json!([]), "", "the request body must be a JSON object, got an array"),
+        (json!(5), "", "the request body must be a JSON object, got the number 5"),
+        (
+            json!({"selective_execution": []}),
+            "/selective_execution",
+            "selective_execution: expected a JSON object, got an array",
+        ),
+        (
+            json!({"max_parallel_steps": "x"}),
+            "/max_parallel_steps",
+            "max_parallel_steps: expected an integer, got \"x\"",
+        ),
+        (
+            json!({"parameters": [1]}),
+            "/parameters",
+            "parameters: expected a JSON object, got an array",
+        ),
+    ];
+    for (body, path, expected) in cases {
+        for url in ["/v1/pipelines/p/executions", "/v1/pipelines/p/executions/plan"] {
+            let resp = app.post(url, &body).await;
+            let message = resp.expect_error(400, "ValidationError");
+            assert_eq!(message, expected, "{url} {body}");
+            assert_eq!(resp.detail_paths(), vec![path.to_string()], "{url} {body}");
+        }
+    }
+    let resp = app
+        .post("/v1/pipelines", &json!({"name": 5, "definition": pass_definition()}))
+        .await;
+    assert_eq!(
+        resp.expect_error(400, "ValidationError"),
+        "name: expected a string, got the number 5"
+    );
+
+    for (query, got) in [("abc", "\"abc\""), ("-1", "-1"), ("0", "0"), ("1.5", "\"1.5\"")] {
+        let resp = app.get(&format!("/v1/pipelines?limit={query}")).await;
+        assert_eq!(
+            resp.expect_error(400, "ValidationError"),
+            format!("limit: expected a whole number from 1 to 1000, got {got}"),
+        );
+        assert_eq!(resp.detail_paths(), vec!["?limit".to_string()]);
+    }
+    let resp = app.get("/v1/executions/garbage?wait_seconds=soon").await;
+    assert_eq!(
+        resp.expect_error(400, "ValidationError"),
+        "wait_seconds: expected a whole number of seconds, got \"soon\""
+    );
+    app.stop().await;
+}

@@ -206,6 +206,12 @@ async fn early_cut_off_reuses_a_step_whose_upstream_reran_to_the_same_outputs(db
     let predicted = plan(&app, "cut", changed()).await;
     assert_eq!(verdict_of(&predicted, "Prepare")["verdict"], "Run");
     assert_eq!(verdict_of(&predicted, "Expensive")["verdict"], "RunUnlessUnchanged");
+    // Issue 20 item 6: the reason names the upstream step that re-runs.
+    assert_eq!(
+        verdict_of(&predicted, "Expensive")["reason"],
+        "runs unless, once Prepare has run, its inputs equal those of its run in the source \
+         execution (early cut-off)"
+    );
     let (id, done) = run(&app, "cut", changed()).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     assert_eq!(runs_of(dir.path(), "Prepare"), 2);

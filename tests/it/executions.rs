@@ -569,3 +569,72 @@ async fn list_executions_by_status_with_pages(db: PgPool) {
     app.wait_terminal(&busy).await;
     app.delete("/v1/pipelines/busy").await.expect(204);
 }
+
+/// The names of every step of `id`, read a page of `limit` at a time by
+/// following `next_token`; and how many pages it took.
+async fn step_names_by_pages(app: &TestApp, id: &str, limit: usize) -> (Vec<String>, usize) {
+    let mut names = Vec::new();
+    let mut pages = 0;
+    let mut token: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/executions/{id}/steps?limit={limit}");
+        if let Some(token) = &token {
+            path.push_str(&format!("&next_token={token}"));
+        }
+        let page = app.get(&path).await.expect(200).clone();
+        let steps = page["steps"].as_array().unwrap();
+        assert!(steps.len() <= limit, "{path}: {} steps", steps.len());
+        names.extend(steps.iter().map(|s| s["step_name"].as_str().unwrap().to_string()));
+        pages += 1;
+        match page["next_token"].as_str() {
+            Some(next) => token = Some(next.to_string()),
+            None => return (names, pages),
+        }
+        assert!(pages < 1000, "the pages never end");
+    }
+}
+
+/// Issue 20 item 5: the top-level step list pages with `limit` and
+/// `next_token` (SPEC 6, 9), as the other lists do, reused steps included.
+#[sqlx::test]
+async fn the_steps_list_pages_with_limit_and_next_token(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    let names: Vec<String> = (0..250).map(|i| format!("S{i:03}")).collect();
+    let steps: Vec<Value> = names
+        .iter()
+        .map(|n| json!({"Name": n, "Type": "Pass", "Arguments": {"n": n}}))
+        .collect();
+    app.create_pipeline("wide", definition_with(json!([]), json!(steps)))
+        .await;
+    let id = app.start("wide", json!({})).await;
+    assert_eq!(app.wait_terminal(&id).await["status"], "Succeeded");
+
+    let (listed, pages) = step_names_by_pages(&app, &id, 100).await;
+    assert_eq!(listed, names, "every step once, in pipeline order");
+    assert_eq!(pages, 3);
+    // Without a limit: the first page of the default size (SPEC 6: 100).
+    let first = app.get(&format!("/v1/executions/{id}/steps")).await.expect(200).clone();
+    assert_eq!(first["steps"].as_array().unwrap().len(), 100);
+    assert!(first["next_token"].is_string(), "{}", first["next_token"]);
+    let all = app
+        .get(&format!("/v1/executions/{id}/steps?limit=1000"))
+        .await
+        .expect(200)
+        .clone();
+    assert_eq!(all["steps"].as_array().unwrap().len(), 250);
+    assert!(all["next_token"].is_null());
+    app.get(&format!("/v1/executions/{id}/steps?next_token=garbage"))
+        .await
+        .expect_error(400, "ValidationError");
+
+    // A selective execution lists its reused steps among the others.
+    let body = json!({"selective_execution": {"source_execution": id, "selected_steps": ["S007"]}});
+    let selective = app.start("wide", body).await;
+    assert_eq!(app.wait_terminal(&selective).await["status"], "Succeeded");
+    let (listed, _) = step_names_by_pages(&app, &selective, 7).await;
+    assert_eq!(listed, names);
+    let reused = app.steps(&selective).await;
+    assert_eq!(reused.len(), 250);
+    assert_eq!(reused.iter().filter(|s| s["reused_from"].is_object()).count(), 249);
+    app.stop().await;
+}

@@ -542,3 +542,102 @@ async fn a_stop_racing_the_start_of_a_callback_wait_cancels_it(db: PgPool) {
     assert_eq!(step["status"], "Stopped");
     assert_eq!(step["attempts"][0]["status"], "Stopped");
 }
+
+/// `Boom` and the Condition `C` (true: `Yes` if taken, `No` if not) run at
+/// once.
+fn condition_beside_a_failure() -> Value {
+    definition_with(
+        json!([]),
+        json!([
+            {"Name": "Boom", "Type": "Pass", "Arguments": {}},
+            {"Name": "C", "Type": "Condition",
+             "Arguments": {"Conditions": [{"Type": "Equals", "LeftValue": 1, "RightValue": 1}],
+                           "IfSteps": [{"Name": "Yes", "Type": "Pass", "Arguments": {}},
+                                       {"Name": "AfterYes", "Type": "Pass", "DependsOn": ["Yes"], "Arguments": {}}],
+                           "ElseSteps": [{"Name": "No", "Type": "Pass", "Arguments": {}},
+                                         {"Name": "AfterNo", "Type": "Pass", "DependsOn": ["No"], "Arguments": {}}]}}
+        ]),
+    )
+}
+
+async fn skip_reason(db: &PgPool, execution: Uuid, name: &str) -> (String, Option<String>) {
+    sqlx::query_as("select status, skip_reason from step_runs where execution_id = $1 and step_name = $2")
+        .bind(execution)
+        .bind(name)
+        .fetch_one(db)
+        .await
+        .unwrap()
+}
+
+/// Issue 20 item 4: the failure sweep skips every unstarted step while a
+/// Condition is being evaluated, its branches included (`UpstreamNotRun`);
+/// the Condition then succeeds. Its untaken branch is `ConditionNotMet`
+/// whichever came first, so a retry does not run it.
+#[sqlx::test]
+async fn a_condition_evaluated_during_the_failure_sweep_marks_its_untaken_branch(db: PgPool) {
+    let app = app_without_workers(db).await;
+    app.create_pipeline("cond", condition_beside_a_failure()).await;
+    for failure_first in [true, false] {
+        let execution: Uuid = app.start("cond", json!({})).await.parse().unwrap();
+        let claimed = steps::claim(&app.db, Uuid::now_v7(), 10, 600.0).await.unwrap();
+        let id_of = |name: &str| claimed.iter().find(|s| s.step_name == name).unwrap().id;
+        assert_eq!(claimed.len(), 2, "Boom and C run at once");
+        let (boom, condition) = (id_of("Boom"), id_of("C"));
+        let fail = || StepOutcome::failed("Command.FAILED", "boom");
+        let took_if = || StepOutcome::Succeeded {
+            properties: json!({"Outcome": true}),
+            metadata: json!({"condition": {"outcome": true}}),
+            exit_code: None,
+            key: None,
+        };
+        // The racing order, one after the other: the Condition is claimed
+        // (being evaluated) when the failure sweep runs, or not yet done.
+        let order = if failure_first {
+            [(boom, fail()), (condition, took_if())]
+        } else {
+            [(condition, took_if()), (boom, fail())]
+        };
+        for (id, outcome) in order {
+            let applied = engine::complete_attempt(&app.db, id, 1, outcome, None).await.unwrap();
+            assert_ne!(applied, Applied::Stale);
+        }
+        let done = app.wait_terminal(&execution.to_string()).await;
+        assert_eq!(done["status"], "Failed", "{done}");
+        let why = format!("failure first: {failure_first}");
+        assert_eq!(
+            skip_reason(&app.db, execution, "No").await,
+            ("Skipped".to_string(), Some("ConditionNotMet".to_string())),
+            "{why}"
+        );
+        assert_eq!(
+            skip_reason(&app.db, execution, "AfterNo").await,
+            ("Skipped".to_string(), Some("ConditionNotMet".to_string())),
+            "{why}: every step of the untaken branch"
+        );
+        assert_eq!(
+            skip_reason(&app.db, execution, "Yes").await,
+            ("Skipped".to_string(), Some("UpstreamNotRun".to_string())),
+            "{why}"
+        );
+        let listed = app.step(&execution.to_string(), "No").await;
+        assert_eq!(listed["skip_reason"], "ConditionNotMet", "{why}");
+
+        // A retry runs the failed step and the taken branch, never the other.
+        app.post(&format!("/v1/executions/{execution}/retry"), &json!({}))
+            .await
+            .expect(200);
+        assert_eq!(
+            skip_reason(&app.db, execution, "No").await.1.as_deref(),
+            Some("ConditionNotMet"),
+            "{why}"
+        );
+        assert_eq!(skip_reason(&app.db, execution, "AfterNo").await.0, "Skipped", "{why}");
+        let (yes, _) = skip_reason(&app.db, execution, "Yes").await;
+        assert!(yes == "Starting" || yes == "Pending", "{why}: Yes is {yes}");
+        app.post(&format!("/v1/executions/{execution}/stop"), &json!({}))
+            .await
+            .expect(200);
+        app.wait_terminal(&execution.to_string()).await;
+    }
+    app.stop().await;
+}

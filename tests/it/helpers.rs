@@ -234,9 +234,19 @@ impl TestApp {
         }
     }
 
+    /// Every step of the execution, following `next_token` page by page.
     pub async fn steps(&self, id: &str) -> Vec<Value> {
-        let resp = self.get(&format!("/v1/executions/{id}/steps")).await;
-        resp.expect(200)["steps"].as_array().unwrap().clone()
+        let mut steps = Vec::new();
+        let mut path = format!("/v1/executions/{id}/steps?limit=1000");
+        loop {
+            let resp = self.get(&path).await;
+            let page = resp.expect(200);
+            steps.extend(page["steps"].as_array().unwrap().iter().cloned());
+            match page["next_token"].as_str() {
+                Some(token) => path = format!("/v1/executions/{id}/steps?limit=1000&next_token={token}"),
+                None => return steps,
+            }
+        }
     }
 
     pub async fn step(&self, id: &str, name: &str) -> Value {

@@ -14,6 +14,7 @@ mod definition_docs;
 mod errors;
 mod exact;
 mod executions;
+mod fan_in;
 mod fences;
 mod for_each;
 mod hardening;

@@ -49,6 +49,17 @@ fn scalar_text(v: &Value, what: &str) -> Result<String, String> {
     }
 }
 
+/// An `Env` value as the process gets it: a scalar as `scalar_text`; a
+/// list or an object (only an expression can give one: the definition
+/// refuses them written out), such as a ForEach's whole
+/// `IterationOutputs`, as its JSON text.
+fn env_text(v: &Value, name: &str) -> Result<String, String> {
+    match v {
+        Value::Array(_) | Value::Object(_) => Ok(v.to_string()),
+        _ => scalar_text(v, &format!("Env {name}")),
+    }
+}
+
 fn string(v: Option<&Value>, what: &str) -> Result<Option<String>, String> {
     match v {
         None | Some(Value::Null) => Ok(None),
@@ -105,7 +116,7 @@ impl CommandArgs {
             None | Some(Value::Null) => BTreeMap::new(),
             Some(Value::Object(m)) => m
                 .iter()
-                .map(|(k, v)| Ok((k.clone(), scalar_text(v, &format!("Env {k}"))?)))
+                .map(|(k, v)| Ok((k.clone(), env_text(v, k)?)))
                 .collect::<Result<_, String>>()?,
             Some(other) => return Err(format!("Env must be an object, got {}", type_name(other))),
         };
@@ -199,7 +210,11 @@ mod tests {
     fn command_args_reject_nested_values() {
         let e = CommandArgs::from_resolved(&json!({"Command": ["a", {"x": 1}]})).unwrap_err();
         assert!(e.contains("Command[1]") && e.contains("Object"), "{e}");
-        let e = CommandArgs::from_resolved(&json!({"Shell": "x", "Env": {"A": [1]}})).unwrap_err();
+        // A list or an object an expression gave (a ForEach's whole
+        // IterationOutputs) reaches the process as JSON text; null does not.
+        let a = CommandArgs::from_resolved(&json!({"Shell": "x", "Env": {"A": [1, {"b": 2}]}})).unwrap();
+        assert_eq!(a.env["A"], r#"[1,{"b":2}]"#);
+        let e = CommandArgs::from_resolved(&json!({"Shell": "x", "Env": {"A": null}})).unwrap_err();
         assert!(e.contains("Env A"), "{e}");
         assert!(CommandArgs::from_resolved(&json!({"Shell": "x", "Command": ["y"]})).is_err());
         assert!(CommandArgs::from_resolved(&json!({})).is_err());

@@ -541,14 +541,17 @@ fn check_for_each_property(target: &Pending, path: &[PathSegment]) -> Result<(),
     };
     match first {
         "IterationOutputs" => match (path.get(1), path.get(2)) {
+            // The whole list (a stepwise extension; the SDK reads one
+            // iteration at a time): a fan-in that need not know the count.
+            (None, _) => Ok(()),
             (Some(PathSegment::Index(_)), Some(PathSegment::Key(body))) if target.body_names.contains(body) => Ok(()),
             (Some(PathSegment::Index(_)), Some(PathSegment::Key(body))) => Err(format!(
                 "{body} is not a step of the body of ForEach {name}; its body steps: [{}]",
                 target.body_names.join(", ")
             )),
             _ => Err(format!(
-                "IterationOutputs of ForEach {name} is read by iteration and body step, such as \
-                 Steps.{name}.IterationOutputs[0].{}.Outputs",
+                "IterationOutputs of ForEach {name} is read whole (Steps.{name}.IterationOutputs) or by \
+                 iteration and body step, such as Steps.{name}.IterationOutputs[0].{}.Outputs",
                 target.body_names.first().map_or("Body", String::as_str)
             )),
         },
