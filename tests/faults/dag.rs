@@ -143,7 +143,7 @@ pub fn generate_dag(rng: &mut Rng, needs: Needs) -> Vec<Spec> {
             }
             None => specs.push(Spec {
                 name: format!("S{}", specs.len()),
-                kind: for_each_kind(rng),
+                kind: for_each_kind(rng, &format!("S{}", specs.len())),
                 depends_on: vec![s0],
                 inputs: vec![],
             }),
@@ -185,15 +185,16 @@ fn never_fails(spec: &mut Spec) {
     }
 }
 
-/// A ForEach of 2 to 4 items, 1 to all of them at once, whose body is one or
-/// two Command steps.
-pub fn for_each_kind(rng: &mut Rng) -> Kind {
+/// A ForEach `name` of 2 to 4 items, 1 to all of them at once, whose body
+/// is one or two Command steps (`<name>a`, `<name>b`: step names are unique
+/// across the definition, body steps included).
+pub fn for_each_kind(rng: &mut Rng, name: &str) -> Kind {
     let items = rng.range(2, 4);
     let body = (0..rng.range(1, 2))
         .map(|k| Spec {
-            name: ["A", "B"][k].to_string(),
+            name: format!("{name}{}", ["a", "b"][k]),
             kind: command_kind(rng),
-            depends_on: if k == 0 { vec![] } else { vec!["A".to_string()] },
+            depends_on: if k == 0 { vec![] } else { vec![format!("{name}a")] },
             inputs: vec![],
         })
         .collect();
@@ -280,7 +281,7 @@ fn generate_steps(rng: &mut Rng) -> Vec<Spec> {
                 }
             }
             4 => Kind::Fail,
-            _ => for_each_kind(rng),
+            _ => for_each_kind(rng, &name),
         };
         specs.push(Spec {
             name,
