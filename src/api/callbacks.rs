@@ -1,6 +1,6 @@
 //! `/v1/callbacks/{token}`: a client reports the result of a Callback step.
 
-use axum::{extract::State, routing::post, Json, Router};
+use axum::{extract::State, Json};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use uuid::Uuid;
@@ -8,6 +8,7 @@ use uuid::Uuid;
 use super::{
     error::{ApiError, ApiResult},
     extract::{JsonBody, Path},
+    routes::Routes,
     AppState,
 };
 use crate::{
@@ -16,10 +17,10 @@ use crate::{
     store,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/callbacks/{token}/success", post(success))
-        .route("/v1/callbacks/{token}/failure", post(failure))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/v1/callbacks/{token}/success", success)
+        .post("/v1/callbacks/{token}/failure", failure)
 }
 
 #[derive(Deserialize)]

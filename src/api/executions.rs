@@ -7,8 +7,7 @@ use axum::{
     extract::State,
     http::{HeaderMap, StatusCode},
     response::sse::{Event, KeepAlive, Sse},
-    routing::{delete, get, post},
-    Json, Router,
+    Json,
 };
 use chrono::{DateTime, Datelike, Utc};
 use futures::{stream, Stream, StreamExt};
@@ -19,7 +18,9 @@ use uuid::Uuid;
 use super::{
     error::{ApiError, ApiResult},
     extract::{JsonBody, Path, Query},
-    pagination, AppState,
+    pagination,
+    routes::Routes,
+    AppState,
 };
 use crate::{
     domain::selective::SelectedSteps,
@@ -37,17 +38,18 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/pipelines/{name}/executions", post(start).get(list))
-        .route("/v1/pipelines/{name}/executions/plan", post(plan))
-        .route("/v1/pipelines/{name}/cache", delete(purge_cache))
-        .route("/v1/executions/{execution}", get(describe))
-        .route("/v1/executions/{execution}/stop", post(stop))
-        .route("/v1/executions/{execution}/retry", post(retry))
-        .route("/v1/executions/{execution}/parameters", get(parameters))
-        .route("/v1/executions/{execution}/definition", get(definition))
-        .route("/v1/executions/{execution}/events", get(events))
+pub fn router() -> Routes {
+    Routes::new()
+        .post("/v1/pipelines/{name}/executions", start)
+        .get("/v1/pipelines/{name}/executions", list)
+        .post("/v1/pipelines/{name}/executions/plan", plan)
+        .delete("/v1/pipelines/{name}/cache", purge_cache)
+        .get("/v1/executions/{execution}", describe)
+        .post("/v1/executions/{execution}/stop", stop)
+        .post("/v1/executions/{execution}/retry", retry)
+        .get("/v1/executions/{execution}/parameters", parameters)
+        .get("/v1/executions/{execution}/definition", definition)
+        .get("/v1/executions/{execution}/events", events)
 }
 
 #[derive(Deserialize, Serialize)]

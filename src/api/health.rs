@@ -1,17 +1,16 @@
 //! Liveness and readiness probes.
 
-use axum::{extract::State, routing::get, Json, Router};
+use axum::{extract::State, Json};
 use serde_json::{json, Value};
 
 use super::{
     error::{ApiError, ApiResult, ErrorCode},
+    routes::Routes,
     AppState,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+pub fn router() -> Routes {
+    Routes::new().get("/healthz", healthz).get("/readyz", readyz)
 }
 
 /// 200 once the server accepts requests.

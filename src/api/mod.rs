@@ -12,6 +12,7 @@ mod health;
 mod log_follow;
 mod pagination;
 mod pipelines;
+pub mod routes;
 mod secrets;
 pub mod server;
 mod steps;
@@ -25,13 +26,15 @@ use axum::{
     http::{header, Method, Uri},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
     Router,
 };
 use sqlx::PgPool;
 use tower_http::{catch_panic::CatchPanicLayer, trace::TraceLayer};
 
-use self::error::{ApiError, ErrorCode};
+use self::{
+    error::{ApiError, ErrorCode},
+    routes::Routes,
+};
 use crate::{
     config::Config, engine::definitions::Definitions, ids::Arns, notify::Notifier, store::diagnosis::Diagnosis,
 };
@@ -58,9 +61,11 @@ pub struct AppState {
     pub keyring: crate::secrets::Keyring,
 }
 
-pub fn router(state: AppState) -> Router {
-    let max_body = state.config.api.max_body_bytes;
-    Router::new()
+/// Every route of the API and the web UI, before the layers and the state:
+/// [`router`] serves exactly these, and their [`Routes::table`] is the
+/// list of every method and path it serves.
+pub fn routes() -> Routes {
+    Routes::new()
         .merge(health::router())
         .merge(pipelines::router())
         .merge(executions::router())
@@ -69,7 +74,13 @@ pub fn router(state: AppState) -> Router {
         .merge(tokens::router())
         .merge(secrets::router())
         .merge(ui::router())
-        .route("/openapi.yaml", get(openapi))
+        .get("/openapi.yaml", openapi)
+}
+
+pub fn router(state: AppState) -> Router {
+    let max_body = state.config.api.max_body_bytes;
+    routes()
+        .into_router()
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::authorize))
         .fallback(unknown_route)
         .method_not_allowed_fallback(wrong_method)

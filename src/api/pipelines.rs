@@ -1,7 +1,7 @@
 //! `/v1/pipelines`: create, list, describe, update (a new version), delete,
 //! and versions.
 
-use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use axum::{extract::State, http::StatusCode, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -9,7 +9,9 @@ use serde_json::Value;
 use super::{
     error::{ApiError, ApiResult},
     extract::{JsonBody, Path, Query},
-    pagination, AppState,
+    pagination,
+    routes::Routes,
+    AppState,
 };
 use crate::{
     domain::{definition::parse_definition, names},
@@ -19,12 +21,15 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/pipelines", get(list).post(create))
-        .route("/v1/pipelines/{name}", get(describe).put(update).delete(delete))
-        .route("/v1/pipelines/{name}/versions", get(list_versions))
-        .route("/v1/pipelines/{name}/versions/{version}", get(get_version))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/v1/pipelines", list)
+        .post("/v1/pipelines", create)
+        .get("/v1/pipelines/{name}", describe)
+        .put("/v1/pipelines/{name}", update)
+        .delete("/v1/pipelines/{name}", delete)
+        .get("/v1/pipelines/{name}/versions", list_versions)
+        .get("/v1/pipelines/{name}/versions/{version}", get_version)
 }
 
 #[derive(Deserialize)]

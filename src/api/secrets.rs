@@ -2,24 +2,27 @@
 //! secrets. A value goes in and never comes out: responses carry names and
 //! times only, and nothing here logs a request body.
 
-use axum::{extract::State, http::StatusCode, routing::get, routing::put, Json, Router};
+use axum::{extract::State, http::StatusCode, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
     error::{ApiError, ApiResult, ErrorCode},
     extract::{JsonBody, Path, Query},
-    pagination, AppState,
+    pagination,
+    routes::Routes,
+    AppState,
 };
 use crate::{domain::names, store};
 
 /// Largest value accepted, in bytes.
 pub const MAX_VALUE_BYTES: usize = 64 * 1024;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/secrets", get(list))
-        .route("/v1/secrets/{name}", put(store_secret).delete(delete))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/v1/secrets", list)
+        .put("/v1/secrets/{name}", store_secret)
+        .delete("/v1/secrets/{name}", delete)
 }
 
 /// The body of a PUT. Its `Debug` would show the value: it has none.

@@ -5,8 +5,7 @@ use axum::{
     extract::{Extension, State},
     http::header,
     response::{IntoResponse, Response},
-    routing::get,
-    Json, Router,
+    Json,
 };
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -16,6 +15,7 @@ use uuid::Uuid;
 use super::{
     error::{ApiError, ApiResult},
     extract::{Path, Query},
+    routes::Routes,
     AppState,
 };
 use crate::{
@@ -29,11 +29,11 @@ use crate::{
     },
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/executions/{execution}/steps", get(list))
-        .route("/v1/executions/{execution}/steps/{step}", get(describe))
-        .route("/v1/executions/{execution}/steps/{step}/logs", get(logs))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/v1/executions/{execution}/steps", list)
+        .get("/v1/executions/{execution}/steps/{step}", describe)
+        .get("/v1/executions/{execution}/steps/{step}/logs", logs)
 }
 
 #[derive(Serialize)]

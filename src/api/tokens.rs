@@ -1,13 +1,14 @@
 //! `/v1/tokens`: admins create, list and revoke API tokens. A token's text
 //! is in the answer to its creation and nowhere else, ever.
 
-use axum::{extract::State, http::StatusCode, routing::get, Json, Router};
+use axum::{extract::State, http::StatusCode, Json};
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::{
     error::{ApiError, ApiResult},
     extract::{JsonBody, Path},
+    routes::Routes,
     AppState,
 };
 use crate::{
@@ -16,10 +17,11 @@ use crate::{
     store::tokens::TokenRow,
 };
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/tokens", get(list).post(create))
-        .route("/v1/tokens/{name}", axum::routing::delete(revoke))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/v1/tokens", list)
+        .post("/v1/tokens", create)
+        .delete("/v1/tokens/{name}", revoke)
 }
 
 #[derive(Deserialize)]

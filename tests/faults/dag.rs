@@ -1,5 +1,6 @@
 //! The random pipelines: a seeded generator and the DAG of Command, Pass,
-//! Callback, Condition and Fail steps a round runs, as a definition.
+//! Callback, Condition, ForEach and Fail steps a round runs, as a
+//! definition.
 
 use std::{
     collections::{BTreeMap, HashSet},
@@ -81,6 +82,21 @@ pub enum Kind {
         else_steps: Vec<Spec>,
     },
     Fail,
+    /// A ForEach over `items` literal items (0, 1, ...) whose body is
+    /// Command steps (each depending on the one before): iteration `i`'s
+    /// steps are `Name[i].Body`.
+    ForEach {
+        items: usize,
+        max_concurrency: usize,
+        body: Vec<Spec>,
+    },
+}
+
+/// What a round's faults need its pipeline to have.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Needs {
+    pub callback: bool,
+    pub for_each: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -101,7 +117,95 @@ pub fn v_path(kind: &Kind) -> Option<&'static str> {
     }
 }
 
-pub fn generate_dag(rng: &mut Rng) -> Vec<Spec> {
+pub fn generate_dag(rng: &mut Rng, needs: Needs) -> Vec<Spec> {
+    let mut specs = generate_steps(rng);
+    let has = |specs: &[Spec], f: fn(&Kind) -> bool| specs.iter().any(|s| f(&s.kind));
+    if needs.callback && !has(&specs, |k| matches!(k, Kind::Callback { .. })) {
+        specs.push(Spec {
+            name: format!("S{}", specs.len()),
+            kind: Kind::Callback {
+                fail_first: rng.chance(25),
+            },
+            depends_on: vec![],
+            inputs: vec![],
+        });
+    }
+    if needs.for_each {
+        // The ForEach's faults need it to expand and end: it waits for S0
+        // (so that the harness is in place before it expands), and nothing
+        // else fails the execution first.
+        let s0 = "S0".to_string();
+        match specs.iter_mut().find(|s| matches!(s.kind, Kind::ForEach { .. })) {
+            Some(f) => {
+                if !f.depends_on.contains(&s0) && !f.inputs.contains(&s0) {
+                    f.depends_on.push(s0);
+                }
+            }
+            None => specs.push(Spec {
+                name: format!("S{}", specs.len()),
+                kind: for_each_kind(rng, &format!("S{}", specs.len())),
+                depends_on: vec![s0],
+                inputs: vec![],
+            }),
+        }
+        for spec in specs.iter_mut() {
+            never_fails(spec);
+        }
+    }
+    specs
+}
+
+/// `spec` (and the steps of its branches) made to succeed: no Command
+/// or Callback fails its first attempt, a Fail step becomes a Pass.
+fn never_fails(spec: &mut Spec) {
+    match &mut spec.kind {
+        Kind::Command {
+            fail_first,
+            retry_policy,
+            ..
+        } => {
+            *fail_first = false;
+            *retry_policy = false;
+        }
+        Kind::Callback { fail_first } => *fail_first = false,
+        Kind::Fail => spec.kind = Kind::Pass,
+        Kind::Condition {
+            if_steps, else_steps, ..
+        } => {
+            for s in if_steps.iter_mut().chain(else_steps.iter_mut()) {
+                never_fails(s);
+            }
+        }
+        Kind::ForEach { body, .. } => {
+            for s in body.iter_mut() {
+                never_fails(s);
+            }
+        }
+        Kind::Pass => {}
+    }
+}
+
+/// A ForEach `name` of 2 to 4 items, 1 to all of them at once, whose body
+/// is one or two Command steps (`<name>a`, `<name>b`: step names are unique
+/// across the definition, body steps included).
+pub fn for_each_kind(rng: &mut Rng, name: &str) -> Kind {
+    let items = rng.range(2, 4);
+    let body = (0..rng.range(1, 2))
+        .map(|k| Spec {
+            name: format!("{name}{}", ["a", "b"][k]),
+            kind: command_kind(rng),
+            depends_on: if k == 0 { vec![] } else { vec![format!("{name}a")] },
+            inputs: vec![],
+        })
+        .collect();
+    Kind::ForEach {
+        items,
+        max_concurrency: rng.range(1, items),
+        body,
+    }
+}
+
+fn generate_steps(rng: &mut Rng) -> Vec<Spec> {
     let count = rng.range(3, 7);
     let with_fail_step = rng.chance(12);
     let mut specs: Vec<Spec> = Vec::new();
@@ -112,13 +216,14 @@ pub fn generate_dag(rng: &mut Rng) -> Vec<Spec> {
             .filter(|s| matches!(s.kind, Kind::Command { .. }))
             .map(|s| s.name.clone())
             .collect();
-        // Command, Pass, Callback, Condition, Fail.
+        // Command, Pass, Callback, Condition, Fail, ForEach.
         let weights = [
             50,
             12,
             16,
             if commands.is_empty() { 0 } else { 14 },
             if with_fail_step && i > 0 { 8 } else { 0 },
+            10,
         ];
         let choice = if i == 0 { 0 } else { rng.weighted(&weights) };
         // Up to two dependencies among earlier top-level steps.
@@ -175,7 +280,8 @@ pub fn generate_dag(rng: &mut Rng) -> Vec<Spec> {
                     else_steps,
                 }
             }
-            _ => Kind::Fail,
+            4 => Kind::Fail,
+            _ => for_each_kind(rng, &name),
         };
         specs.push(Spec {
             name,
@@ -277,6 +383,14 @@ pub fn step_json(spec: &Spec, dir: &Path, callbacks: &HashSet<String>) -> Value 
             "ElseSteps": else_steps.iter().map(|s| step_json(s, dir, callbacks)).collect::<Vec<_>>()}}),
         Kind::Fail => json!({"Name": spec.name, "Type": "Fail", "Arguments": {
             "ErrorMessage": format!("the Fail step {} ran", spec.name)}}),
+        Kind::ForEach {
+            items,
+            max_concurrency,
+            body,
+        } => json!({"Name": spec.name, "Type": "ForEach", "Arguments": {
+            "IterableItems": (0..*items).collect::<Vec<_>>(),
+            "MaxConcurrency": max_concurrency,
+            "ForEachBody": body.iter().map(|s| step_json(s, dir, callbacks)).collect::<Vec<_>>()}}),
     };
     if !spec.depends_on.is_empty() {
         step["DependsOn"] = json!(spec.depends_on);
@@ -329,6 +443,14 @@ pub fn describe(specs: &[Spec]) -> String {
                 else_steps.iter().map(one).collect::<Vec<_>>().join(" ")
             ),
             Kind::Fail => "Fail".into(),
+            Kind::ForEach {
+                items,
+                max_concurrency,
+                body,
+            } => format!(
+                "ForEach({items} items, {max_concurrency} at once, [{}])",
+                body.iter().map(one).collect::<Vec<_>>().join(" ")
+            ),
         };
         let mut deps: Vec<String> = s.inputs.iter().map(|d| format!("{d}.v")).collect();
         deps.extend(s.depends_on.iter().cloned());
@@ -341,19 +463,35 @@ pub fn describe(specs: &[Spec]) -> String {
     specs.iter().map(one).collect::<Vec<_>>().join(" ")
 }
 
-/// Every step, branch steps included, by name.
+/// Every step, branch steps and ForEach iteration steps (`F[i].Body`)
+/// included, by name.
 pub fn all_specs(specs: &[Spec]) -> BTreeMap<String, Spec> {
     let mut all = BTreeMap::new();
     for spec in specs {
         all.insert(spec.name.clone(), spec.clone());
-        if let Kind::Condition {
-            if_steps, else_steps, ..
-        } = &spec.kind
-        {
-            for s in if_steps.iter().chain(else_steps) {
-                all.insert(s.name.clone(), s.clone());
+        match &spec.kind {
+            Kind::Condition {
+                if_steps, else_steps, ..
+            } => {
+                for s in if_steps.iter().chain(else_steps) {
+                    all.insert(s.name.clone(), s.clone());
+                }
             }
+            Kind::ForEach { items, body, .. } => {
+                for i in 0..*items {
+                    for s in body {
+                        let name = format!("{}[{i}].{}", spec.name, s.name);
+                        all.insert(name.clone(), Spec { name, ..s.clone() });
+                    }
+                }
+            }
+            _ => {}
         }
     }
     all
+}
+
+/// The round's first ForEach step, if it has one.
+pub fn first_for_each(specs: &[Spec]) -> Option<&Spec> {
+    specs.iter().find(|s| matches!(s.kind, Kind::ForEach { .. }))
 }

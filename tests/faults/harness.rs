@@ -240,6 +240,15 @@ pub struct Harness {
     /// Workers that were ever paused: their steps' processes run on while
     /// they are frozen, so "outlived its attempt" is not judged for them.
     pub ever_paused: HashSet<Uuid>,
+    /// Per fault kind (`inject::KINDS`): how often it was planned and how
+    /// often it fired (found its trigger and was applied).
+    pub fault_counts: std::collections::BTreeMap<&'static str, FaultCount>,
+}
+
+#[derive(Debug, Default, Clone, Copy)]
+pub struct FaultCount {
+    pub planned: usize,
+    pub fired: usize,
 }
 
 #[derive(sqlx::FromRow, Debug, Clone)]

@@ -1,6 +1,7 @@
 //! The fault plan of a round and how each fault is applied: pauses past
 //! the lease, kills, shutdowns and terminated database backends. The races
-//! (stops, callback reports) are in `races`.
+//! (stops, callback reports) are in `races`, the backend kills inside a
+//! ForEach's expansion and conclusion in `for_each`.
 
 use std::time::Duration;
 
@@ -8,7 +9,7 @@ use nix::sys::signal::Signal;
 use uuid::Uuid;
 
 use crate::{
-    dag::{Kind, Rng, Spec},
+    dag::{first_for_each, Kind, Needs, Rng, Spec},
     harness::{ended_count, poll, Harness},
     round::Round,
 };
@@ -65,49 +66,115 @@ pub enum Fault {
     /// SIGTERM to a worker running a (preferably long) step: it must exit 0
     /// within its grace periods and hand the step back under a new attempt.
     Shutdown,
+    /// The database backend writing a ForEach's iterations (`conclusion`:
+    /// ending the ForEach after its last iteration) is terminated mid-way.
+    ForEachKill {
+        conclusion: bool,
+    },
 }
 
-pub fn generate_faults(rng: &mut Rng, specs: &[Spec]) -> Vec<Fault> {
+/// Every kind of fault, as the run's report counts them. Each must fire at
+/// least once per run.
+pub const KINDS: [&str; 8] = [
+    "pause",
+    "kill",
+    "terminate",
+    "stop",
+    "callback",
+    "shutdown",
+    "foreach-expansion",
+    "foreach-conclusion",
+];
+
+impl Fault {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Fault::Pause(_) => "pause",
+            Fault::Kill { .. } => "kill",
+            Fault::Terminate { .. } => "terminate",
+            Fault::Stop { .. } => "stop",
+            Fault::Callback { .. } => "callback",
+            Fault::Shutdown => "shutdown",
+            Fault::ForEachKill { conclusion: false } => "foreach-expansion",
+            Fault::ForEachKill { conclusion: true } => "foreach-conclusion",
+        }
+    }
+}
+
+/// The kinds a round plans whatever else it draws: two of [`KINDS`] chosen
+/// by its seed, so that consecutive seeds (a run's rounds) plan every kind
+/// within four rounds, and a round replayed alone plans the same.
+pub fn forced_kinds(seed: u64) -> [&'static str; 2] {
+    let n = KINDS.len() as u64;
+    [KINDS[(seed * 2 % n) as usize], KINDS[((seed * 2 + 1) % n) as usize]]
+}
+
+/// What the pipeline must hold for `kinds` to have a trigger.
+pub fn needs_of(kinds: &[&str]) -> Needs {
+    Needs {
+        callback: kinds.contains(&"callback"),
+        for_each: kinds.iter().any(|k| k.starts_with("foreach")),
+    }
+}
+
+pub fn generate_faults(rng: &mut Rng, specs: &[Spec], forced: &[&str]) -> Vec<Fault> {
     let callbacks: Vec<String> = specs
         .iter()
         .filter(|s| matches!(s.kind, Kind::Callback { .. }))
         .map(|s| s.name.clone())
         .collect();
-    (0..rng.range(2, 4))
-        .map(|_| {
-            let weights = [30, 15, 20, 15, if callbacks.is_empty() { 0 } else { 20 }, 10];
-            match rng.weighted(&weights) {
-                0 => Fault::Pause(match rng.below(3) {
-                    0 => PauseHow::ReportRacesRescue,
-                    1 => PauseHow::RescuedFirst {
-                        others_paused: rng.chance(50),
-                    },
-                    _ => PauseHow::NaturalExpiry,
-                }),
-                1 => Fault::Kill {
-                    after_process_end: rng.chance(50),
-                    expire_lease: rng.chance(50),
+    let for_each = first_for_each(specs).is_some();
+    let index_of = |kind: &str| KINDS.iter().position(|k| *k == kind).unwrap();
+    let mut picks: Vec<usize> = forced.iter().map(|k| index_of(k)).collect();
+    for _ in 0..rng.range(0, 2) {
+        let weights = [
+            30,
+            15,
+            20,
+            15,
+            if callbacks.is_empty() { 0 } else { 20 },
+            10,
+            if for_each { 8 } else { 0 },
+            if for_each { 8 } else { 0 },
+        ];
+        picks.push(rng.weighted(&weights));
+    }
+    picks
+        .into_iter()
+        .map(|pick| match pick {
+            0 => Fault::Pause(match rng.below(3) {
+                0 => PauseHow::ReportRacesRescue,
+                1 => PauseHow::RescuedFirst {
+                    others_paused: rng.chance(50),
                 },
-                2 => Fault::Terminate { times: rng.range(1, 4) },
-                3 => Fault::Stop { twice: rng.chance(50) },
-                5 => Fault::Shutdown,
-                _ => Fault::Callback {
-                    step: callbacks[rng.below(callbacks.len())].clone(),
-                    race: [
-                        CallbackRace::Failure,
-                        CallbackRace::Stop,
-                        CallbackRace::Timeout,
-                        CallbackRace::Twice,
-                    ][rng.below(4)],
-                },
-            }
+                _ => PauseHow::NaturalExpiry,
+            }),
+            1 => Fault::Kill {
+                after_process_end: rng.chance(50),
+                expire_lease: rng.chance(50),
+            },
+            2 => Fault::Terminate { times: rng.range(1, 4) },
+            3 => Fault::Stop { twice: rng.chance(50) },
+            5 => Fault::Shutdown,
+            6 => Fault::ForEachKill { conclusion: false },
+            7 => Fault::ForEachKill { conclusion: true },
+            _ => Fault::Callback {
+                step: callbacks[rng.below(callbacks.len())].clone(),
+                race: [
+                    CallbackRace::Failure,
+                    CallbackRace::Stop,
+                    CallbackRace::Timeout,
+                    CallbackRace::Twice,
+                ][rng.below(4)],
+            },
         })
         .collect()
 }
 
 impl Harness {
+    /// Applies `fault` and counts it (planned, fired) in `fault_counts`.
     pub async fn apply(&mut self, round: &mut Round, fault: &Fault) {
-        match fault.clone() {
+        let fired = match fault.clone() {
             Fault::Pause(how) => self.pause(round, how).await,
             Fault::Kill {
                 after_process_end,
@@ -117,10 +184,15 @@ impl Harness {
             Fault::Terminate { times } => self.terminate(round, times).await,
             Fault::Stop { twice } => self.stop_race(round, twice).await,
             Fault::Callback { step, race } => self.callback_race(round, step, race).await,
-        }
+            Fault::ForEachKill { conclusion } => self.for_each_kill(round, conclusion).await,
+        };
+        let counts = self.fault_counts.entry(fault.kind()).or_default();
+        counts.planned += 1;
+        counts.fired += usize::from(fired);
     }
 
-    async fn kill(&mut self, round: &mut Round, after_process_end: bool, expire_lease: bool) {
+    /// Whether it fired.
+    async fn kill(&mut self, round: &mut Round, after_process_end: bool, expire_lease: bool) -> bool {
         let found = if after_process_end {
             self.running_command(&round.executions).await
         } else {
@@ -128,7 +200,7 @@ impl Harness {
         };
         let Some((w, step)) = found else {
             round.log.push("kill: no trigger".into());
-            return;
+            return false;
         };
         if after_process_end {
             // The result exists but is never reported.
@@ -146,12 +218,14 @@ impl Harness {
             "kill: {} running {} (attempt {})",
             id, step.step_name, step.attempt
         ));
+        true
     }
 
-    async fn shutdown(&mut self, round: &mut Round) {
+    /// Whether it fired.
+    async fn shutdown(&mut self, round: &mut Round) -> bool {
         let Some((w, step)) = self.running_long_command(round).await else {
             round.log.push("shutdown: no trigger".into());
-            return;
+            return false;
         };
         let id = self.workers[w].worker_id.unwrap();
         self.workers[w].signal(Signal::SIGTERM);
@@ -181,12 +255,16 @@ impl Harness {
             "shutdown: {id} running {} (attempt {}): {exit:?}",
             step.step_name, step.attempt
         ));
+        true
     }
 
-    async fn terminate(&mut self, round: &mut Round, times: usize) {
+    /// Whether it fired: some service backend was terminated.
+    async fn terminate(&mut self, round: &mut Round, times: usize) -> bool {
+        let mut total = 0;
         for _ in 0..times {
             let ended_before = self.ended_attempts(&round.executions).await;
             let n = self.terminate_backends().await;
+            total += n;
             round.log.push(format!("terminate: {n} backends"));
             // Wait for progress (or time) before the next one.
             let db = self.db.clone();
@@ -201,12 +279,14 @@ impl Harness {
             })
             .await;
         }
+        total > 0
     }
 
-    pub async fn pause(&mut self, round: &mut Round, how: PauseHow) {
+    /// Whether it fired.
+    pub async fn pause(&mut self, round: &mut Round, how: PauseHow) -> bool {
         let Some((w, step)) = self.running_command(&round.executions).await else {
             round.log.push("pause: no trigger".into());
-            return;
+            return false;
         };
         let worker_id = self.workers[w].worker_id.unwrap();
         self.pause_worker(w);
@@ -268,5 +348,6 @@ impl Harness {
             }
         }
         round.log.push(note);
+        true
     }
 }

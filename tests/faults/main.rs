@@ -1,9 +1,10 @@
-//! Fault injection: random DAGs of Command, Pass, Condition, Fail and
-//! Callback steps run by real `stepwise worker` processes (and one
+//! Fault injection: random DAGs of Command, Pass, Condition, Fail,
+//! ForEach and Callback steps run by real `stepwise worker` processes (and one
 //! `stepwise serve` for the API) while the test pauses workers past their
 //! lease (SIGSTOP/SIGCONT), kills them (SIGKILL) and starts new ones,
 //! terminates the service's database backends, and races stop, retry and
-//! callback reports. Afterwards every invariant of issue 9 is checked from
+//! callback reports, and kills the backend writing a ForEach's iterations or
+//! ending it (`for_each`). Afterwards every invariant of issue 9 is checked from
 //! the database and from side-effect files the Command steps write:
 //!
 //! - **Order**: a step starts only after each dependency committed
@@ -25,8 +26,17 @@
 //! every wait polls a condition under a deadline. Which step a fault hits
 //! still depends on timing; the fault plan does not.
 //!
-//! Knobs: `STEPWISE_FAULT_ROUNDS` (default 6), `STEPWISE_FAULT_BUDGET_SECONDS`
-//! (no new round starts after it, default 150), `STEPWISE_FAULT_KEEP=1`
+//! Every kind of fault (`inject::KINDS`) must fire at least once per run:
+//! each round plans two kinds chosen by its seed (consecutive seeds cover
+//! every kind in four rounds), the report counts how often each kind was
+//! planned and fired, and a kind that never fired fails the run. While one
+//! has not fired, up to `KINDS.len()` rounds more run after the planned ones.
+//!
+//! Knobs: `STEPWISE_FAULT_ROUNDS` (default 6), `STEPWISE_FAULT_SEEDS` (a
+//! comma-separated list of round seeds, run in order; overrides the seed and
+//! the round count), `STEPWISE_FAULT_BUDGET_SECONDS`
+//! (no new round starts after it once every kind has fired, default 150;
+//! not with `STEPWISE_FAULT_SEEDS`), `STEPWISE_FAULT_KEEP=1`
 //! (keep the side-effect files and process logs), `STEPWISE_TEST_WORKER_LOGS=1`
 //! (echo the processes' logs).
 //!
@@ -38,6 +48,7 @@
 mod checks;
 mod dag;
 mod effects;
+mod for_each;
 mod harness;
 mod inject;
 mod races;
@@ -87,21 +98,55 @@ async fn invariants_hold_under_faults(db: PgPool) {
             .as_nanos() as u64
             % 1_000_000_007
     });
-    let rounds = env_u64("STEPWISE_FAULT_ROUNDS").unwrap_or(6) as usize;
+    let listed: Option<Vec<u64>> = std::env::var("STEPWISE_FAULT_SEEDS").ok().map(|list| {
+        list.split(',')
+            .map(|s| {
+                s.trim()
+                    .parse()
+                    .expect("STEPWISE_FAULT_SEEDS: a comma-separated list of numbers")
+            })
+            .collect()
+    });
+    let rounds = match &listed {
+        Some(list) => list.len(),
+        None => env_u64("STEPWISE_FAULT_ROUNDS").unwrap_or(6) as usize,
+    };
+    // The seed of round `index`: the listed one, else seed + index; the
+    // rounds run while a kind has not fired follow on from the last.
+    let round_seed = |index: usize| match &listed {
+        Some(list) if index < list.len() => list[index],
+        Some(list) => list
+            .last()
+            .copied()
+            .unwrap_or(seed)
+            .wrapping_add((index - list.len() + 1) as u64),
+        None => seed.wrapping_add(index as u64),
+    };
     let budget = Duration::from_secs(env_u64("STEPWISE_FAULT_BUDGET_SECONDS").unwrap_or(150));
-    eprintln!("fault injection: STEPWISE_FAULT_SEED={seed} STEPWISE_FAULT_ROUNDS={rounds}");
+    match &listed {
+        Some(list) => eprintln!("fault injection: STEPWISE_FAULT_SEEDS={list:?}"),
+        None => eprintln!("fault injection: STEPWISE_FAULT_SEED={seed} STEPWISE_FAULT_ROUNDS={rounds}"),
+    }
     let started = Instant::now();
     let root = tempfile::Builder::new().prefix("stepwise-faults-").tempdir().unwrap();
     let mut h = start(db, root.path()).await;
     assert!(h.heal().await.is_empty(), "the processes start");
 
     let mut seeds = HashMap::new();
-    for index in 0..rounds {
-        if started.elapsed() > budget {
+    for index in 0..rounds + inject::KINDS.len() {
+        let all_fired = inject::KINDS
+            .iter()
+            .all(|k| h.fault_counts.get(k).is_some_and(|c| c.fired > 0));
+        if index >= rounds && all_fired {
+            break;
+        }
+        // Listed seeds all run; otherwise the budget ends the run once
+        // every kind has fired.
+        if listed.is_none() && started.elapsed() > budget && all_fired {
             eprintln!("time budget spent: {index} of {rounds} rounds ran");
             break;
         }
-        let round_seed = seed.wrapping_add(index as u64);
+        let round_seed = round_seed(index);
         seeds.insert(index, round_seed);
         // A round that hangs (the harness waiting on a lock or an answer)
         // fails, and the next starts from healed processes.
@@ -117,11 +162,17 @@ async fn invariants_hold_under_faults(db: PgPool) {
             h.heal().await;
         }
     }
+    check_fault_counts(&mut h, seeds.len());
     check_calls(&mut h, &seeds);
     check_processes(&mut h, &seeds).await;
     stop(&mut h).await;
     eprintln!(
-        "fault injection: seed {seed}, {} rounds in {:.1}s, {} violations, {} notes",
+        "fault injection: seeds {:?}, {} rounds in {:.1}s, {} violations, {} notes",
+        {
+            let mut s: Vec<u64> = seeds.values().copied().collect();
+            s.sort();
+            s
+        },
         seeds.len(),
         started.elapsed().as_secs_f64(),
         h.violations.len(),
@@ -140,6 +191,28 @@ async fn invariants_hold_under_faults(db: PgPool) {
         h.violations.len(),
         h.violations.join("\n")
     );
+}
+
+/// Prints how often each kind of fault was planned and fired, and records
+/// a violation for each kind that never fired.
+fn check_fault_counts(h: &mut Harness, rounds: usize) {
+    let counts: Vec<String> = inject::KINDS
+        .iter()
+        .map(|k| {
+            let c = h.fault_counts.get(k).copied().unwrap_or_default();
+            format!("{k} {}/{}", c.fired, c.planned)
+        })
+        .collect();
+    eprintln!("fault kinds fired/planned: {}", counts.join(", "));
+    for k in inject::KINDS {
+        let c = h.fault_counts.get(k).copied().unwrap_or_default();
+        if c.fired == 0 {
+            h.violations.push(format!(
+                "fault kind {k} never fired in {rounds} rounds (planned {} times)",
+                c.planned
+            ));
+        }
+    }
 }
 
 /// The harness's own pool, the serve process and the API client. The test's
@@ -201,6 +274,7 @@ async fn start(db: PgPool, root: &Path) -> Harness {
         terminated_at: vec![],
         effect_dirs: vec![],
         ever_paused: HashSet::new(),
+        fault_counts: Default::default(),
     }
 }
 

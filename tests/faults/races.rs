@@ -123,9 +123,10 @@ impl Harness {
 
     /// Concurrent stops of the newest execution, with a callback report of
     /// one of its waiting callbacks when there is one.
-    pub async fn stop_race(&mut self, round: &mut Round, twice: bool) {
+    /// Whether it fired.
+    pub async fn stop_race(&mut self, round: &mut Round, twice: bool) -> bool {
         let Some(&execution) = round.executions.last() else {
-            return;
+            return false;
         };
         // Trigger: a step of it is running or waiting.
         let db = self.db.clone();
@@ -139,7 +140,7 @@ impl Harness {
         .await;
         let Some(rows) = waiting else {
             round.log.push("stop: no trigger".into());
-            return;
+            return false;
         };
         let callback = rows
             .into_iter()
@@ -169,10 +170,12 @@ impl Harness {
             round.expect_stopped.insert(execution);
         }
         round.log.push(format!("stop: {stops:?} callback {report:?}"));
+        true
     }
 
     /// A success report of a waiting callback raced against `race`.
-    pub async fn callback_race(&mut self, round: &mut Round, step: String, race: CallbackRace) {
+    /// Whether it fired.
+    pub async fn callback_race(&mut self, round: &mut Round, step: String, race: CallbackRace) -> bool {
         let db = self.db.clone();
         let executions = round.executions.clone();
         let name = step.clone();
@@ -191,7 +194,7 @@ impl Harness {
         let Some(row) = waiting else {
             round.log.push(format!("callback race on {step}: no trigger"));
             round.shared.lock().unwrap().unreserve(&step);
-            return;
+            return false;
         };
         let success = self.report_callback(round, &row, true);
         let other = async {
@@ -232,6 +235,7 @@ impl Harness {
         round
             .log
             .push(format!("callback race {race:?} on {step}: success {success} / {other}"));
+        true
     }
 
     /// Two concurrent retries of an ended execution, with a stop when the

@@ -18,6 +18,7 @@ use crate::{
     dag::{all_specs, definition, describe, generate_dag, Kind, Rng, Spec},
     harness::{execution_statuses, is_terminal, step_rows, Harness},
     inject::generate_faults,
+    inject::{forced_kinds, needs_of},
     races::{answer_callbacks, RoundShared},
     TERMINATION_LIMIT,
 };
@@ -60,8 +61,11 @@ pub async fn run_round(h: &mut Harness, index: usize, seed: u64, root: &Path) {
     let started = Instant::now();
     h.api.round.store(index, std::sync::atomic::Ordering::SeqCst);
     let mut rng = Rng(seed);
-    let specs = generate_dag(&mut rng);
-    let faults = generate_faults(&mut rng, &specs);
+    // Two kinds of fault chosen by the seed, so that every kind is planned
+    // within a run; the pipeline gets what they need (a Callback, a ForEach).
+    let forced = forced_kinds(seed);
+    let specs = generate_dag(&mut rng, needs_of(&forced));
+    let faults = generate_faults(&mut rng, &specs, &forced);
     let retry_races: Vec<bool> = faults.iter().map(|_| rng.chance(30)).collect();
     let mut round = new_round(h, index, seed, root, specs);
     create_pipeline(h, &round).await;

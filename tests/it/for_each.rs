@@ -217,8 +217,11 @@ async fn max_concurrency_bounds_the_iterations_running_at_once(db: PgPool) {
     let app = TestApp::spawn_with(db, |c| c.worker.concurrency = 8).await;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().display();
-    // Each iteration: a first step that records its span, then a second one;
-    // an iteration holds its slot until both have ended.
+    // Each iteration: a first step that records its start and then waits
+    // until three iterations have started (so fewer than three at once never
+    // finishes: MaxConcurrency is how many run at once, docs/definition.md),
+    // then a second one that records its end; an iteration holds its slot
+    // until both have ended.
     let index = json!({"I": {"Get": "ForEach.CurrentIndex"}});
     let def = definition_with(
         json!([]),
@@ -226,17 +229,19 @@ async fn max_concurrency_bounds_the_iterations_running_at_once(db: PgPool) {
         "IterableItems": (0..12).collect::<Vec<_>>(), "MaxConcurrency": 3,
         "ForEachBody": [
             {"Name": "A", "Type": "Command", "Arguments": {"Shell": format!(
-                "echo start $(date +%s%N) >> {d}/span-$I; sleep 0.2"), "Env": index}},
+                "echo start $(date +%s%N) >> {d}/span-$I; touch {d}/started-$I; \
+                 for _ in $(seq 1 1200); do \
+                   [ $(ls {d} | grep -c '^started-') -ge 3 ] && exit 0; sleep 0.05; done; \
+                 echo 'three iterations never ran at once' >&2; exit 1"), "Env": index}},
             {"Name": "B", "Type": "Command", "DependsOn": ["A"], "Arguments": {"Shell": format!(
-                "sleep 0.1; echo end $(date +%s%N) >> {d}/span-$I"), "Env": index}}
+                "echo end $(date +%s%N) >> {d}/span-$I"), "Env": index}}
         ]}}]),
     );
     app.create_pipeline("conc", def).await;
     let (_, done) = run(&app, "conc", json!({})).await;
     assert_eq!(done["status"], "Succeeded", "{done}");
     let overlap = max_overlap(dir.path());
-    assert!(overlap <= 3, "{overlap} iterations ran at once; MaxConcurrency is 3");
-    assert!(overlap >= 1);
+    assert_eq!(overlap, 3, "{overlap} iterations ran at once; MaxConcurrency is 3");
     app.stop().await;
 }
 

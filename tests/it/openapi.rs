@@ -170,6 +170,78 @@ async fn every_documented_operation_is_routed(db: PgPool) {
     }
 }
 
+/// The methods and paths the router serves (its route table, recorded as
+/// the router is built: `stepwise::api::routes`) and the operations
+/// openapi.yaml documents are the same set, both ways. The web UI's pages
+/// (`/ui...`) answer HTML and are not part of the REST contract.
+#[test]
+fn routed_operations_are_the_documented_ones() {
+    let routed: std::collections::BTreeSet<(String, String)> = stepwise::api::routes()
+        .table()
+        .iter()
+        .filter(|(_, path)| *path != "/ui" && !path.starts_with("/ui/"))
+        .map(|(method, path)| (method.as_str().to_ascii_lowercase(), path.to_string()))
+        .collect();
+    let documented: std::collections::BTreeSet<(String, String)> = spec()["paths"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .flat_map(|(path, item)| {
+            ["get", "put", "post", "delete", "options", "head", "patch", "trace"]
+                .into_iter()
+                .filter(|method| item.get(*method).is_some())
+                .map(|method| (method.to_string(), path.clone()))
+        })
+        .collect();
+    let undocumented: Vec<_> = routed.difference(&documented).collect();
+    let unrouted: Vec<_> = documented.difference(&routed).collect();
+    assert!(
+        undocumented.is_empty() && unrouted.is_empty(),
+        "routed but not in openapi.yaml: {undocumented:?}; in openapi.yaml but not routed: {unrouted:?}"
+    );
+}
+
+/// The route table is what the running server answers: every method and
+/// path in it reaches a handler (not the "no route" or 405 fallback).
+#[sqlx::test]
+async fn every_route_in_the_table_is_served(db: PgPool) {
+    let app = TestApp::spawn(db).await;
+    for (method, template) in stepwise::api::routes().table() {
+        let path = template
+            .split('/')
+            .map(|s| {
+                if s.starts_with('{') {
+                    "00000000-0000-0000-0000-000000000000"
+                } else {
+                    s
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("/");
+        let request = app.client.request(method.clone(), format!("{}{path}", app.base));
+        let request = if method == "POST" || method == "PUT" {
+            request.json(&json!({}))
+        } else {
+            request
+        };
+        // Event streams stay open; the status line is what matters here.
+        let response = tokio::time::timeout(std::time::Duration::from_secs(30), request.send())
+            .await
+            .unwrap_or_else(|_| panic!("{method} {template} answered nothing"))
+            .unwrap();
+        let status = response.status().as_u16();
+        let body = if template.ends_with("/events") && status == 200 {
+            String::new()
+        } else {
+            response.text().await.unwrap_or_default()
+        };
+        assert!(
+            status != 405 && !body.contains("no route for"),
+            "{method} {template} is in the route table but not served: {status} {body}"
+        );
+    }
+}
+
 /// Every schema object reachable from `schema` (itself included), with where
 /// it is and whether it is a component's own top level.
 fn schema_objects<'a>(schema: &'a Value, at: String, top: bool, out: &mut Vec<(String, &'a Value, bool)>) {

@@ -23,8 +23,7 @@ use axum::{
     http::{header, HeaderMap, HeaderValue, StatusCode},
     middleware::{self, Next},
     response::{Html, IntoResponse, Redirect, Response},
-    routing::{get, post},
-    Extension, Router,
+    Extension,
 };
 use maud::{html, Markup, DOCTYPE};
 use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC};
@@ -32,6 +31,7 @@ use percent_encoding::{percent_decode_str, utf8_percent_encode, NON_ALPHANUMERIC
 use super::{
     auth::Access::{self, Open, Role as Needs},
     error::{ApiError, ErrorCode},
+    routes::Routes,
     AppState,
 };
 use crate::{
@@ -60,21 +60,22 @@ pub const POLICY: &[(&str, &str, Access)] = &[
     ("POST", "/ui/executions/{execution}/retry", Needs(Operator)),
 ];
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/ui", get(|| async { Redirect::to("/ui/") }))
-        .route("/ui/", get(pages::pipelines))
-        .route("/ui/sign-in", get(sign_in_page).post(sign_in))
-        .route("/ui/sign-out", post(sign_out))
-        .route("/ui/assets/{file}", get(asset))
-        .route("/ui/pipelines/{name}", get(pages::pipeline))
-        .route("/ui/pipelines/{name}/versions/{version}", get(pages::version))
-        .route("/ui/pipelines/{name}/diff", get(pages::diff))
-        .route("/ui/pipelines/{name}/plan", get(plan::plan))
-        .route("/ui/pipelines/{name}/start", post(plan::start))
-        .route("/ui/executions/{execution}", get(execution::page))
-        .route("/ui/executions/{execution}/stop", post(execution::stop))
-        .route("/ui/executions/{execution}/retry", post(execution::retry))
+pub fn router() -> Routes {
+    Routes::new()
+        .get("/ui", || async { Redirect::to("/ui/") })
+        .get("/ui/", pages::pipelines)
+        .get("/ui/sign-in", sign_in_page)
+        .post("/ui/sign-in", sign_in)
+        .post("/ui/sign-out", sign_out)
+        .get("/ui/assets/{file}", asset)
+        .get("/ui/pipelines/{name}", pages::pipeline)
+        .get("/ui/pipelines/{name}/versions/{version}", pages::version)
+        .get("/ui/pipelines/{name}/diff", pages::diff)
+        .get("/ui/pipelines/{name}/plan", plan::plan)
+        .post("/ui/pipelines/{name}/start", plan::start)
+        .get("/ui/executions/{execution}", execution::page)
+        .post("/ui/executions/{execution}/stop", execution::stop)
+        .post("/ui/executions/{execution}/retry", execution::retry)
         .layer(middleware::from_fn(page_headers))
 }
 
