@@ -338,9 +338,16 @@ fn check_answers(round: &Round, attempts: &[AttemptRow], violations: &mut Vec<St
             )),
         }
     }
+    // Reports are idempotent (issue 20 item 9): the same report sent again
+    // after it was recorded answers 200 too. Two different reports of one
+    // attempt (a success and a failure, or different outputs) cannot both win.
+    for ((_, _), what) in wins.iter_mut() {
+        what.sort();
+        what.dedup();
+    }
     for ((_, _), what) in wins.iter().filter(|(_, w)| w.len() > 1) {
         violations.push(format!(
-            "Fenced: one callback attempt accepted {} reports: {what:?}",
+            "Fenced: one callback attempt accepted {} different reports: {what:?}",
             what.len()
         ));
     }
